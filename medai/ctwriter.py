@@ -1,0 +1,209 @@
+"""Write a :class:`~medai.volume.Volume` as a CT Image Storage series.
+
+Used by the phantom world (``medai synth``), the tests and the benchmarks to
+produce real DICOM files, one file per axial slice, in any of the transfer
+syntaxes medai reads. HU values are stored exactly: the writer refuses values
+that the chosen pixel representation cannot hold rather than clipping them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    PYDICOM_IMPLEMENTATION_UID,
+    RLELossless,
+    generate_uid,
+)
+
+from medai.volume import Volume
+
+__all__ = ["TransferSyntax", "write_ct_series"]
+
+
+class TransferSyntax(str, enum.Enum):
+    """Transfer syntaxes the writer can produce (all lossless)."""
+
+    EXPLICIT = "explicit"
+    IMPLICIT = "implicit"
+    BIG_ENDIAN = "big-endian"
+    DEFLATED = "deflated"
+    RLE = "rle"
+    JPEG2000 = "jpeg2000"
+    JPEGLS = "jpegls"
+    JPEG_LOSSLESS = "jpeg-lossless"
+
+    @property
+    def uid(self) -> UID:
+        return _UIDS[self]
+
+
+_UIDS = {
+    TransferSyntax.EXPLICIT: ExplicitVRLittleEndian,
+    TransferSyntax.IMPLICIT: ImplicitVRLittleEndian,
+    TransferSyntax.BIG_ENDIAN: ExplicitVRBigEndian,
+    TransferSyntax.DEFLATED: DeflatedExplicitVRLittleEndian,
+    TransferSyntax.RLE: RLELossless,
+    TransferSyntax.JPEG2000: JPEG2000Lossless,
+    TransferSyntax.JPEGLS: JPEGLSLossless,
+    TransferSyntax.JPEG_LOSSLESS: JPEGLosslessSV1,
+}
+_COMPRESSED = {TransferSyntax.RLE, TransferSyntax.JPEG2000, TransferSyntax.JPEGLS, TransferSyntax.JPEG_LOSSLESS}
+
+
+def _axial_direction_ok(direction: np.ndarray) -> bool:
+    return bool(np.allclose(direction.T @ direction, np.eye(3), atol=1e-6))
+
+
+def write_ct_series(
+    volume: Volume,
+    folder: str | Path,
+    *,
+    transfer_syntax: TransferSyntax | str = TransferSyntax.EXPLICIT,
+    signed: bool = False,
+    attributes: Mapping[str, Any] | None = None,
+    file_names: Sequence[str] | None = None,
+    slice_thickness_mm: float | None = None,
+) -> list[Path]:
+    """Write ``volume`` as one CT Image Storage file per slice.
+
+    Args:
+        volume: integer-valued HU volume (int16, or float holding integers).
+        folder: destination folder, created if needed.
+        transfer_syntax: one of :class:`TransferSyntax` (lossless only).
+        signed: store signed int16 with intercept 0; otherwise unsigned
+            uint16 with RescaleIntercept -1024 (the usual CT export).
+        attributes: DICOM attributes by keyword applied to every slice
+            (PatientName, PatientID, ConvolutionKernel, Manufacturer, ...).
+            Series/study UIDs come from ``volume`` unless given here.
+        file_names: one name per slice in ``z`` order (default ``IM%05d.dcm``);
+            pass shuffled names to test that order never comes from names.
+        slice_thickness_mm: SliceThickness (default: the z spacing).
+
+    Returns:
+        The written paths in ``z`` order.
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> v = Volume(np.full((3, 8, 8), -1000, np.int16), spacing_mm=(2.5, 0.7, 0.7))
+        >>> len(write_ct_series(v, tempfile.mkdtemp()))
+        3
+    """
+    syntax = TransferSyntax(transfer_syntax)
+    hu = np.asarray(volume.hu)
+    if not np.issubdtype(hu.dtype, np.integer):
+        if not np.array_equal(hu, np.round(hu)):
+            raise ValueError("volume.hu must hold integer HU values to be written exactly")
+        hu = hu.astype(np.int32)
+    low, high = (-32768, 32767) if signed else (-1024, 65535 - 1024)
+    if hu.size and (hu.min() < low or hu.max() > high):
+        raise ValueError(
+            f"HU values must lie in [{low}, {high}] for {'signed' if signed else 'unsigned'} storage, "
+            f"not [{hu.min()}, {hu.max()}]"
+        )
+    if not _axial_direction_ok(volume.direction):
+        raise ValueError("volume.direction must be orthonormal")
+    nz = hu.shape[0]
+    if file_names is not None and len(file_names) != nz:
+        raise ValueError(f"file_names must have one name per slice ({nz}), not {len(file_names)}")
+    names = list(file_names) if file_names is not None else [f"IM{k:05d}.dcm" for k in range(nz)]
+
+    attrs = dict(attributes or {})
+    study_uid = attrs.pop("StudyInstanceUID", None) or volume.study_uid or generate_uid()
+    series_uid = attrs.pop("SeriesInstanceUID", None) or volume.series_uid or generate_uid()
+    for_uid = attrs.pop("FrameOfReferenceUID", None) or generate_uid()
+    now = _dt.datetime.now()
+    row_dir = volume.direction[:, 0]  # direction of increasing column index (x)
+    col_dir = volume.direction[:, 1]  # direction of increasing row index (y)
+    spacing_z, spacing_y, spacing_x = volume.spacing_mm
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for k in range(nz):
+        stored = hu[k].astype(np.int16) if signed else (hu[k] + 1024).astype(np.uint16)
+        ds = Dataset()
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = for_uid
+        ds.Modality = "CT"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PatientName = "Phantom^Anonymous"
+        ds.PatientID = "PHANTOM"
+        ds.PatientBirthDate = ""
+        ds.PatientSex = "O"
+        ds.StudyDate = now.strftime("%Y%m%d")
+        ds.StudyTime = now.strftime("%H%M%S")
+        ds.SeriesDate = ds.StudyDate
+        ds.ContentDate = ds.StudyDate
+        ds.AccessionNumber = ""
+        ds.StudyID = "1"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = k + 1
+        ds.ReferringPhysicianName = ""
+        ds.Manufacturer = "medai phantom"
+        ds.BodyPartExamined = "CHEST"
+        ds.PatientPosition = "FFS"
+        ds.KVP = 120
+        ds.SliceThickness = round(float(slice_thickness_mm or spacing_z), 4)
+        ds.PixelSpacing = [round(spacing_y, 6), round(spacing_x, 6)]
+        position = volume.index_to_patient(np.array([k, 0, 0]))
+        ds.ImagePositionPatient = [round(float(c), 4) for c in position]
+        ds.ImageOrientationPatient = [round(float(c), 6) for c in (*row_dir, *col_dir)]
+        ds.SliceLocation = round(float(position[2]), 4)
+        ds.PositionReferenceIndicator = ""
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1 if signed else 0
+        ds.RescaleIntercept = 0 if signed else -1024
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.WindowCenter = -600
+        ds.WindowWidth = 1500
+        for key, value in attrs.items():
+            setattr(ds, key, value)
+
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        if syntax in _COMPRESSED:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.compress(syntax.uid, np.ascontiguousarray(stored), generate_instance_uid=False)
+        else:
+            ds.file_meta.TransferSyntaxUID = syntax.uid
+            big = syntax is TransferSyntax.BIG_ENDIAN
+            ds.PixelData = stored.astype(stored.dtype.newbyteorder(">" if big else "<")).tobytes()
+        path = folder / names[k]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(
+            path,
+            implicit_vr=syntax is TransferSyntax.IMPLICIT,
+            little_endian=syntax is not TransferSyntax.BIG_ENDIAN,
+            enforce_file_format=True,
+        )
+        paths.append(path)
+    return paths
+

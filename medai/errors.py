@@ -1,0 +1,90 @@
+"""Typed errors raised by medai.
+
+Every error says what was expected, what was seen and, where possible, what
+the user should do. Callers at the edges (CLI, viewer, PACS listener, batch)
+catch :class:`MedaiError` and show its one-line message; anything else that
+escapes is a bug in medai.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "MedaiError",
+    "InvalidSeriesError",
+    "NoSeriesError",
+    "ModelError",
+    "QCReason",
+]
+
+
+class QCReason(str, enum.Enum):
+    """Machine-readable reasons a series is refused by the QC gate."""
+
+    NOT_DICOM = "not_dicom"
+    NOT_CT = "not_ct"
+    MIXED_SERIES = "mixed_series"
+    INCONSISTENT_ORIENTATION = "inconsistent_orientation"
+    INCONSISTENT_GEOMETRY = "inconsistent_geometry"
+    NOT_AXIAL = "not_axial"
+    GANTRY_TILT = "gantry_tilt"
+    SLICE_GAP = "slice_gap"
+    DUPLICATE_POSITION = "duplicate_position"
+    NONUNIFORM_SPACING = "nonuniform_spacing"
+    TOO_FEW_SLICES = "too_few_slices"
+    INSUFFICIENT_COVERAGE = "insufficient_coverage"
+    MISSING_ATTRIBUTE = "missing_attribute"
+    TRUNCATED_PIXEL_DATA = "truncated_pixel_data"
+    IMPLAUSIBLE_DIMENSIONS = "implausible_dimensions"
+    UNDECODABLE_TRANSFER_SYNTAX = "undecodable_transfer_syntax"
+    LOCALIZER = "localizer"
+    DERIVED = "derived"
+    UNREADABLE = "unreadable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MedaiError(Exception):
+    """Base class of every error medai raises on purpose.
+
+    Catch this at a program's edge to report a one-line reason to a person.
+    """
+
+
+class InvalidSeriesError(MedaiError):
+    """A DICOM series failed the QC gate and cannot be scored.
+
+    Raised by :func:`medai.load_series` (and the selection step) when a series
+    is not a usable chest CT volume: wrong modality, gaps, tilted gantry,
+    undecodable pixels and so on. Nothing is repaired silently: fix or
+    re-export the series (for example without gaps, as a single axial
+    reconstruction) and try again.
+
+    Attributes:
+        reason: a :class:`QCReason` naming the failed check.
+        series_uid: the SeriesInstanceUID concerned, or ``""`` when unknown.
+    """
+
+    def __init__(self, reason: QCReason | str, message: str, *, series_uid: str = "") -> None:
+        self.reason = QCReason(reason)
+        self.series_uid = series_uid
+        prefix = f"series {series_uid}: " if series_uid else ""
+        super().__init__(f"{prefix}{message} [{self.reason.value}]")
+
+
+class NoSeriesError(MedaiError):
+    """No DICOM series (or no scorable series) was found under the given path.
+
+    Check the path; for a study, the selection report lists why each series
+    was rejected.
+    """
+
+
+class ModelError(MedaiError):
+    """A model file is missing, corrupt, does not match its card, or fails parity.
+
+    Re-download or re-export the model; never score with a model whose
+    checksum does not match.
+    """
