@@ -3,8 +3,9 @@
 Research and triage support only; not a medical device and not for diagnosis.
 """
 
-# medai.dicom exports (find_series, load_series, select_series, ...) are added here by the ingestion module
+from medai.dicom import SeriesInfo, find_series, load_series
 from medai.errors import InvalidSeriesError, MedaiError, ModelError, NoSeriesError, QCReason
+from medai.qc import SelectionReport, SelectionRules, select_series
 from medai.volume import Volume
 
 __version__ = "0.1.0"
@@ -18,6 +19,12 @@ __all__ = [
     "ModelError",
     "NoSeriesError",
     "QCReason",
+    "SelectionReport",
+    "SelectionRules",
+    "SeriesInfo",
     "Volume",
     "__version__",
+    "find_series",
+    "load_series",
+    "select_series",
 ]

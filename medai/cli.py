@@ -49,6 +49,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         default="explicit",
         help="explicit, implicit, big-endian, deflated, rle, jpeg2000, jpegls, jpeg-lossless (default: explicit)",
     )
+    p.add_argument(
+        "--split",
+        choices=("train", "heldout"),
+        default="train",
+        help="acquisition ranges: train, or heldout (outside the training ranges) (default: train)",
+    )
     p.set_defaults(func=_cmd_synth)
 
 
@@ -71,9 +77,83 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from medai import dicom
+    from medai import inspection
 
-    return dicom.run_inspect_cli(args)
+    return inspection.run_inspect_cli(args)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on labelled cases: AUC with CIs, operating points, calibration, subgroups",
+        description=(
+            "Score the cases of a manifest split (or synthetic held-out phantoms) with a checkpoint and write "
+            "report.html (self-contained), metrics.json and predictions.csv. Cases that fail become error rows. "
+            "Research use only; not a medical device."
+        ),
+    )
+    p.add_argument("--model", required=True, help="checkpoint (.pt) written by medai train")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="manifest CSV (path,label[,patient_id,split,site,scanner,...])")
+    source.add_argument(
+        "--synthetic-heldout", type=int, metavar="N", help="evaluate on N synthetic held-out phantoms instead"
+    )
+    p.add_argument("--out", required=True, help="report folder (created)")
+    p.add_argument(
+        "--split", choices=("train", "val", "test", "all"), default="test", help="manifest split (default: test)"
+    )
+    p.add_argument("--prevalence", type=float, default=None, help="covid19 prevalence for PPV/NPV by Bayes, e.g. 0.1")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for 95%% CIs (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the phantoms (default: 0)")
+    p.add_argument("--min-subgroup", type=int, default=20, help="smallest subgroup with metrics (default: 20)")
+    p.add_argument("--batch-size", type=int, default=4, help="cases per forward pass (default: 4)")
+    p.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medai import evaluation_run
+
+    return evaluation_run.run_cli(args)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the 3D CNN on a manifest or on synthetic phantoms (torchrun for DDP)",
+        description="Train the classifier with the shared preprocessing, MONAI augmentation, early stopping and "
+        "temperature scaling; writes last.pt (resumable), best.pt and model.pt to --out-dir. For several GPUs or "
+        "processes: torchrun --nproc_per_node N -m medai.cli train ...",
+    )
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--manifest", help="manifest CSV (path,label[,patient_id,split,...])")
+    data.add_argument("--synthetic", type=int, metavar="N", help="train on N synthetic phantoms")
+    p.add_argument("--synthetic-val", type=int, default=0, help="validation phantoms (default: max(12, N/5))")
+    p.add_argument("--out-dir", default="runs/medai", help="run folder (default: runs/medai)")
+    p.add_argument("--output", help="also write the final checkpoint here, e.g. models/my-model.pt")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size per process (default: 8)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
+    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs (default: 8)")
+    p.add_argument("--monitor", choices=("val_loss", "val_auc"), default="val_loss", help="early-stopping metric")
+    p.add_argument("--grid", type=int, nargs=3, metavar=("Z", "Y", "X"), help="input grid (default: 80 64 96)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--workers", type=int, default=1, help="data-loader workers per process (default: 1)")
+    p.add_argument("--prep-workers", type=int, default=2, help="processes preparing cases (default: 2)")
+    p.add_argument("--cache-dir", help="preprocessed-input cache (default: $MEDAI_CACHE_DIR or ~/.cache/medai)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the input cache")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke tests)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medai import train
+
+    return train.run_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_synth(sub)
     _add_inspect(sub)
+    _add_evaluate(sub)
+    _add_train(sub)
     return parser
 
 

@@ -1,0 +1,94 @@
+"""NIfTI files <-> :class:`~medai.volume.Volume`.
+
+NIfTI stores voxel ``(i, j, k)`` (x, y, z) data with an affine to RAS+
+millimetres; medai volumes are ``(z, y, x)`` arrays in DICOM LPS. The two
+frames differ by a sign on the first two patient axes, which is applied here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medai.errors import InvalidSeriesError, QCReason
+from medai.volume import Volume
+
+__all__ = ["read_nifti", "write_nifti"]
+
+log = logging.getLogger(__name__)
+
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """Read a 3D NIfTI CT volume (``.nii`` or ``.nii.gz``) in HU.
+
+    The scaling (``scl_slope``/``scl_inter``) is applied; integral values that
+    fit are kept as int16, anything else becomes float32.
+
+    Raises:
+        InvalidSeriesError: the file is unreadable or not a 3D volume.
+
+    Example:
+        >>> import tempfile, os
+        >>> v = Volume(np.arange(24, dtype=np.int16).reshape(2, 3, 4), spacing_mm=(2.0, 0.5, 0.7))
+        >>> path = os.path.join(tempfile.mkdtemp(), "ct.nii.gz")
+        >>> write_nifti(v, path)
+        >>> w = read_nifti(path)
+        >>> bool((w.hu == v.hu).all()), w.spacing_mm
+        (True, (2.0, 0.5, 0.7))
+    """
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise InvalidSeriesError(QCReason.UNREADABLE, f"cannot read NIfTI {str(path)!r}: {exc}") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InvalidSeriesError(
+            QCReason.IMPLAUSIBLE_DIMENSIONS, f"NIfTI {str(path)!r} must hold a 3D volume, not shape {data.shape}"
+        )
+    affine = _RAS_FROM_LPS @ np.asarray(img.affine, dtype=np.float64)  # type: ignore[attr-defined]  # LPS affine
+    spacing_xyz = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(spacing_xyz <= 0):
+        raise InvalidSeriesError(QCReason.INCONSISTENT_GEOMETRY, f"NIfTI {str(path)!r} has a singular affine")
+    direction = affine[:3, :3] / spacing_xyz[None, :]
+    hu = np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0))
+    if np.issubdtype(hu.dtype, np.floating):
+        if np.all(np.isfinite(hu)) and np.all(hu == np.round(hu)) and hu.min() >= -32768 and hu.max() <= 32767:
+            hu = hu.astype(np.int16)
+        else:
+            hu = hu.astype(np.float32)
+    elif hu.dtype != np.int16:
+        hu = hu.astype(np.int16) if hu.min() >= -32768 and hu.max() <= 32767 else hu.astype(np.float32)
+    return Volume(
+        hu,
+        # NIfTI stores float32: round away the representation noise (0.699999988 -> 0.7)
+        spacing_mm=tuple(round(float(s), 5) for s in spacing_xyz[::-1]),  # type: ignore[arg-type]
+        origin_mm=tuple(float(o) for o in affine[:3, 3]),  # type: ignore[arg-type]
+        direction=direction,
+        header={"SourceFormat": "NIfTI", "SourcePath": str(path)},
+    )
+
+
+def write_nifti(volume: Volume, path: str | Path) -> None:
+    """Write a volume as NIfTI (RAS+ affine, qform and sform set, int16 or float32 data).
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.nii")
+        >>> write_nifti(Volume(np.zeros((2, 2, 2), np.int16), (1.0, 1.0, 1.0)), path)
+    """
+    data = np.asarray(volume.hu).transpose(2, 1, 0)
+    affine = _RAS_FROM_LPS @ volume.affine_lps()
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))

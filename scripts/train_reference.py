@@ -1,0 +1,163 @@
+"""Reproduce the shipped reference model ``models/medai-ref.pt`` on a CPU (2 cores, < 40 min).
+
+Synthetic data only: balanced phantoms with varied ``split="train"``
+acquisitions (fast generator), strong augmentation, early stopping on the
+validation loss, temperature scaling on validation. Then a held-out test set
+from ``sample_spec(split="heldout")`` (acquisitions outside the training
+ranges, other seeds) is scored and its metrics are printed and stored in the
+checkpoint under ``heldout``. Prints where the time went.
+
+Usage::
+
+    python scripts/train_reference.py                # full run: ~20 min on 2 idle cores, budget 60 min
+    python scripts/train_reference.py --quick        # 2-3 min smoke run (not the shipped model)
+
+The model is a research artefact trained on phantoms: not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medai.model import count_params, estimate_flops, load_checkpoint, predict_logits
+from medai.preprocess import PreprocessParams
+from medai.train import TrainConfig, train
+from medai.trainset import prepare_synthetic, synthetic_inputs
+
+
+def heldout_set(n: int, *, seed: int, params_dict: dict, workers: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``n`` balanced held-out phantoms (acquisitions outside the training ranges), preprocessed."""
+    from medai import synthetic
+
+    rng = np.random.default_rng(seed)
+    specs = [synthetic.sample_spec(rng, label=synthetic.CLASSES[i % 3], split="heldout") for i in range(n)]
+    arrays = synthetic_inputs(specs, params=PreprocessParams.from_dict(params_dict), cache_dir="", workers=workers)
+    return arrays, np.array([synthetic.CLASSES.index(s.label) for s in specs], dtype=np.int64)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="models/medai-ref.pt", help="final checkpoint (default: %(default)s)")
+    parser.add_argument("--out-dir", default="runs/reference", help="run folder (default: %(default)s)")
+    parser.add_argument("--n-train", type=int, default=900, help="training phantoms (default: %(default)s)")
+    parser.add_argument("--n-val", type=int, default=180, help="validation phantoms (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=300, help="held-out test phantoms (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="phantom-generation processes (default: 2)")
+    parser.add_argument("--cache-dir", default=None, help="input cache (default: ~/.cache/medai/inputs)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT_DIR/last.pt")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 60 phantoms, 2 epochs, 30 held-out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.quick:
+        args.n_train, args.n_val, args.n_test, args.epochs = 60, 15, 30, 2
+        args.output = str(Path(args.out_dir) / "quick.pt")
+    torch.manual_seed(args.seed)
+    cfg = TrainConfig(
+        out_dir=args.out_dir,
+        seed=args.seed,
+        synthetic=args.n_train,
+        synthetic_val=args.n_val,
+        epochs=args.epochs,
+        patience=6,
+        batch_size=8,
+        lr=2e-3,
+        num_workers=1,
+        cache_dir=args.cache_dir,
+        prep_workers=args.workers,
+        resume=args.resume,
+        output=args.output,
+    )
+    params = cfg.preprocess_params()
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    data = prepare_synthetic(
+        args.n_train,
+        n_val=args.n_val,
+        seed=args.seed,
+        params=params,
+        cache_dir=args.cache_dir,
+        workers=args.workers,
+        show_progress=True,
+    )
+    timings["phantoms + preprocessing (train/val)"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    result = train(cfg, data=data)
+    timings["training"] = time.perf_counter() - t0
+    n_steps = sum(1 for _ in result.history) * (args.n_train // cfg.batch_size)
+    epochs_done = len(result.history)
+
+    t0 = time.perf_counter()
+    test_arrays, test_labels = heldout_set(
+        args.n_test, seed=args.seed + 104_729, params_dict=params.to_dict(), workers=args.workers
+    )
+    timings["held-out phantoms"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model, ckpt = load_checkpoint(args.output)
+    logits = predict_logits(model, test_arrays, batch_size=8)
+    timings["held-out inference"] = time.perf_counter() - t0
+    temperature = float(ckpt["temperature"])
+    z = logits / temperature
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    summary: dict[str, float] = {
+        "n": float(len(test_labels)),
+        "accuracy": float((probs.argmax(1) == test_labels).mean()),
+    }
+    try:
+        from medai.calibration import DecisionRule
+        from medai.evaluate import evaluate_predictions
+
+        res = evaluate_predictions(
+            test_labels,
+            logits,
+            temperature=temperature,
+            class_names=ckpt["class_names"],
+            n_bootstrap=200,
+            decision_rule=DecisionRule.from_dict(ckpt["decision_rule"]),
+        )
+        summary["macro_auc"] = float(res.macro_auc.estimate)
+        for name, interval in res.auc.items():
+            summary[f"auc_{name}"] = float(interval.estimate)
+            summary[f"auc_{name}_ci_low"] = float(interval.low)
+            summary[f"auc_{name}_ci_high"] = float(interval.high)
+        summary["indeterminate_rate"] = float(np.mean(res.indeterminate))
+        summary.update({f"calibration_{k}": float(v) for k, v in res.calibration.items()})
+    except ImportError:
+        from medai.metrics import macro_auc, one_vs_rest_auc
+
+        summary["macro_auc"] = macro_auc(test_labels, probs)
+        for name, auc in zip(ckpt["class_names"], one_vs_rest_auc(test_labels, probs), strict=True):
+            summary[f"auc_{name}"] = float(auc)
+    ckpt["heldout"] = {
+        "description": f"{args.n_test} phantoms, sample_spec(split='heldout'), seed {args.seed + 104_729}",
+        **summary,
+    }
+    torch.save(ckpt, args.output)
+
+    spec = model.spec
+    print(f"reference model: {args.output}")
+    print(
+        f"  {count_params(model):,} parameters, {estimate_flops(model, spec.input_shape) / 1e9:.2f} GFLOP/forward "
+        f"at {spec.input_shape}; epochs run {epochs_done} (best {int(result.metrics['best_epoch']) + 1}), "
+        f"~{n_steps} steps; temperature {temperature:.3f}"
+    )
+    print("  validation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print("  held-out (acquisitions outside training ranges): " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    print("  time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Tests for medai.preprocess and medai.cache."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from medai.cache import InputCache, volume_fingerprint
+from medai.errors import InvalidSeriesError
+from medai.preprocess import ModelInput, Normalization, PreprocessParams, fast_lung_mask, to_model_input
+from medai.volume import Volume
+
+PARAMS = PreprocessParams(grid_shape=(32, 32, 48))
+
+
+def chest(shape=(60, 128, 128), spacing=(5.0, 2.5, 2.5), seed=0) -> tuple[Volume, np.ndarray]:
+    """Toy chest: body ellipse, two lungs (one with a dense patch), noise; returns volume and lung mask."""
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape
+    z, y, x = np.mgrid[0:nz, 0:ny, 0:nx]
+    hu = np.full(shape, -1024, np.int16)
+    hu[((y - ny / 2) / (0.36 * ny)) ** 2 + ((x - nx / 2) / (0.45 * nx)) ** 2 < 1] = 40
+    inz = (z > nz * 0.15) & (z < nz * 0.85)
+    right = (((y - ny * 0.5) / (0.22 * ny)) ** 2 + ((x - nx * 0.33) / (0.12 * nx)) ** 2 < 1) & inz
+    left = (((y - ny * 0.5) / (0.22 * ny)) ** 2 + ((x - nx * 0.67) / (0.12 * nx)) ** 2 < 1) & inz
+    lungs = right | left
+    hu[lungs] = -850
+    hu[right & (y > ny * 0.55) & (z < nz * 0.4)] = -400  # posterior basal patch: breaks every symmetry
+    hu = (hu + rng.normal(0, 10, shape)).astype(np.int16)
+    return Volume(hu, spacing_mm=spacing, origin_mm=(-160.0, -160.0, -150.0)), lungs
+
+
+def test_output_shape_range_and_dtype():
+    vol, _ = chest()
+    mi = to_model_input(vol, PARAMS)
+    assert isinstance(mi, ModelInput)
+    assert mi.array.shape == (1, 32, 32, 48)
+    assert mi.array.dtype == np.float32
+    assert mi.array.min() >= 0.0 and mi.array.max() <= 1.0
+    assert mi.array.max() > 0.6 and mi.array.min() < 0.15  # soft tissue and air both present
+    assert mi.lung_volume_ml > 500
+
+
+def test_zscore_normalisation():
+    vol, _ = chest()
+    mi = to_model_input(vol, PreprocessParams(grid_shape=(32, 32, 48), normalization=Normalization.ZSCORE))
+    assert abs(float(mi.array.mean())) < 1e-4
+    assert abs(float(mi.array.std()) - 1.0) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("transform", "direction"),
+    [
+        (lambda a: a[::-1], np.diag([1.0, 1.0, -1.0])),  # slices stored superior to inferior
+        (lambda a: a[:, ::-1, ::-1], np.diag([-1.0, -1.0, 1.0])),  # rows/columns reversed (RAS-like storage)
+        (lambda a: a.transpose(0, 2, 1), np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])),
+    ],
+)
+def test_reoriented_storage_gives_the_same_input(transform, direction):
+    vol, _ = chest()
+    ref = to_model_input(vol, PARAMS)
+    stored = transform(vol.hu)
+    spacing = vol.spacing_mm if stored.shape == vol.shape else (5.0, 2.5, 2.5)
+    other = to_model_input(Volume(np.ascontiguousarray(stored), spacing, direction=direction), PARAMS)
+    np.testing.assert_allclose(other.array, ref.array, atol=1e-6)
+
+
+def test_oblique_volume_is_refused_and_small_tilt_accepted():
+    vol, _ = chest()
+    a = np.radians(20)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    with pytest.raises(InvalidSeriesError, match="oblique"):
+        to_model_input(Volume(vol.hu, vol.spacing_mm, direction=rot), PARAMS)
+    a = np.radians(2)
+    small = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    assert to_model_input(Volume(vol.hu, vol.spacing_mm, direction=small), PARAMS).array.shape == (1, 32, 32, 48)
+
+
+def test_crop_contains_the_lungs_and_maps_back_to_source():
+    vol, lungs = chest()
+    mi = to_model_input(vol, PARAMS)
+    lo, hi = mi.crop_box_source
+    idx = np.argwhere(lungs)
+    assert np.all(idx.min(axis=0) >= lo) and np.all(idx.max(axis=0) <= hi)
+    # the crop is lung-centred: not much larger than the lungs along the limiting axis
+    assert np.min((hi - lo) / (idx.max(axis=0) - idx.min(axis=0) + 1)) < 1.5
+    # the model voxel of the patch maps to a source voxel of the patch
+    centre_model = np.array(np.unravel_index(np.argmax(mi.array[0]), mi.array.shape[1:]), dtype=float)
+    src = np.round(mi.to_source_index(centre_model)).astype(int)
+    assert vol.hu[tuple(np.clip(src, 0, np.array(vol.shape) - 1))] > -600
+    assert mi.scale == pytest.approx((mi.spacing_mm[0] / 5.0, mi.spacing_mm[1] / 2.5, mi.spacing_mm[2] / 2.5))
+
+
+def test_fast_lung_mask_drops_outside_air():
+    vol, lungs = chest()
+    mask = fast_lung_mask(vol.hu, vol.spacing_mm)
+    assert mask.shape == vol.shape
+    dice = 2 * (mask & lungs).sum() / (mask.sum() + lungs.sum())
+    assert dice > 0.9
+    assert not mask[:, 0, :].any() and not mask[:, :, 0].any()
+    assert not fast_lung_mask(np.full((10, 20, 20), 40, np.int16), (5.0, 5.0, 5.0)).any()
+
+
+def test_no_lungs_falls_back_to_body():
+    hu = np.full((30, 64, 64), -1024, np.int16)
+    hu[:, 10:54, 10:54] = 40
+    mi = to_model_input(Volume(hu, (5.0, 5.0, 5.0)), PARAMS)
+    assert mi.lung_volume_ml == 0.0
+    assert mi.array.shape == (1, 32, 32, 48)
+
+
+def test_params_round_trip_and_validation():
+    params = PreprocessParams(grid_shape=(16, 24, 24), window_hu=(-900, 300), normalization="zscore")
+    assert PreprocessParams.from_dict(params.to_dict()) == params
+    with pytest.raises(ValueError, match="must be among"):
+        PreprocessParams.from_dict({**params.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="window_hu must be"):
+        PreprocessParams(window_hu=(100, -100))
+    with pytest.raises(ValueError, match="grid_shape must be"):
+        PreprocessParams(grid_shape=(4, 4, 4))
+
+
+def test_speed_on_a_clinical_size_volume():
+    hu = np.full((300, 512, 512), -1024, np.int16)
+    hu[:, 80:440, 40:472] = 40
+    hu[30:270, 140:380, 90:230] = -850
+    hu[30:270, 140:380, 282:422] = -850
+    vol = Volume(hu, (1.0, 0.7, 0.7))
+    params = PreprocessParams()
+    to_model_input(vol, params)
+    t0 = time.perf_counter()
+    mi = to_model_input(vol, params)
+    elapsed = time.perf_counter() - t0
+    assert mi.array.shape == (1, *params.grid_shape)
+    assert elapsed < 1.0  # goal 0.3 s on one idle core; generous for a shared CI machine
+
+
+def test_cache_hits_and_keys(tmp_path):
+    vol, _ = chest(shape=(20, 48, 48))
+    cache = InputCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return to_model_input(vol, PARAMS).array
+
+    source = volume_fingerprint(vol)
+    a = cache.get_or_compute(source, PARAMS, compute)
+    b = cache.get_or_compute(source, PARAMS, compute)
+    np.testing.assert_array_equal(a, b)
+    assert len(calls) == 1
+    cache.get_or_compute(source, PreprocessParams(grid_shape=(16, 16, 16)), compute)
+    assert len(calls) == 2
+    assert volume_fingerprint(vol.with_array(vol.hu + 1)) != source
+
+
+def test_lungs_clipped_by_a_small_field_of_view_are_still_found():
+    vol, lungs = chest()
+    clipped = vol.hu[:, 24:104, 36:92]  # wide patient, small FOV: both lungs touch the lateral sides
+    assert lungs[:, 24:104, 36][:, :].any() and lungs[:, 24:104, 91].any()
+    mask = fast_lung_mask(clipped, vol.spacing_mm)
+    assert mask[:, :, 0].any() and mask[:, :, -1].any()  # both lungs kept
+    assert to_model_input(Volume(clipped, vol.spacing_mm), PARAMS).lung_volume_ml > 500
