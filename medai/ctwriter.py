@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -27,7 +27,6 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     generate_uid,
 )
@@ -37,7 +36,7 @@ from medai.volume import Volume
 __all__ = ["TransferSyntax", "write_ct_series"]
 
 
-class TransferSyntax(str, enum.Enum):
+class TransferSyntax(enum.StrEnum):
     """Transfer syntaxes the writer can produce (all lossless)."""
 
     EXPLICIT = "explicit"
@@ -189,7 +188,10 @@ def write_ct_series(
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        if syntax in _COMPRESSED:
+        if syntax is TransferSyntax.JPEG_LOSSLESS:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.PixelData = np.ascontiguousarray(stored).astype(stored.dtype.newbyteorder("<")).tobytes()
+        elif syntax in _COMPRESSED:
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.compress(syntax.uid, np.ascontiguousarray(stored), generate_instance_uid=False)
         else:
@@ -204,6 +206,28 @@ def write_ct_series(
             little_endian=syntax is not TransferSyntax.BIG_ENDIAN,
             enforce_file_format=True,
         )
+        if syntax is TransferSyntax.JPEG_LOSSLESS:
+            _transcode_jpeg_lossless(path)
         paths.append(path)
     return paths
 
+
+def _transcode_jpeg_lossless(path: Path) -> None:
+    """Re-encode ``path`` in place as JPEG Lossless SV1 with GDCM (pydicom has no encoder for it)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    if not reader.Read():
+        raise OSError(f"GDCM could not re-read {path} to encode it as JPEG Lossless")
+    change.SetInput(reader.GetImage())
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    if not change.Change():
+        raise OSError(f"GDCM could not encode {path} as JPEG Lossless")
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise OSError(f"GDCM could not write {path}")

@@ -11,15 +11,15 @@ from __future__ import annotations
 import enum
 
 __all__ = [
-    "MedaiError",
     "InvalidSeriesError",
-    "NoSeriesError",
+    "MedaiError",
     "ModelError",
+    "NoSeriesError",
     "QCReason",
 ]
 
 
-class QCReason(str, enum.Enum):
+class QCReason(enum.StrEnum):
     """Machine-readable reasons a series is refused by the QC gate."""
 
     NOT_DICOM = "not_dicom"
@@ -41,9 +41,6 @@ class QCReason(str, enum.Enum):
     LOCALIZER = "localizer"
     DERIVED = "derived"
     UNREADABLE = "unreadable"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class MedaiError(Exception):
