@@ -32,8 +32,8 @@ demo: $(VENV)/.stamp-base
 	$(BIN)/medai inspect $(DEMO)/studies
 
 lint: $(VENV)/.stamp-dev
-	$(BIN)/ruff check medai tests scripts app
-	$(BIN)/ruff format --check medai tests scripts app
+	$(BIN)/ruff check medai tests scripts
+	$(BIN)/ruff format --check medai tests scripts
 
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy
