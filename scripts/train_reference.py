@@ -18,6 +18,8 @@ The model is a research artefact trained on phantoms: not for clinical use.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -26,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medai.calibration import DecisionRule
+from medai.evaluate import evaluate_predictions
 from medai.model import count_params, estimate_flops, load_checkpoint, predict_logits
 from medai.preprocess import PreprocessParams
 from medai.train import TrainConfig, train
@@ -42,6 +46,33 @@ def heldout_set(n: int, *, seed: int, params_dict: dict, workers: int) -> tuple[
     return arrays, np.array([synthetic.CLASSES.index(s.label) for s in specs], dtype=np.int64)
 
 
+def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None = None) -> Path:
+    """Write ``<checkpoint>.json`` beside the checkpoint: intended use, data, metrics, sha256."""
+    path = Path(checkpoint)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    card = {
+        "model": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "intended_use": "Research use only. Not a medical device; not for diagnosis.",
+        "training_data": "synthetic phantoms only (medai.synthetic, split='train' acquisition ranges): "
+        "not validated on patients",
+        "class_names": list(ckpt["class_names"]),
+        "temperature": float(ckpt["temperature"]),
+        "decision_rule": ckpt["decision_rule"],
+        "model_spec": ckpt["model_spec"],
+        "preprocess": ckpt["preprocess"],
+        "validation": {k: float(v) for k, v in ckpt.get("metrics", {}).items()},
+        "heldout_test": ckpt.get("heldout", {}),
+        "data": ckpt.get("data"),
+        "code": ckpt.get("code"),
+        "reproduce": "python scripts/train_reference.py",
+        "timings_s": timings or {},
+    }
+    out = path.with_suffix(".json")
+    out.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="models/medai-ref.pt", help="final checkpoint (default: %(default)s)")
@@ -54,9 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="phantom-generation processes (default: 2)")
     parser.add_argument("--cache-dir", default=None, help="input cache (default: ~/.cache/medai/inputs)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT_DIR/last.pt")
+    parser.add_argument("--card-only", action="store_true", help="only (re)write the model card of --output")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 phantoms, 2 epochs, 30 held-out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.card_only:
+        print(f"model card: {write_model_card(args.output)}")
+        return 0
     if args.quick:
         args.n_train, args.n_val, args.n_test, args.epochs = 60, 15, 30, 2
         args.output = str(Path(args.out_dir) / "quick.pt")
@@ -115,36 +150,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n": float(len(test_labels)),
         "accuracy": float((probs.argmax(1) == test_labels).mean()),
     }
-    try:
-        from medai.calibration import DecisionRule
-        from medai.evaluate import evaluate_predictions
-
-        res = evaluate_predictions(
-            test_labels,
-            logits,
-            temperature=temperature,
-            class_names=ckpt["class_names"],
-            n_bootstrap=200,
-            decision_rule=DecisionRule.from_dict(ckpt["decision_rule"]),
-        )
-        summary["macro_auc"] = float(res.macro_auc.estimate)
-        for name, interval in res.auc.items():
-            summary[f"auc_{name}"] = float(interval.estimate)
-            summary[f"auc_{name}_ci_low"] = float(interval.low)
-            summary[f"auc_{name}_ci_high"] = float(interval.high)
-        summary["indeterminate_rate"] = float(np.mean(res.indeterminate))
-        summary.update({f"calibration_{k}": float(v) for k, v in res.calibration.items()})
-    except ImportError:
-        from medai.metrics import macro_auc, one_vs_rest_auc
-
-        summary["macro_auc"] = macro_auc(test_labels, probs)
-        for name, auc in zip(ckpt["class_names"], one_vs_rest_auc(test_labels, probs), strict=True):
-            summary[f"auc_{name}"] = float(auc)
+    res = evaluate_predictions(
+        test_labels,
+        logits,
+        temperature=temperature,
+        class_names=ckpt["class_names"],
+        n_bootstrap=1000,
+        decision_rule=DecisionRule.from_dict(ckpt["decision_rule"]),
+    )
+    summary["macro_auc"] = float(res.macro_auc.estimate)
+    summary["macro_auc_ci_low"] = float(res.macro_auc.low)
+    summary["macro_auc_ci_high"] = float(res.macro_auc.high)
+    for name, interval in res.auc.items():
+        summary[f"auc_{name}"] = float(interval.estimate)
+        summary[f"auc_{name}_ci_low"] = float(interval.low)
+        summary[f"auc_{name}_ci_high"] = float(interval.high)
+    summary["indeterminate_rate"] = float(np.mean(res.indeterminate))
+    summary.update({f"calibration_{k}": float(v) for k, v in res.calibration.items()})
     ckpt["heldout"] = {
         "description": f"{args.n_test} phantoms, sample_spec(split='heldout'), seed {args.seed + 104_729}",
         **summary,
     }
     torch.save(ckpt, args.output)
+    card = write_model_card(args.output, timings=timings)
+    print(f"model card: {card}")
 
     spec = model.spec
     print(f"reference model: {args.output}")
