@@ -4,7 +4,7 @@ Research and triage support only; not a medical device and not for diagnosis.
 """
 
 from medai.dicom import SeriesInfo, find_series, load_series
-from medai.errors import InvalidSeriesError, MedaiError, ModelError, NoSeriesError, QCReason
+from medai.errors import InvalidSeriesError, ManifestError, MedaiError, ModelError, NoSeriesError, QCReason
 from medai.qc import SelectionReport, SelectionRules, select_series
 from medai.volume import Volume
 
@@ -15,6 +15,7 @@ INTENDED_USE = "Research use only. Not a medical device; not for diagnosis."
 __all__ = [
     "INTENDED_USE",
     "InvalidSeriesError",
+    "ManifestError",
     "MedaiError",
     "ModelError",
     "NoSeriesError",

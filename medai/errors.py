@@ -12,6 +12,7 @@ import enum
 
 __all__ = [
     "InvalidSeriesError",
+    "ManifestError",
     "MedaiError",
     "ModelError",
     "NoSeriesError",
@@ -76,6 +77,13 @@ class NoSeriesError(MedaiError):
 
     Check the path; for a study, the selection report lists why each series
     was rejected.
+    """
+
+
+class ManifestError(MedaiError):
+    """A manifest CSV is malformed, names unknown labels, or leaks patients across splits.
+
+    The message names the file and row; fix the CSV and run again.
     """
 
 

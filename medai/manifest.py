@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medai.errors import MedaiError
+from medai.errors import ManifestError
 from medai.volume import Volume
 
 __all__ = [
@@ -60,13 +60,6 @@ class Split(enum.StrEnum):
 
     def __str__(self) -> str:
         return self.value
-
-
-class ManifestError(MedaiError):
-    """A manifest CSV is malformed, names unknown labels, or leaks patients across splits.
-
-    The message names the file and row; fix the CSV and run again.
-    """
 
 
 @dataclass(frozen=True)
