@@ -9,7 +9,7 @@ checkpoint under ``heldout``. Prints where the time went.
 
 Usage::
 
-    python scripts/train_reference.py                # full run: ~20 min on 2 idle cores, budget 60 min
+    python scripts/train_reference.py                # full run: ~30 min on 2 cores, budget 60 min
     python scripts/train_reference.py --quick        # 2-3 min smoke run (not the shipped model)
 
 The model is a research artefact trained on phantoms: not for clinical use.
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=900, help="training phantoms (default: %(default)s)")
     parser.add_argument("--n-val", type=int, default=180, help="validation phantoms (default: %(default)s)")
     parser.add_argument("--n-test", type=int, default=300, help="held-out test phantoms (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="phantom-generation processes (default: 2)")
     parser.add_argument("--cache-dir", default=None, help="input cache (default: ~/.cache/medai/inputs)")
