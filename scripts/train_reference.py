@@ -1,4 +1,4 @@
-"""Reproduce the shipped reference model ``models/medai-ref.pt`` on a CPU (2 cores, < 40 min).
+"""Reproduce the shipped model ``models/medai-ref.onnx`` and its checkpoint ``.pt`` on a CPU (2 cores, < 40 min).
 
 Synthetic data only: balanced phantoms with varied ``split="train"``
 acquisitions (fast generator), strong augmentation, early stopping on the
@@ -18,7 +18,6 @@ The model is a research artefact trained on phantoms: not for clinical use.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -47,12 +46,25 @@ def heldout_set(n: int, *, seed: int, params_dict: dict, workers: int) -> tuple[
 
 
 def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None = None) -> Path:
-    """Write ``<checkpoint>.json`` beside the checkpoint: intended use, data, metrics, sha256."""
+    """Export ``<checkpoint>.onnx`` (parity-checked) and write the card ``<checkpoint>.json`` beside it.
+
+    The card names the ONNX file as the shipped model (its sha256 is what
+    ``medai.Classifier.load`` verifies) and the checkpoint it came from.
+    """
+    from medai.export import export_onnx
+
     path = Path(checkpoint)
+    out = path.with_suffix(".json")
+    if timings is None and out.is_file():  # --card-only keeps the recorded training times
+        timings = json.loads(out.read_text()).get("timings_s")
+    report = export_onnx(path, path.with_suffix(".onnx"))
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     card = {
-        "model": path.name,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "model": report.path.name,
+        "sha256": report.sha256,
+        "checkpoint": path.name,
+        "checkpoint_sha256": report.checkpoint_sha256,
+        "export_parity": {"max_logit_diff": report.max_logit_diff, "min_cam_corr": report.min_cam_corr},
         "intended_use": "Research use only. Not a medical device; not for diagnosis.",
         "training_data": "synthetic phantoms only (medai.synthetic, split='train' acquisition ranges): "
         "not validated on patients",
@@ -68,7 +80,6 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
         "reproduce": "python scripts/train_reference.py",
         "timings_s": timings or {},
     }
-    out = path.with_suffix(".json")
     out.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return out
 
@@ -85,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="phantom-generation processes (default: 2)")
     parser.add_argument("--cache-dir", default=None, help="input cache (default: ~/.cache/medai/inputs)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT_DIR/last.pt")
-    parser.add_argument("--card-only", action="store_true", help="only (re)write the model card of --output")
+    parser.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--card-only", action="store_true", help="only (re)export the ONNX model and card of --output")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 phantoms, 2 epochs, 30 held-out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -104,11 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         patience=6,
         batch_size=8,
-        lr=2e-3,
         num_workers=1,
         cache_dir=args.cache_dir,
         prep_workers=args.workers,
         resume=args.resume,
+        init_from=args.init_from,
+        lr=args.lr,
         output=args.output,
     )
     params = cfg.preprocess_params()
