@@ -24,12 +24,14 @@ $(VENV)/.stamp-base: pyproject.toml
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[train,dev]"
+	$(PIP) install -q -e ".[train,dev,dist]"
 	touch $@
 
 demo: $(VENV)/.stamp-base
 	$(BIN)/medai synth $(DEMO)/studies --cases 3 --seed 7 --slices 120
 	$(BIN)/medai inspect $(DEMO)/studies
+	$(BIN)/medai score $(DEMO)/studies --out $(DEMO)/results.csv --saliency-dir $(DEMO)/saliency
+	@echo "results: $(DEMO)/results.csv   key images: $(DEMO)/saliency/   (research use only, not for diagnosis)"
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check medai tests scripts

@@ -146,6 +146,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (smoke tests)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning; same tensor shapes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
@@ -154,6 +155,95 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from medai import train
 
     return train.run_cli(args)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (logits + in-graph CAM, metadata) after a parity check",
+        description="Convert a checkpoint from medai train to ONNX (opset 18, dynamic batch) with the class "
+        "activation map as a second output and everything serving needs in its metadata. onnxruntime must "
+        "match torch (max |logit diff| <= 1e-4, CAM correlation >= 0.999) or nothing is written.",
+    )
+    p.add_argument("checkpoint", help="checkpoint (.pt) written by medai train")
+    p.add_argument("--out", required=True, help="ONNX file to write, e.g. models/my-model.onnx")
+    p.add_argument("--name", help="model name in the metadata and model id (default: the file stem of --out)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medai.export import export_onnx
+
+    report = export_onnx(args.checkpoint, args.out, model_name=args.name)
+    print(f"wrote {report.path} (sha256 {report.sha256})")
+    print(
+        f"parity on {report.n_parity_inputs} inputs: max |logit diff| {report.max_logit_diff:.2e}, "
+        f"min CAM correlation {report.min_cam_corr:.6f}"
+    )
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="score one study (folder, zip or file): probabilities, label, lesion %% and severity",
+        description="Select and score the CT series of one study with the ONNX model (torch-free). "
+        "Research use only; not a medical device, not for diagnosis.",
+    )
+    p.add_argument("path", help="folder, zip archive or DICOM file of one study")
+    p.add_argument("--model", help="ONNX model (default: $MEDAI_MODEL or the shipped models/medai-ref.onnx)")
+    p.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from medai import INTENDED_USE
+    from medai.inference import Classifier
+
+    clf = Classifier.load(args.model)
+    pred = clf.predict_path(args.path)
+    if args.json:
+        print(json.dumps(pred.to_dict(), indent=2))
+        return 0
+    q = pred.quantification
+    probs = "  ".join(f"{name} {p:.3f}" for name, p in pred.probabilities.items())
+    print(f"series   {pred.series_uid}")
+    print(f"model    {pred.model_id} ({', '.join(clf.providers)})")
+    print(f"label    {pred.label}{'  (indeterminate)' if pred.indeterminate else ''}")
+    print(f"p        {probs}")
+    print(
+        f"lungs    {q.lung_volume_ml:.0f} ml (right {q.right_lung_volume_ml:.0f}, left {q.left_lung_volume_ml:.0f}); "
+        f"lesions {q.lesion_percent:.1f} % (ground glass {q.ggo_percent:.1f}, consolidation "
+        f"{q.consolidation_percent:.1f}); severity {q.severity.value}"
+    )
+    if pred.qc_flags:
+        print(f"qc       {', '.join(pred.qc_flags)}")
+    print(f"time     {pred.timings['total']:.2f} s")
+    print(INTENDED_USE)
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    from medai.score_cli import add_arguments
+
+    p = sub.add_parser(
+        "score",
+        help="score every study under folders, zip archives or a manifest into CSV/JSONL/Parquet (resumable)",
+        description="Find every DICOM series, select the one to score per study, score it and append one row per "
+        "series (ok, error or skipped, with the reason) to --out as it finishes. Rerunning the same command "
+        "resumes. Parallel: local worker processes, a local Dask cluster (--dask) or an existing one "
+        "(--scheduler). Research use only; not for diagnosis.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from medai import score_cli
+
+    return score_cli.run_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_evaluate(sub)
     _add_train(sub)
+    _add_export(sub)
+    _add_predict(sub)
+    _add_score(sub)
     return parser
 
 

@@ -1,0 +1,56 @@
+"""Key images: montage of salient slices, overlay only inside the lungs, caption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medai import synthetic
+from medai.inference import Classifier
+from medai.keyimages import key_image_array, write_key_image
+
+
+@pytest.fixture(scope="module")
+def scored() -> tuple[synthetic.Phantom, object]:
+    acq = synthetic.Acquisition(matrix=112, pixel_spacing_mm=3.2, slice_thickness_mm=8.0, n_slices=30)
+    phantom = synthetic.generate(synthetic.PhantomSpec("covid19", 0.3, 5, acq), fast=True)
+    return phantom, Classifier.load(threads=1).predict(phantom.volume)
+
+
+def test_key_image_png_has_tiles_overlay_and_caption(scored: tuple, tmp_path: Path) -> None:
+    from PIL import Image
+
+    phantom, pred = scored
+    path = write_key_image(phantom.volume, pred, tmp_path / "k" / "key.png", n_slices=4, tile_px=200)
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    slices = pred.saliency.top_slices(4)
+    assert image.shape[1] >= 2 * 200 and image.shape[0] > ((len(slices) + 1) // 2) * 200
+    tiles = image[: ((len(slices) + 1) // 2) * 200]
+    coloured = (tiles[..., 0] - tiles[..., 2]) > 60
+    assert coloured.mean() > 0.01  # a saliency overlay is drawn
+    caption = image[((len(slices) + 1) // 2) * 200 :]
+    assert (caption > 200).any()  # text
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_overlay_stays_inside_the_lungs(scored: tuple) -> None:
+    phantom, pred = scored
+    image = key_image_array(phantom.volume, pred, n_slices=1, tile_px=112, alpha=1.0).astype(int)
+    (z,) = pred.saliency.top_slices(1)
+    tile = image[:112, :112]
+    coloured = (tile[..., 0] - tile[..., 2]) > 60
+    lungs = phantom.lung_mask[z] > 0  # ground truth on the 112 px source grid (identity direction)
+    assert coloured[16:].sum() > 0
+    assert (coloured[16:] & ~lungs[16:]).sum() <= 0.1 * coloured[16:].sum()  # 16 px: the slice label
+
+
+def test_wrong_volume_is_refused(scored: tuple, tmp_path: Path) -> None:
+    phantom, pred = scored
+    other = phantom.volume.with_array(phantom.volume.hu)
+    small = type(other)(other.hu[:10], other.spacing_mm)
+    with pytest.raises(ValueError, match="prediction must belong to the volume"):
+        key_image_array(small, pred)
+    with pytest.raises(ValueError, match=r"must end with \.png"):
+        write_key_image(phantom.volume, pred, tmp_path / "k.jpg")
