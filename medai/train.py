@@ -66,10 +66,8 @@ class TrainConfig:
     prep_workers: int = 2  # processes generating/loading + preprocessing cases
     # preprocessing and model
     grid_shape: tuple[int, int, int] = (80, 64, 96)
-    # The last two stages keep stride 1: the class activation map (saliency) then lives on a 10x8x12 grid
-    # (~32 mm cells) instead of 5x4x6, for about 1.4x the training time of a 16x-downsampling net.
     channels: tuple[int, ...] = (8, 16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2, 1, 1)
+    strides: tuple[int, ...] = (2, 2, 2, 2, 1)
     norm: str = "batch"
     dropout: float = 0.3
     # optimisation
