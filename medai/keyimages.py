@@ -109,8 +109,8 @@ def _caption(prediction: Prediction) -> list[str]:
     quant = prediction.quantification
     return [
         f"{verdict}    p: {probs}",
-        f"lesions {quant.lesion_percent:.1f}% of lung ({quant.severity.value}); saliency for "
-        f"{prediction.saliency.class_name}; model {prediction.model_id}",
+        f"lesions {quant.lesion_percent:.1f}% of lung ({quant.severity.value}); model {prediction.model_id}",
+        f"overlay: where the model found evidence for {prediction.saliency.class_name} (not a lesion outline)",
         RESEARCH_NOTICE,
     ]
 
