@@ -37,10 +37,11 @@ from medai.discovery import (
     as_text,
     find_series,
     frames_from_dataset,
+    group_series,
     read_header,
     scan_files,
 )
-from medai.errors import InvalidSeriesError, NoSeriesError, QCReason
+from medai.errors import InvalidSeriesError, MedaiError, NoSeriesError, QCReason
 from medai.qc import (
     DEFAULT_RULES,
     QCReport,
@@ -65,6 +66,7 @@ __all__ = [
     "check_series",
     "find_series",
     "load_series",
+    "load_study",
     "read_header",
     "select_per_study",
     "select_series",
@@ -145,7 +147,12 @@ def _header_values(ds: Dataset) -> dict[str, Any]:
 def _gate(
     source: SeriesInfo | str | Path | Sequence[str | Path | DicomSource], rules: SelectionRules
 ) -> tuple[list[tuple[DicomSource, Dataset]], list[FrameHeader], QCReport]:
-    datasets = _load_headers(source)
+    return _gate_datasets(_load_headers(source), rules)
+
+
+def _gate_datasets(
+    datasets: list[tuple[DicomSource, Dataset]], rules: SelectionRules
+) -> tuple[list[tuple[DicomSource, Dataset]], list[FrameHeader], QCReport]:
     frames = [f for src, ds in datasets for f in frames_from_dataset(ds, src)]
     first = datasets[0][1]
     report = check_frames(frames, rules=rules, description=str(first.get("SeriesDescription", "")))
@@ -212,7 +219,12 @@ def load_series(
         >>> volume.hu.dtype, volume.spacing_mm  # doctest: +SKIP
         (dtype('int16'), (1.0, 0.7, 0.7))
     """
-    datasets, frames, report = _gate(source, rules)
+    return _decode(*_gate(source, rules), workers=workers)
+
+
+def _decode(
+    datasets: list[tuple[DicomSource, Dataset]], frames: list[FrameHeader], report: QCReport, *, workers: int | None
+) -> Volume:
     by_source = {src: ds for src, ds in datasets}
     ordered = [frames[i] for i in report.slice_order]
     plan = [
@@ -233,3 +245,48 @@ def load_series(
         header=_header_values(first),
         sop_instance_uids=sop_uids,
     )
+
+
+def load_study(
+    path: str | Path,
+    *,
+    rules: SelectionRules = DEFAULT_RULES,
+    workers: int | None = None,
+) -> tuple[SelectionReport, Volume]:
+    """Find, select and load the series to score of the one study under ``path``, reading each file once.
+
+    The same as :func:`find_series` + :func:`select_series` + :func:`load_series`,
+    but every file is parsed a single time (``find_series`` reads headers only, so
+    for one study that path parses each file twice). Use it for one study; for
+    large trees of many studies, :func:`find_series` keeps memory low.
+
+    Returns:
+        The selection (with every rejected series and its reason) and the loaded volume.
+
+    Raises:
+        NoSeriesError: no DICOM series under ``path``.
+        InvalidSeriesError: every series was rejected (the first rejection's reason), or the QC gate failed.
+        MedaiError: ``path`` holds more than one study.
+
+    Example:
+        >>> report, volume = load_study("exports/study_1.zip")  # doctest: +SKIP
+        >>> report.selected.series_uid == volume.series_uid  # doctest: +SKIP
+        True
+    """
+    root = Path(path)
+    if not root.exists():
+        raise NoSeriesError(f"path must be an existing folder, file or zip archive, not {str(path)!r}")
+    found, _ = scan_files(root, stop_before_pixels=False)
+    if not found:
+        raise NoSeriesError(f"no DICOM series under {str(path)!r}")
+    studies = select_per_study(group_series(found), rules=rules)
+    if len(studies) > 1:
+        raise MedaiError(f"{str(path)!r} must hold one study, not {len(studies)}; score several with medai score")
+    (report,) = studies.values()
+    if report.selected is None:
+        first = report.rejected[0]
+        message = f"no scorable series under {str(path)!r}: {first.message}"
+        raise InvalidSeriesError(first.reason, message, series_uid=first.series.series_uid)
+    by_source = dict(found)
+    datasets = [(src, by_source[src]) for src in report.selected.sources]
+    return report, _decode(*_gate_datasets(datasets, rules), workers=workers)

@@ -37,6 +37,7 @@ __all__ = [
     "SkippedFile",
     "find_series",
     "frames_from_dataset",
+    "group_series",
     "read_header",
     "scan_files",
 ]
@@ -418,7 +419,8 @@ def scan_files(root: Path, *, stop_before_pixels: bool) -> tuple[list[tuple[Dico
     return found, skipped
 
 
-def _group_series(found: list[tuple[DicomSource, Dataset]]) -> list[SeriesInfo]:
+def group_series(found: list[tuple[DicomSource, Dataset]]) -> list[SeriesInfo]:
+    """Group parsed instances (from :func:`scan_files`) into series, sorted by study, number, UID."""
     by_uid: dict[str, list[tuple[DicomSource, Dataset]]] = {}
     for source, ds in found:
         by_uid.setdefault(str(ds.SeriesInstanceUID), []).append((source, ds))
@@ -454,7 +456,7 @@ def find_series(root: str | Path) -> SeriesList:
         []
     """
     found, skipped = scan_files(Path(root), stop_before_pixels=True)
-    result = SeriesList(_group_series(found))
+    result = SeriesList(group_series(found))
     result.skipped = tuple(skipped)
     log.info("found %d series (%d files skipped) under %s", len(result), len(skipped), root)
     return result

@@ -33,7 +33,7 @@ import numpy as np
 
 import medai
 from medai.calibration import DecisionRule, softmax
-from medai.errors import InvalidSeriesError, MedaiError, ModelError, NoSeriesError
+from medai.errors import ModelError
 from medai.preprocess import ModelInput, PreprocessParams, to_model_input
 from medai.quantify import Quantification, Severity, quantify
 from medai.saliency import Saliency, lungs_on_model_grid, make_saliency
@@ -351,22 +351,10 @@ class Classifier:
             InvalidSeriesError: every series was rejected (the reason of the first), or the load failed QC.
             MedaiError: ``path`` holds several studies (use ``medai score`` for those).
         """
-        from medai.dicom import find_series, load_series
-        from medai.qc import select_per_study
+        from medai.dicom import load_study
 
         t0 = time.perf_counter()
-        found = find_series(path)
-        if not found:
-            raise NoSeriesError(f"no DICOM series under {str(path)!r}")
-        studies = select_per_study(found)
-        if len(studies) > 1:
-            raise MedaiError(f"{str(path)!r} holds {len(studies)} studies; predict_path scores one, use medai score")
-        (report,) = studies.values()
-        if report.selected is None:
-            first = report.rejected[0]
-            message = f"no scorable series under {str(path)!r}: {first.message}"
-            raise InvalidSeriesError(first.reason, message, series_uid=first.series.series_uid)
-        volume = load_series(report.selected)
+        _, volume = load_study(path)
         t1 = time.perf_counter()
         pred = self.predict(volume)
         pred.timings["load"] = t1 - t0

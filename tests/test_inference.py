@@ -16,7 +16,7 @@ import torch
 from medai import synthetic
 from medai.calibration import DecisionRule, softmax
 from medai.ctwriter import write_ct_series
-from medai.errors import InvalidSeriesError, ModelError, NoSeriesError, QCReason
+from medai.errors import InvalidSeriesError, MedaiError, ModelError, NoSeriesError, QCReason
 from medai.export import METADATA_KEY, export_onnx, sha256_file
 from medai.inference import Classifier, QCFlag, default_providers
 from medai.model import CHECKPOINT_FORMAT, ModelSpec, build_model
@@ -226,6 +226,13 @@ def test_predict_path_reads_dicom_and_reports_problems(shipped: Classifier, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(NoSeriesError):
         shipped.predict_path(tmp_path / "empty")
+    other = synthetic.generate(
+        synthetic.sample_spec(np.random.default_rng(9), label="normal", split="heldout", matrix=96), fast=True
+    )
+    write_ct_series(other.volume, tmp_path / "two" / "b")
+    shutil.copytree(tmp_path / "ct", tmp_path / "two" / "a")
+    with pytest.raises(MedaiError, match="must hold one study, not 2"):
+        shipped.predict_path(tmp_path / "two")
     files = sorted((tmp_path / "ct").iterdir())
     for f in files[len(files) // 2 : len(files) // 2 + 3]:
         f.unlink()  # a gap
