@@ -23,7 +23,6 @@ inputs; the largest absolute logit difference must be at most
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,31 +39,16 @@ from torch import nn
 
 import medai
 from medai.errors import ModelError
+from medai.manifest import file_sha256
 from medai.model import Classifier3D, load_checkpoint
 
-__all__ = ["METADATA_KEY", "ONNX_FORMAT", "ExportReport", "export_onnx", "parity", "sha256_file"]
+__all__ = ["METADATA_KEY", "ONNX_FORMAT", "ExportReport", "export_onnx", "parity"]
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "medai"
 ONNX_FORMAT = "medai-onnx-v1"
 OPSET = 18  # the torch.export-based exporter's native opset (>= 17 as the issue asks)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
-        >>> sha256_file(p)[:16]
-        'ba7816bf8f01cfea'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _WithCam(nn.Module):
@@ -187,7 +171,7 @@ def export_onnx(
     start = time.perf_counter()
     checkpoint, out = Path(checkpoint), Path(out)
     model, ckpt = load_checkpoint(checkpoint)
-    ckpt_sha = sha256_file(checkpoint)
+    ckpt_sha = file_sha256(checkpoint)
     meta = _metadata(ckpt, ckpt_sha, model_name=model_name or out.stem)
     spec_shape = tuple(ckpt["model_spec"]["input_shape"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +193,7 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
     report = ExportReport(
         path=out,
-        sha256=sha256_file(out),
+        sha256=file_sha256(out),
         checkpoint_sha256=ckpt_sha,
         max_logit_diff=diff,
         min_cam_corr=corr,

@@ -19,7 +19,6 @@ Research use only; not for diagnosis.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import numpy as np
 import medai
 from medai.calibration import DecisionRule, softmax
 from medai.errors import ModelError
+from medai.modelcard import verify_model_file
 from medai.preprocess import ModelInput, PreprocessParams, to_model_input
 from medai.quantify import Quantification, Severity, quantify
 from medai.saliency import Saliency, lungs_on_model_grid, make_saliency
@@ -144,31 +144,6 @@ def default_providers(available: Sequence[str]) -> list[str]:
     return [p for p in _PREFERRED if p in available] or list(available)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_card(path: Path, digest: str, *, required: bool) -> None:
-    card = path.with_suffix(".json")
-    if not card.is_file():
-        if required:
-            raise ModelError(f"model card {str(card)!r} must exist beside the shipped model, but it is missing")
-        return
-    try:
-        expected = json.loads(card.read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"model card {str(card)!r} must be JSON with a 'sha256'; reading it failed: {exc}") from exc
-    if expected != digest:
-        raise ModelError(
-            f"model {str(path)!r} has sha256 {digest[:16]}..., but its card {card.name} says {str(expected)[:16]}...: "
-            "the file is corrupt or was replaced; restore it or update the card"
-        )
-
-
 def read_metadata(session: Any, path: str | Path) -> dict[str, Any]:
     """The ``medai`` metadata of an onnxruntime session's model, checked.
 
@@ -239,8 +214,7 @@ class Classifier:
         resolved = Path(path if path is not None else os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
         if not resolved.is_file():
             raise ModelError(f"model must be an existing .onnx file, not {str(resolved)!r}")
-        digest = _sha256(resolved)
-        _check_card(resolved, digest, required=shipped)
+        digest = verify_model_file(resolved, card_required=shipped)
         available = ort.get_available_providers()
         if providers is None:
             wanted = default_providers(available)

@@ -17,8 +17,9 @@ from medai import synthetic
 from medai.calibration import DecisionRule, softmax
 from medai.ctwriter import write_ct_series
 from medai.errors import InvalidSeriesError, MedaiError, ModelError, NoSeriesError, QCReason
-from medai.export import METADATA_KEY, export_onnx, sha256_file
+from medai.export import METADATA_KEY, export_onnx
 from medai.inference import Classifier, QCFlag, default_providers
+from medai.manifest import file_sha256 as sha256_file
 from medai.model import CHECKPOINT_FORMAT, ModelSpec, build_model
 from medai.preprocess import PreprocessParams, to_model_input
 from medai.quantify import severity_from_percent
