@@ -1,0 +1,172 @@
+"""The learned quantification head: per-voxel lung, ground-glass and consolidation fractions (onnxruntime).
+
+A small 3D CNN (``scripts/train_quantnet.py``, trained on synthetic phantoms only) reads the block-mean
+HU grid of :mod:`medai.quantify` (~3 mm voxels, patient-canonical orientation: z inferior -> superior,
+y anterior -> posterior, x right -> left) and returns for every coarse voxel three fractions:
+
+* ``lung``: the share of the voxel that is lung (partial volume at the pleura and the mediastinum);
+* ``lesion``: the share of that lung which is opacity (ground glass or consolidation);
+* ``consolidation``: the share of that opacity which is consolidation.
+
+The HU window lives inside the ONNX graph, so training and serving cannot disagree. The network works at
+~6 mm and emits its 3 mm output as 24 channels at 6 mm (8 sub-voxels x 3 quantities), rearranged here
+in numpy: onnxruntime's Resize and channel softmax would cost more than the convolutions.
+
+The shipped ``models/medai-quant.onnx`` must match the sha256 of its card ``models/medai-quant.json``.
+Serving is torch-free: numpy and onnxruntime only. Research use only, not for clinical use.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medai.errors import ModelError
+from medai.modelcard import verify_model_file
+
+__all__ = [
+    "DEFAULT_QUANT_MODEL",
+    "QUANT_FORMAT",
+    "QUANT_MODEL_ENV",
+    "QuantFractions",
+    "QuantNet",
+    "default_quant_model",
+    "shipped_quantnet",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUANT_MODEL = Path(__file__).resolve().parent.parent / "models" / "medai-quant.onnx"
+QUANT_FORMAT = "medai-quant/1"
+QUANT_MODEL_ENV = "MEDAI_QUANT_MODEL"  # another head to serve instead of the shipped one (checked against its card)
+_METADATA_KEY = "medai"
+
+
+@dataclass(frozen=True, eq=False)
+class QuantFractions:
+    """Per-voxel fractions on the coarse grid, float32 ``(z, y, x)`` in [0, 1].
+
+    Attributes:
+        lung: share of the voxel that is lung.
+        lesion: share of the voxel's lung that is opacity.
+        consolidation: share of the voxel's opacity that is consolidation.
+    """
+
+    lung: np.ndarray
+    lesion: np.ndarray
+    consolidation: np.ndarray
+
+
+class QuantNet:
+    """A loaded quantification head. Create it with :meth:`load` (or :func:`shipped_quantnet`); reuse it.
+
+    Example:
+        >>> net = QuantNet.load()  # doctest: +SKIP
+        >>> f = net.fractions(np.full((16, 64, 64), -850.0, np.float32))  # doctest: +SKIP
+        >>> f.lung.shape  # doctest: +SKIP
+        (16, 64, 64)
+    """
+
+    def __init__(self, session: Any, meta: dict[str, Any], path: Path, sha256: str) -> None:
+        self._session = session
+        self.meta = meta
+        self.path = path
+        self.sha256 = sha256
+        self.multiple = int(meta.get("multiple", 8))
+        self.model_id = f"{meta.get('name', path.stem)}@{sha256[:12]}"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, threads: int | None = None) -> QuantNet:
+        """Load a quantification head and check its sha256 against the card beside it.
+
+        Args:
+            path: an ``.onnx`` file from ``scripts/train_quantnet.py``. Default: ``$MEDAI_QUANT_MODEL``, else
+                the shipped ``models/medai-quant.onnx``, whose card ``medai-quant.json`` must exist and match.
+                A given file is checked against a card beside it (same stem, ``.json``) when one exists.
+            threads: onnxruntime intra-op threads (default: the cores, at most 4).
+
+        Raises:
+            ModelError: missing or unreadable file or card, hash mismatch, not a medai quantification head.
+        """
+        import onnxruntime as ort
+
+        shipped = path is None and not os.environ.get(QUANT_MODEL_ENV)
+        resolved = Path(path) if path is not None else default_quant_model()
+        if not resolved.is_file():
+            raise ModelError(f"quantification model must be an existing .onnx file, not {str(resolved)!r}")
+        digest = verify_model_file(resolved, card_required=shipped)
+        options = ort.SessionOptions()
+        n_threads = threads if threads is not None else min(4, os.cpu_count() or 1)
+        if n_threads < 1:
+            raise ValueError(f"threads must be >= 1, not {n_threads}")
+        options.intra_op_num_threads = n_threads
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(resolved), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelError(f"cannot load ONNX model {str(resolved)!r}: {exc}") from exc
+        props = session.get_modelmeta().custom_metadata_map
+        try:
+            meta = json.loads(props[_METADATA_KEY])
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"{str(resolved)!r} must carry medai metadata; reading it failed: {exc}") from exc
+        if meta.get("format") != QUANT_FORMAT:
+            raise ModelError(f"{str(resolved)!r} metadata format must be {QUANT_FORMAT!r}, not {meta.get('format')!r}")
+        net = cls(session, meta, resolved, digest)
+        log.info("loaded %s from %s (%d threads)", net.model_id, resolved, n_threads)
+        return net
+
+    def fractions(self, coarse_hu: np.ndarray) -> QuantFractions:
+        """Lung, lesion and consolidation fractions of a canonical-orientation block-mean HU grid.
+
+        Args:
+            coarse_hu: ``(z, y, x)`` HU on the quantification grid (any size; padded here by repeating
+                the edge to a multiple of the network's stride).
+
+        Raises:
+            ValueError: ``coarse_hu`` is not 3D.
+        """
+        if coarse_hu.ndim != 3:
+            raise ValueError(f"coarse_hu must be 3D (z, y, x), not {coarse_hu.ndim}D")
+        m = self.multiple
+        shape = coarse_hu.shape
+        pad = [(0, (-n) % m) for n in shape]
+        hu = np.asarray(coarse_hu, dtype=np.float32)
+        if any(after for _, after in pad):
+            hu = np.pad(hu, pad, mode="edge")
+        out = self._session.run(None, {"hu": hu[None, None]})[0][0]  # (24, d, h, w)
+        _, d, h, w = out.shape
+        full = out.reshape(3, 2, 2, 2, d, h, w).transpose(0, 4, 1, 5, 2, 6, 3).reshape(3, 2 * d, 2 * h, 2 * w)
+        full = full[:, : shape[0], : shape[1], : shape[2]]
+        return QuantFractions(full[0], full[1], full[2])
+
+
+def default_quant_model() -> Path:
+    """``$MEDAI_QUANT_MODEL`` when set, else the shipped ``models/medai-quant.onnx``.
+
+    Example:
+        >>> default_quant_model().suffix
+        '.onnx'
+    """
+    return Path(os.environ.get(QUANT_MODEL_ENV) or DEFAULT_QUANT_MODEL)
+
+
+def shipped_quantnet() -> QuantNet:
+    """The default quantification head (:func:`default_quant_model`), loaded once per process and path.
+
+    Raises:
+        ModelError: the model is missing, corrupt (sha256 differs from its card) or unreadable.
+    """
+    return _load_cached(default_quant_model())
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: Path) -> QuantNet:  # keyed by the default path: a changed $MEDAI_QUANT_MODEL reloads
+    return QuantNet.load()
