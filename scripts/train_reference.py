@@ -96,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="phantom-generation processes (default: 2)")
     parser.add_argument("--cache-dir", default=None, help="input cache (default: ~/.cache/medai/inputs)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT_DIR/last.pt")
+    parser.add_argument("--channels", type=int, nargs="+", help="network stage widths (default: TrainConfig's)")
+    parser.add_argument("--strides", type=int, nargs="+", help="stage strides, one per --channels entry")
     parser.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--card-only", action="store_true", help="only (re)export the ONNX model and card of --output")
@@ -123,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume=args.resume,
         init_from=args.init_from,
         lr=args.lr,
+        **({"channels": tuple(args.channels), "strides": tuple(args.strides)} if args.channels else {}),
         output=args.output,
     )
     params = cfg.preprocess_params()
