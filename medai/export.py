@@ -39,6 +39,7 @@ from torch import nn
 
 import medai
 from medai.errors import ModelError
+from medai.inference import METADATA_KEY, ONNX_FORMAT
 from medai.manifest import file_sha256
 from medai.model import Classifier3D, load_checkpoint
 
@@ -46,8 +47,6 @@ __all__ = ["METADATA_KEY", "ONNX_FORMAT", "ExportReport", "export_onnx", "parity
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "medai"
-ONNX_FORMAT = "medai-onnx-v1"
 OPSET = 18  # the torch.export-based exporter's native opset (>= 17 as the issue asks)
 
 

@@ -41,7 +41,9 @@ from medai.volume import Volume
 
 __all__ = [
     "DEFAULT_MODEL",
+    "METADATA_KEY",
     "MODEL_ENV",
+    "ONNX_FORMAT",
     "Classifier",
     "Prediction",
     "QCFlag",
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ENV = "MEDAI_MODEL"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "medai-ref.onnx"
-METADATA_KEY = "medai"  # same as medai.export.METADATA_KEY (that module imports torch)
+METADATA_KEY = "medai"  # the ONNX metadata_props key medai.export writes and serving reads
 ONNX_FORMAT = "medai-onnx-v1"
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -60,8 +60,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
 
 @dataclass(frozen=True)
 class ScoreSettings:

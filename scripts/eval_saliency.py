@@ -40,7 +40,7 @@ from scipy import stats
 from medai import synthetic
 from medai.inference import Classifier
 from medai.model import build_model, load_checkpoint
-from medai.preprocess import to_model_input
+from medai.preprocess import ModelInput, to_model_input
 from medai.saliency import lungs_on_model_grid, make_saliency
 from medai.volume import Volume
 
@@ -71,14 +71,11 @@ def covid_phantoms(n: int, *, seed: int, matrix: int = 160) -> list[tuple[int, s
     return out
 
 
-def _torch_map(model: torch.nn.Module, clf: Classifier, phantom: synthetic.Phantom, lungs_src: np.ndarray) -> Any:
-    mi = to_model_input(phantom.volume, clf.preprocess)
+def _torch_map(model: torch.nn.Module, mi: ModelInput, k: int, lungs: np.ndarray, source_shape: Any) -> Any:
     with torch.inference_mode():
         _, cam = model.forward_with_cam(torch.from_numpy(mi.array[None]))
-    k = clf.class_names.index("covid19")
-    lungs = lungs_on_model_grid(lungs_src, (1, 1, 1), mi.index_affine, mi.array.shape[1:])
     sal = make_saliency(
-        cam[0].numpy(), k, "covid19", lungs=lungs, index_affine=mi.index_affine, source_shape=phantom.volume.shape
+        cam[0].numpy(), k, "covid19", lungs=lungs, index_affine=mi.index_affine, source_shape=source_shape
     )
     return sal.map[lungs]
 
@@ -96,7 +93,6 @@ def check_case(
     lesion = phantom.lesion_mask > 0
     volume = phantom.volume
     k = clf.class_names.index("covid19")
-    pred = clf.predict(volume)
     mi = to_model_input(volume, clf.preprocess)
     _, cam = clf._run(mi.array[None])
     lungs_model = lungs_on_model_grid(lung.astype(np.uint8), (1, 1, 1), mi.index_affine, mi.array.shape[1:])
@@ -118,13 +114,13 @@ def check_case(
     random_idx = rng.choice(values.size, size=n_top, replace=False)
     p = clf.probabilities([volume, deleted(top_idx), deleted(random_idx)])[:, k]
     corr = stats.spearmanr(
-        _torch_map(trained, clf, phantom, lung.astype(np.uint8)),
-        _torch_map(randomised, clf, phantom, lung.astype(np.uint8)),
+        _torch_map(trained, mi, k, lungs_model, volume.shape),
+        _torch_map(randomised, mi, k, lungs_model, volume.shape),
     ).statistic
     return CaseResult(
         seed=seed,
         lesion_fraction=float(lesion_in_lung.mean()),
-        p_covid=float(pred.probabilities["covid19"]),
+        p_covid=float(p[0]),
         overlap_ratio=ratio,
         drop_top=float(p[0] - p[1]),
         drop_random=float(p[0] - p[2]),
