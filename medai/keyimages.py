@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medai.nifti import is_nifti_name
 from medai.volume import Volume
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ def write_saliency_nifti(volume: Volume, prediction: Prediction, path: str | Pat
     from medai.nifti import write_nifti
 
     path = Path(path)
-    if not path.name.endswith((".nii", ".nii.gz")):
+    if not is_nifti_name(path):
         raise ValueError(f"saliency NIfTI path must end with .nii or .nii.gz, not {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_nifti(volume.with_array(prediction.saliency.to_source()), path)

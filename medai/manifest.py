@@ -248,10 +248,9 @@ def load_case(row: ManifestRow) -> Volume:
     Raises:
         InvalidSeriesError, NoSeriesError: from the readers.
     """
-    name = row.path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        from medai.nifti import read_nifti
+    from medai.nifti import is_nifti_name, read_nifti
 
+    if is_nifti_name(row.path):
         return read_nifti(row.path)
     from medai.dicom import load_series
 

@@ -11,17 +11,28 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medai.errors import InvalidSeriesError, QCReason
 from medai.volume import Volume
 
-__all__ = ["read_nifti", "write_nifti"]
+__all__ = ["NIFTI_SUFFIXES", "is_nifti_name", "read_nifti", "write_nifti"]
 
 log = logging.getLogger(__name__)
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti_name(name: str | Path) -> bool:
+    """Whether a file name ends with a NIfTI suffix, in any letter case (exports from Windows tools vary).
+
+    Example:
+        >>> is_nifti_name("CT.NII.GZ"), is_nifti_name("ct.nii"), is_nifti_name("ct.dcm")
+        (True, True, False)
+    """
+    return Path(name).name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def read_nifti(path: str | Path) -> Volume:
@@ -42,6 +53,8 @@ def read_nifti(path: str | Path) -> Volume:
         >>> bool((w.hu == v.hu).all()), w.spacing_mm
         (True, (2.0, 0.5, 0.7))
     """
+    import nibabel as nib  # imported here: callers that only check a name stay light
+
     path = Path(path)
     try:
         img = nib.load(str(path))
@@ -87,6 +100,8 @@ def write_nifti(volume: Volume, path: str | Path) -> None:
     """
     data = np.asarray(volume.hu).transpose(2, 1, 0)
     affine = _RAS_FROM_LPS @ volume.affine_lps()
+    import nibabel as nib
+
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)

@@ -23,6 +23,7 @@ import numpy as np
 
 from medai.discovery import SeriesInfo, SeriesList, SkippedFile, find_series, read_header
 from medai.errors import MedaiError, QCReason
+from medai.nifti import is_nifti_name
 from medai.pseudonym import Pseudonymizer
 from medai.qc import DEFAULT_RULES, SelectionRules, select_per_study
 from medai.results import RowStatus, ScoreReason
@@ -39,8 +40,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass(frozen=True)
@@ -241,12 +240,7 @@ def merge_series(parts: Sequence[SeriesInfo]) -> list[SeriesInfo]:
 
 
 def _discover(paths: Sequence[Path], map_unordered: MapUnordered) -> dict[int, SeriesList]:
-    chunks = [
-        c
-        for i, p in enumerate(paths)
-        if p.exists() and not p.name.lower().endswith(_NIFTI_SUFFIXES)
-        for c in _chunks(i, p)
-    ]
+    chunks = [c for i, p in enumerate(paths) if p.exists() and not is_nifti_name(p) for c in _chunks(i, p)]
     pieces: dict[int, list[SeriesInfo]] = {}
     skipped: dict[int, list[SkippedFile]] = {}
     for index, series, files in map_unordered(discover_chunk, chunks):
@@ -297,7 +291,7 @@ def plan_inputs(
     discovered = _discover(paths, map_unordered) if map_unordered is not None else {}
     found: dict[str, SeriesInfo] = {}
     for index, path in enumerate(paths):
-        if path.name.lower().endswith(_NIFTI_SUFFIXES) and path.is_file():
+        if is_nifti_name(path) and path.is_file():
             fields = {"source": str(path), "pseudonymized": pseudonymizer is not None}
             plan.jobs.append(ScoreJob(series=None, nifti_path=str(path), fields=fields))
             continue
