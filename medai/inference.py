@@ -344,8 +344,21 @@ def _qc_flags(volume: Volume, quant: Quantification) -> tuple[str, ...]:
         flags.append(QCFlag.NO_LUNGS)
     elif quant.lung_volume_ml < 1500.0:
         flags.append(QCFlag.SMALL_LUNGS)
-    if quant.lung_volume_ml >= 200.0 and (quant.lung_mask[0].any() or quant.lung_mask[-1].any()):
+    if quant.lung_volume_ml >= 200.0 and _lung_cut_off(quant.lung_mask):
         flags.append(QCFlag.LUNG_CUT_OFF)
     if volume.spacing_mm[0] > 5.0 + 1e-6:
         flags.append(QCFlag.THICK_SLICES)
     return tuple(str(f) for f in flags)
+
+
+# An end slice holding at least this share of the largest lung cross-section means the scan stops inside the
+# lungs; a few voxels there (the trachea's last air, a partial-volume sliver of apex or base) do not.
+CUT_OFF_AREA_FRACTION = 0.25
+
+
+def _lung_cut_off(lung_mask: np.ndarray) -> bool:
+    """Whether the lungs are cut by the first or last slice of the scan (``lung_mask`` is ``(z, y, x)``)."""
+    area = np.count_nonzero(lung_mask.reshape(lung_mask.shape[0], -1), axis=1)
+    if area.size == 0 or area.max() == 0:
+        return False
+    return bool(max(area[0], area[-1]) >= CUT_OFF_AREA_FRACTION * area.max())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,9 +31,9 @@ TINY_SPEC = ModelSpec(input_shape=(32, 32, 32), channels=(4, 8, 8), strides=(2, 
 TINY_PREP = PreprocessParams(grid_shape=(32, 32, 32))
 
 
-def _tiny_checkpoint(path: Path, *, seed: int = 0, temperature: float = 1.7) -> Path:
+def _tiny_checkpoint(path: Path, *, seed: int = 0, temperature: float = 1.7, spec: ModelSpec = TINY_SPEC) -> Path:
     torch.manual_seed(seed)
-    model = build_model(TINY_SPEC).eval()
+    model = build_model(spec).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode folding is exercised
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm3d):
@@ -42,7 +43,7 @@ def _tiny_checkpoint(path: Path, *, seed: int = 0, temperature: float = 1.7) -> 
     torch.save(
         {
             "format": CHECKPOINT_FORMAT,
-            "model_spec": TINY_SPEC.to_dict(),
+            "model_spec": spec.to_dict(),
             "model_state": model.state_dict(),
             "preprocess": TINY_PREP.to_dict(),
             "class_names": names,
@@ -104,6 +105,21 @@ def test_export_parity_and_metadata_round_trip(tiny_export: tuple[Path, Path], p
     np.testing.assert_allclose(pred.logits, ref_logits[0], atol=1e-4)
     expected = softmax(ref_logits, 1.7)[0]
     np.testing.assert_allclose([pred.probabilities[c] for c in clf.class_names], expected, atol=1e-4)
+
+
+def test_lse_pooled_model_exports_with_parity(tmp_path: Path, phantom: synthetic.Phantom) -> None:
+    spec = dataclasses.replace(TINY_SPEC, pooling="lse")
+    ckpt = _tiny_checkpoint(tmp_path / "lse.pt", spec=spec)
+    report = export_onnx(ckpt, tmp_path / "lse.onnx", n_random=1, n_phantoms=1)
+    assert report.max_logit_diff <= 1e-4 and report.min_cam_corr >= 0.999
+    clf = Classifier.load(report.path)
+    assert clf.meta["model_spec"]["pooling"] == "lse"
+    model = build_model(spec)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model_state"])
+    mi = to_model_input(phantom.volume, TINY_PREP)
+    with torch.inference_mode():
+        ref_logits = model.eval()(torch.from_numpy(mi.array[None])).numpy()
+    np.testing.assert_allclose(clf.predict(phantom.volume).logits, ref_logits[0], atol=1e-4)
 
 
 def test_export_refuses_when_parity_fails_and_leaves_no_file(tmp_path: Path) -> None:
@@ -264,3 +280,12 @@ def test_metadata_key_is_shared() -> None:
     from medai import inference
 
     assert inference.METADATA_KEY == METADATA_KEY
+
+
+def test_lung_cut_off_flags_a_scan_that_stops_inside_the_lungs(shipped: Classifier, phantom: synthetic.Phantom) -> None:
+    whole = shipped.predict(phantom.volume)
+    assert QCFlag.LUNG_CUT_OFF not in whole.qc_flags  # the phantom covers apices to bases
+    lung_slices = np.flatnonzero(phantom.lung_mask.any(axis=(1, 2)))
+    middle = int(lung_slices[len(lung_slices) // 2])
+    cut = dataclasses.replace(phantom.volume, hu=phantom.volume.hu[middle:], sop_instance_uids=())  # starts mid-chest
+    assert QCFlag.LUNG_CUT_OFF in shipped.predict(cut).qc_flags
