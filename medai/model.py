@@ -2,10 +2,13 @@
 
 A compact residual network built from MONAI blocks: a strided stem
 convolution, one :class:`monai.networks.blocks.ResidualUnit` per stage (each
-halving the grid), then global average pooling and one linear layer. With no
-hidden fully connected layer the class activation map is exact:
-``CAM_c = sum_k w_ck * feature_k + b_c`` and ``logits_c = mean(CAM_c)``, so
-the exported graph can return the CAM alongside the logits.
+halving the grid), then one linear layer applied at every position of the last feature grid:
+the class activation map ``CAM_c = sum_k w_ck * feature_k + b_c``. The logit
+pools that map, by its mean (global average pooling, ``pooling="mean"``) or by
+a log-sum-exp soft maximum (``pooling="lse"``, multiple-instance pooling: the
+cells with the most evidence decide, so the evidence has to sit on the
+finding). Either way the logit is an exact function of the CAM, and the
+exported graph returns the CAM alongside the logits.
 
 Checkpoints are plain dictionaries written by :mod:`medai.train`;
 :func:`load_checkpoint` (here) rebuilds the model from the ``ModelSpec`` they
@@ -15,6 +18,7 @@ carry, and :func:`predict_logits` runs it on preprocessed arrays.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -70,6 +74,12 @@ class ModelSpec:
     norm: str = "batch"
     # Convolutions per residual unit.
     subunits: int = 2
+    # How the class map becomes the logit: "mean" (global average, the CAM of Zhou et al. 2016) or "lse"
+    # (log-sum-exp, a soft maximum over positions: the logit follows the cells with the most evidence, so
+    # evidence has to sit where the finding is; multiple-instance pooling as in Pinheiro & Collobert 2015).
+    pooling: str = "mean"
+    # Sharpness r of the log-sum-exp pooling: r -> 0 is the mean, r -> inf the maximum.
+    lse_r: float = 5.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(n) for n in self.input_shape))
@@ -81,6 +91,10 @@ class ModelSpec:
             )
         if self.norm not in ("batch", "instance", "group"):
             raise ValueError(f"norm must be 'batch', 'instance' or 'group', not {self.norm!r}")
+        if self.pooling not in ("mean", "lse"):
+            raise ValueError(f"pooling must be 'mean' or 'lse', not {self.pooling!r}")
+        if self.lse_r <= 0:
+            raise ValueError(f"lse_r must be positive, not {self.lse_r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
 
@@ -131,18 +145,30 @@ class Classifier3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, n_classes)`` for inputs ``(B, 1, D, H, W)``."""
-        pooled = self.features(x).mean(dim=(2, 3, 4))
-        return self.head(self.dropout(pooled))
+        if self.spec.pooling == "mean":
+            pooled = self.features(x).mean(dim=(2, 3, 4))
+            return self.head(self.dropout(pooled))
+        return self._pool(self._cam(self.dropout(self.features(x))))
 
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B, C)`` and class activation maps ``(B, C, d, h, w)`` on the final feature grid.
 
-        ``logits == cam.mean((2, 3, 4))`` exactly (up to rounding); dropout is not applied.
+        ``logits`` is the pooled ``cam`` exactly (up to rounding): its mean over
+        positions, or its log-sum-exp with ``pooling="lse"``; dropout is not applied.
         """
-        feats = self.features(x)
+        cam = self._cam(self.features(x))
+        return self._pool(cam), cam
+
+    def _cam(self, feats: torch.Tensor) -> torch.Tensor:
         weight = self.head.weight[:, :, None, None, None]
-        cam = F.conv3d(feats, weight, self.head.bias)
-        return cam.mean(dim=(2, 3, 4)), cam
+        return F.conv3d(feats, weight, self.head.bias)
+
+    def _pool(self, cam: torch.Tensor) -> torch.Tensor:
+        if self.spec.pooling == "mean":
+            return cam.mean(dim=(2, 3, 4))
+        r = self.spec.lse_r
+        flat = cam.flatten(2)
+        return (torch.logsumexp(r * flat, dim=2) - math.log(flat.shape[2])) / r
 
 
 def build_model(spec: ModelSpec) -> Classifier3D:

@@ -1,14 +1,15 @@
 """Saliency maps from the model's in-graph class activation map (CAM).
 
-The network ends in global average pooling and one linear layer, so the
-exported graph returns ``cam`` ``(C, d, h, w)``: the class scores at every
-position of the last feature grid, whose mean is the logit (see
-:mod:`medai.model`). This module turns that into a map a radiologist can read:
+The network ends in one linear layer applied at every position of its last
+feature grid, so the exported graph returns ``cam`` ``(C, d, h, w)``: the
+class scores at every position, which the logit pools (mean, or a log-sum-exp
+soft maximum; see :mod:`medai.model`). This module turns that into a map a
+radiologist can read:
 
 1. *Contrast.* ``cam[c] - cam.mean(0)``: evidence for class ``c`` relative to
    the average class. Softmax ignores anything added to every class alike, so
-   this is the part of the map that moves the probability; its spatial mean is
-   ``logit_c - mean(logits)``. The sign is kept: positive is evidence *for* the
+   this is the part of the map that moves the probability (with mean pooling
+   its spatial mean is ``logit_c - mean(logits)``). The sign is kept: positive is evidence *for* the
    class, negative against.
 2. *Upsampling.* Trilinear, treating feature cells as areas (each covers
    ``input / feature`` model voxels), onto the model's input grid.

@@ -70,6 +70,7 @@ class TrainConfig:
     strides: tuple[int, ...] = (2, 2, 2, 2, 1)
     norm: str = "batch"
     dropout: float = 0.3
+    pooling: str = "mean"  # class-map pooling: "mean" (global average) or "lse" (soft maximum, see ModelSpec)
     # optimisation
     epochs: int = 30
     batch_size: int = 8
@@ -110,6 +111,7 @@ class TrainConfig:
             dropout=self.dropout,
             n_classes=len(CLASS_NAMES),
             norm=self.norm,
+            pooling=self.pooling,
         )
 
 

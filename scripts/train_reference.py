@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT_DIR/last.pt")
     parser.add_argument("--channels", type=int, nargs="+", help="network stage widths (default: TrainConfig's)")
     parser.add_argument("--strides", type=int, nargs="+", help="stage strides, one per --channels entry")
+    parser.add_argument("--pooling", choices=("mean", "lse"), help="class-map pooling (default: TrainConfig's)")
     parser.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--card-only", action="store_true", help="only (re)export the ONNX model and card of --output")
@@ -126,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         init_from=args.init_from,
         lr=args.lr,
         **({"channels": tuple(args.channels), "strides": tuple(args.strides)} if args.channels else {}),
+        **({"pooling": args.pooling} if args.pooling else {}),
         output=args.output,
     )
     params = cfg.preprocess_params()

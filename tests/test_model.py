@@ -46,8 +46,32 @@ def test_cam_mean_equals_logits():
         torch.testing.assert_close(cam.mean(dim=(2, 3, 4)), logits)
 
 
+def test_lse_pooling_is_a_soft_maximum_of_the_cam():
+    torch.manual_seed(0)
+    spec = ModelSpec(input_shape=(16, 24, 24), channels=(4, 8, 16), strides=(2, 2, 1), pooling="lse", lse_r=5.0)
+    model = build_model(spec).eval()
+    x = torch.rand(2, 1, *spec.input_shape)
+    with torch.inference_mode():
+        logits, cam = model.forward_with_cam(x)
+        torch.testing.assert_close(logits, model(x), rtol=1e-5, atol=1e-5)
+        flat = cam.flatten(2).double()
+        expected = (torch.logsumexp(5.0 * flat, dim=2) - np.log(flat.shape[2])) / 5.0
+        torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-5)
+        assert bool((logits >= cam.mean(dim=(2, 3, 4)) - 1e-5).all())  # between the mean ...
+        assert bool((logits <= flat.amax(dim=2) + 1e-5).all())  # ... and the maximum
+    # a checkpoint written before pooling existed reads as mean pooling
+    old = {k: v for k, v in spec.to_dict().items() if k not in ("pooling", "lse_r")}
+    assert ModelSpec.from_dict(old).pooling == "mean"
+
+
 def test_spec_validation_and_round_trip():
     assert ModelSpec.from_dict(TINY.to_dict()) == TINY
+    lse = ModelSpec(pooling="lse", lse_r=3.0)
+    assert ModelSpec.from_dict(lse.to_dict()) == lse
+    with pytest.raises(ValueError, match="pooling must be 'mean' or 'lse', not 'max'"):
+        ModelSpec(pooling="max")
+    with pytest.raises(ValueError, match="lse_r must be positive"):
+        ModelSpec(pooling="lse", lse_r=0.0)
     with pytest.raises(ValueError, match="same non-zero length"):
         ModelSpec(channels=(4, 8), strides=(2,))
     with pytest.raises(ValueError, match="norm must be"):
