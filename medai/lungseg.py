@@ -17,6 +17,12 @@ Classical image processing on the block-mean grid of :mod:`medai.quantify`
    body's midline (the bones' centre), is the shape prior: soft-tissue voxels
    inside the mirror, connected to that side's lung and lateral to its medial
    edge, are added back.
+6. *Lateral envelope.* Bilateral peripheral consolidation (COVID-19) defeats
+   the mirror. A lung's lateral edge, as a height map over (slice, row), is
+   smooth; where it falls back from the grey closing of that map over
+   ``lateral_envelope_mm`` (a pleural-based bite), the soft-tissue voxels
+   between the edge and the envelope, contiguous with the lung, are added,
+   never closer to the ribs than the patient's usual lung-to-rib gap.
 
 Research use only, not for clinical use.
 """
@@ -146,6 +152,7 @@ def segment_lungs(
     sides = _add_dense_pathology(sides, hu, spacing_mm, lr_dim=lr_dim, right_low=right_low, params=params)
     if mirror_axis is not None:
         sides = _recover_by_symmetry(sides, hu, spacing_mm, axis=midline, lr_dim=lr_dim, params=params)
+    sides = _recover_lateral_bites(sides, hu, spacing_mm, lr_dim=lr_dim, right_low=right_low, params=params)
     out[box] = sides
     return out
 
@@ -351,3 +358,67 @@ def _add_dense_pathology(
         view = out[box]
         view[part & (view == 0)] = label
     return out
+
+
+def _recover_lateral_bites(
+    sides: np.ndarray,
+    hu: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    *,
+    lr_dim: int,
+    right_low: bool,
+    params: QuantifyParams,
+) -> np.ndarray:
+    """Give each lung back the pleural-based opacity that bites into its lateral edge (module step 6)."""
+    bone = hu > params.bone_threshold_hu
+    # ribs cross a slice obliquely: bone within rib_search_mm above or below bridges the intercostal gaps
+    bone = ndimage.maximum_filter1d(bone, 2 * round(params.rib_search_mm / spacing_mm[0]) + 1, axis=0)
+    soft = (hu >= params.closing_range_hu[0]) & (hu <= params.closing_range_hu[1])
+    ap_dim = 3 - lr_dim
+    window = [2 * round(0.5 * params.lateral_envelope_mm / spacing_mm[a]) + 1 for a in (0, ap_dim)]
+    out = sides.copy()
+    for label in (1, 2):
+        lateral_low = (label == 1) == right_low
+        rows = np.moveaxis(out == label, lr_dim, -1)  # (z, ap, lr)
+        if not rows.any():
+            continue
+        if lateral_low:  # flip so that lateral is always towards index 0
+            rows = rows[..., ::-1]
+        add = _lateral_fill(
+            rows,
+            _rows(bone, lr_dim, lateral_low),
+            _rows(soft & (out == 0), lr_dim, lateral_low),
+            window,
+        )
+        if lateral_low:
+            add = add[..., ::-1]
+        add = np.moveaxis(add, -1, lr_dim)
+        log.debug("lateral envelope: %d voxels added to lung %d", int(add.sum()), label)
+        out[add] = label
+    return out
+
+
+def _rows(a: np.ndarray, lr_dim: int, flip: bool) -> np.ndarray:
+    rows = np.moveaxis(a, lr_dim, -1)
+    return rows[..., ::-1] if flip else rows
+
+
+def _lateral_fill(lung: np.ndarray, bone: np.ndarray, allowed: np.ndarray, window: list[int]) -> np.ndarray:
+    """Voxels to add, for rows ``(z, ap, lr)`` whose lateral side is at high ``lr`` indices."""
+    n = lung.shape[-1]
+    index = np.arange(n)
+    has: np.ndarray = np.asarray(lung.any(axis=-1))
+    edge = n - 1 - np.argmax(lung[..., ::-1], axis=-1)  # the lateral-most lung voxel of each row
+    extent = np.where(has, edge + 1, 0)
+    envelope = ndimage.grey_closing(extent, size=window, mode="constant", cval=0)
+    target = np.where(has, envelope - 1, -1)
+    beyond = bone & (index > edge[..., None])
+    has_rib = has & beyond.any(axis=-1)
+    if int(has_rib.sum()) >= 20:
+        rib = np.where(has_rib, np.argmax(beyond, axis=-1), n)
+        usual_gap = int(np.median((rib - edge - 1)[has_rib]))
+        target = np.where(has_rib, np.minimum(target, rib - 1 - usual_gap), target)
+    region = (index > edge[..., None]) & (index <= target[..., None]) & has[..., None]
+    # only what is contiguous with the lung: stop at the first voxel that is not soft tissue
+    stop = np.where(region & ~allowed, index, n).min(axis=-1)
+    return region & (index < stop[..., None])

@@ -23,10 +23,14 @@ Classical method:
 3. *Opacities.* Vessels suppressed (a voxel far brighter than its grey
    opening takes the opening's value; the bar rises with the image noise),
    values averaged within the lung over ``smoothing_mm`` (the lung's surface
-   layer borrows its neighbours' values), thresholded at ``ggo_range_hu`` /
-   ``consolidation_range_hu``; an opening of ``min_opacity_radius_mm`` drops
-   thin opacities (atelectasis bands, pleural partial volume) and keeps the
-   opacity around what survives.
+   layer borrows its neighbours' values). Ground glass is judged against the
+   patient's own parenchyma: its level is fitted as a straight line along the
+   anterior-posterior axis (dependent lung is denser by 20-90 HU), from the
+   median of the clearly aerated voxels in slabs, and a voxel is an opacity
+   above the midpoint between that baseline and the faintest ground glass
+   (``ggo_floor_hu``), up to ``consolidation_range_hu``. An opening of
+   ``min_opacity_radius_mm`` drops thin opacities (atelectasis bands, pleural
+   partial volume) and keeps the opacity around what survives.
 
 Zones: each lung's cranio-caudal extent (its first to last slice containing
 that lung) is cut into three equal thirds: upper (most superior), middle,
@@ -71,7 +75,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHOD = "medai.quantify/2 (coarse grid, airways, hole filling + closing + symmetry prior, smoothed thresholds)"
+METHOD = (
+    "medai.quantify/3 (coarse grid, airways, hole filling + closing + symmetry + lateral-envelope priors, "
+    "thresholds against the fitted parenchyma baseline)"
+)
 
 # Below this lesion percentage a lung is graded CT-0 ("no lesion"). NOTE: on lesion-free held-out phantoms the
 # quantifier reads 0-2.5 % (median ~0.6 %), so about half of them grade CT-1.
@@ -182,11 +189,26 @@ class QuantifyParams:
     # ... or this many times the image noise (std, HU), whichever is more.
     vessel_noise_factor: float = 3.0
     # Opacity thresholds apply to the HU averaged within the lung over this width (noise, texture).
-    smoothing_mm: float = 6.0
+    smoothing_mm: float = 4.0
     # Opacities thinner than twice this (atelectasis bands, pleural partial volume) are not lesions.
     min_opacity_radius_mm: float = 5.0
-    ggo_range_hu: tuple[float, float] = (-740.0, -300.0)
+    # The faintest ground glass (about -700 HU); a voxel is an opacity above the midpoint between this and the
+    # patient's parenchyma baseline at its depth ...
+    ggo_floor_hu: float = -720.0
+    # ... (this fraction of the way from baseline to floor) ...
+    ggo_threshold_fraction: float = 0.5
+    # ... and at least this far above the baseline (noise after smoothing is about 5-10 HU).
+    ggo_min_contrast_hu: float = 40.0
+    # The parenchyma baseline is fitted to smoothed lung voxels below this (clearly aerated) ...
+    baseline_max_hu: float = -760.0
+    # ... as a line along anterior-posterior, through the medians of this many slabs.
+    baseline_slabs: int = 8
     consolidation_range_hu: tuple[float, float] = (-300.0, 150.0)
+    # Lungs whose lateral edge falls back from its neighbours' (a dense pleural-based opacity) get the dense
+    # voxels out to the envelope of the edge within this window (mm, cranio-caudal x anterior-posterior) ...
+    lateral_envelope_mm: float = 90.0
+    # ... never past the ribs (bone within this cranio-caudal distance, bridging intercostal gaps).
+    rib_search_mm: float = 15.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,7 +305,7 @@ def quantify(
         )
     else:
         lungs = _coarse_lungs(lung_mask, grid, lr_dim=lr_dim, right_low=right_low, params=params)
-    lesions = _segment_opacities(coarse, lungs, grid.spacing_mm, params)
+    lesions = _segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=3 - lr_dim)
     lung_w = (lungs > 0).astype(np.float32)
     lesion_w = (lesions > 0) & (lungs > 0)
     return _measure(
@@ -441,6 +463,8 @@ def _segment_opacities(
     lungs: np.ndarray,
     spacing_mm: tuple[float, float, float],
     params: QuantifyParams,
+    *,
+    ap_dim: int,
 ) -> np.ndarray:
     """Opacity mask (uint8 0 / 1 ground glass / 2 consolidation) inside the lungs.
 
@@ -457,8 +481,35 @@ def _segment_opacities(
         return out
     box = bbox(lung_all, (1, 1, 1))
     lung = lung_all[box]
+    value, sharp = _opacity_values(coarse[box], lung, spacing_mm, params)
+    inner = ndimage.binary_erosion(lung, border_value=1)
+    baseline = _parenchyma_baseline(value, inner, ap_dim=ap_dim, params=params)
+    contrast = np.maximum(
+        params.ggo_threshold_fraction * (params.ggo_floor_hu - baseline), params.ggo_min_contrast_hu
+    ).astype(np.float32)
+    opacity = lung & (value >= baseline + contrast) & (value <= params.consolidation_range_hu[1])
+    # Thin opacities (dependent atelectasis, partial volume along the pleura, lone vessels) vanish in an
+    # opening; what survives, with the opacity around it, is a lesion.
+    steps = _steps(spacing_mm, params.min_opacity_radius_mm)
+    grown = opacity
+    for structure in steps:
+        grown = ndimage.binary_erosion(grown, structure=structure)
+    for structure in steps:
+        grown = ndimage.binary_dilation(grown, structure=structure)
+    for structure in steps:
+        grown = ndimage.binary_dilation(grown, structure=structure) & opacity
+    opacity = grown
+    view = out[box]
+    view[opacity] = 1
+    view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
+    return out
+
+
+def _opacity_values(
+    raw: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float], params: QuantifyParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """HU judged by the opacity thresholds (vessels removed, smoothed within the lung) and the unsmoothed HU."""
     sizes = tuple(2 * round(0.5 * params.vessel_opening_mm / s) + 1 for s in spacing_mm)
-    raw = coarse[box]
     opened = _grey_opening(raw, sizes)  # type: ignore[arg-type]
     # Noise (robust std from neighbour differences along x) raises the vessel bar: noise peaks are not vessels.
     pairs = lung[..., 1:] & lung[..., :-1]
@@ -478,22 +529,42 @@ def _segment_opacities(
     weight = ndimage.uniform_filter(weight, smooth_sizes, mode="constant")
     value = np.where(weight > 0.05, value / np.maximum(weight, np.float32(0.05)), raw)
     del weight
-    opacity = lung & (value >= params.ggo_range_hu[0]) & (value <= params.consolidation_range_hu[1])
-    # Thin opacities (dependent atelectasis, partial volume along the pleura, lone vessels) vanish in an
-    # opening; what survives, with the opacity around it, is a lesion.
-    steps = _steps(spacing_mm, params.min_opacity_radius_mm)
-    grown = opacity
-    for structure in steps:
-        grown = ndimage.binary_erosion(grown, structure=structure)
-    for structure in steps:
-        grown = ndimage.binary_dilation(grown, structure=structure)
-    for structure in steps:
-        grown = ndimage.binary_dilation(grown, structure=structure) & opacity
-    opacity = grown
-    view = out[box]
-    view[opacity] = 1
-    view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
-    return out
+    return value, sharp
+
+
+def _parenchyma_baseline(value: np.ndarray, inner: np.ndarray, *, ap_dim: int, params: QuantifyParams) -> np.ndarray:
+    """The patient's normal-parenchyma HU at every voxel: a line along the anterior-posterior axis.
+
+    Fitted (weighted least squares) through the medians of the clearly aerated
+    (``< baseline_max_hu``) inner-lung values in ``baseline_slabs`` slabs, so
+    opacities, vessels and the lung's surface do not pull it; the gravity
+    gradient of dependent lung is what the slope takes up. Capped below the
+    ground-glass floor. Fewer than two usable slabs: one level, the median.
+    """
+    position = np.arange(value.shape[ap_dim], dtype=np.float32)
+    shape = [1, 1, 1]
+    shape[ap_dim] = -1
+    position = position.reshape(shape)
+    cap = params.ggo_floor_hu - params.ggo_min_contrast_hu
+    aerated = inner & (value < params.baseline_max_hu)
+    if int(aerated.sum()) < 50:
+        return np.full(value.shape, cap, np.float32)
+    where = np.broadcast_to(position, value.shape)[aerated]
+    values = value[aerated]
+    edges = np.linspace(float(where.min()), float(where.max()) + 1e-3, params.baseline_slabs + 1)
+    slab = np.digitize(where, edges[1:-1])
+    centres, medians, weights = [], [], []
+    for i in range(params.baseline_slabs):
+        members = values[slab == i]
+        if members.size >= 50:
+            centres.append(0.5 * (edges[i] + edges[i + 1]))
+            medians.append(float(np.median(members)))
+            weights.append(math.sqrt(members.size))
+    if len(centres) < 2:
+        return np.full(value.shape, min(float(np.median(values)), cap), np.float32)
+    slope, intercept = np.polyfit(centres, medians, 1, w=weights)
+    line = np.minimum(intercept + slope * position, cap).astype(np.float32)
+    return np.broadcast_to(line, value.shape)
 
 
 def _percent(part: float, whole: float) -> float:
