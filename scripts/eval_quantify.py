@@ -5,8 +5,8 @@ ranges: 4-5 mm slices, 32-50 HU noise, extreme kernels, FOVs and patient sizes) 
 ``--seed`` up (the default 5000 is not the seed stream the quantifier was tuned on, 1000), the three
 classes in turn and severities spread over the grades CT-1..CT-4 (up to 0.85). ``--timing`` also
 times quantify() on a 300x512x512 series (median of 5, with the load average). ``--method`` picks the
-learned head or the classical HU/morphology method (default: what quantify() picks, the learned head when
-``models/medai-quant.onnx`` exists); ``--fullres N`` adds N held-out phantoms at their native 512 matrix
+hybrid (learned lungs, classical opacities; quantify()'s default), the learned head or the classical
+HU/morphology method; ``--fullres N`` adds N held-out phantoms at their native 512 matrix
 (full generator) and the timing phantom itself.
 
 Example:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matrix", type=int, default=256, help="in-plane matrix (FOV kept)")
     parser.add_argument("--seed", type=int, default=5000, help="first rng seed of the held-out specs")
     parser.add_argument("--timing", action="store_true", help="also time a 300x512x512 series")
-    parser.add_argument("--method", choices=[m.value for m in QuantMethod], default="classical", help="quantify method")
+    parser.add_argument("--method", choices=[m.value for m in QuantMethod], default="hybrid", help="quantify method")
     parser.add_argument("--fullres", type=int, default=0, help="also N held-out phantoms at their native 512 matrix")
     args = parser.parse_args(argv)
     params = QuantifyParams(method=QuantMethod(args.method))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from medai import synthetic
 from medai.calibration import DecisionRule, softmax
@@ -209,10 +210,12 @@ def test_prediction_fields(shipped: Classifier, phantom: synthetic.Phantom) -> N
     sal = pred.saliency
     assert sal.map.shape == shipped.preprocess.grid_shape
     assert float(np.abs(sal.map).max()) == pytest.approx(1.0)
-    outside = sal.source_slice(phantom.volume.shape[0] // 2)[
-        pred.quantification.grid.upsample(pred.lung_mask)[phantom.volume.shape[0] // 2] == 0
-    ]
-    assert float(np.abs(outside).max()) < 0.5  # only trilinear bleed at the lung edge
+    z = phantom.volume.shape[0] // 2
+    lung_slice = pred.quantification.grid.upsample(pred.lung_mask)[z] > 0
+    # trilinear bleed reaches at most two model voxels past the lung edge (source pixels per model voxel: scale)
+    reach = int(np.ceil(2 * max(to_model_input(phantom.volume, shipped.preprocess).scale[1:])))
+    far = ~ndimage.binary_dilation(lung_slice, iterations=reach)
+    assert float(np.abs(sal.source_slice(z)[far]).max()) < 0.05  # a trace from lung in the neighbouring slices
     assert sal.source_slice(3).shape == phantom.volume.shape[1:]
     assert all(0 <= z < phantom.volume.shape[0] for z in sal.top_slices(5))
     d = pred.to_dict()

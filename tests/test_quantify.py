@@ -26,7 +26,7 @@ from medai.volume import Volume
 CLASSICAL = QuantifyParams(method=QuantMethod.CLASSICAL)
 LEARNED = QuantifyParams(method=QuantMethod.LEARNED)
 _NO_HEAD = pytest.mark.skipif(not DEFAULT_QUANT_MODEL.is_file(), reason="models/medai-quant.onnx is not shipped")
-BOTH_METHODS = [CLASSICAL, pytest.param(LEARNED, marks=_NO_HEAD)]
+BOTH_METHODS = [CLASSICAL, pytest.param(LEARNED, marks=_NO_HEAD), pytest.param(QuantifyParams(), marks=_NO_HEAD)]
 
 # --- severity mapping ----------------------------------------------------------------------------
 
@@ -158,6 +158,19 @@ def test_toy_chest_lungs_sides_and_dense_pathology(flip_x: bool) -> None:
     assert q.zone_lesion_percent[(Side.RIGHT, Zone.MIDDLE)] > q.zone_lesion_percent[(Side.RIGHT, Zone.UPPER)]
     assert q.severity is Severity.CT_1
     assert q.lung_volume_ml == pytest.approx(q.right_lung_volume_ml + q.left_lung_volume_ml)
+
+
+@_NO_HEAD
+def test_hybrid_is_the_default_learned_lungs_with_classical_opacities() -> None:
+    vol, _, _ = _toy_chest()
+    assert QuantifyParams().method is QuantMethod.HYBRID
+    hybrid = quantify(vol)
+    learned = quantify(vol, params=LEARNED)
+    np.testing.assert_array_equal(hybrid.lung_mask, learned.lung_mask)
+    same_lungs = quantify(vol, lung_mask=learned.lung_mask, params=CLASSICAL)
+    np.testing.assert_array_equal(hybrid.lesion_mask, same_lungs.lesion_mask)
+    assert hybrid.lesion_percent == pytest.approx(same_lungs.lesion_percent)
+    assert "hybrid" in hybrid.method and "medai-quant" in hybrid.method
 
 
 @pytest.mark.parametrize("params", BOTH_METHODS)
