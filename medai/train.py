@@ -66,11 +66,11 @@ class TrainConfig:
     prep_workers: int = 2  # processes generating/loading + preprocessing cases
     # preprocessing and model
     grid_shape: tuple[int, int, int] = (80, 64, 96)
-    channels: tuple[int, ...] = (8, 16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2, 2, 1)
+    channels: tuple[int, ...] = (8, 16, 32, 64, 96)
+    strides: tuple[int, ...] = (2, 2, 2, 1, 1)
     norm: str = "batch"
     dropout: float = 0.3
-    pooling: str = "mean"  # class-map pooling: "mean" (global average) or "lse" (soft maximum, see ModelSpec)
+    pooling: str = "lse"  # class-map pooling: "lse" (soft maximum, see ModelSpec) or "mean" (global average)
     # optimisation
     epochs: int = 30
     batch_size: int = 8

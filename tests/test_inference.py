@@ -28,7 +28,7 @@ from medai.quantify import severity_from_percent
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "medai-ref.onnx"
-TINY_SPEC = ModelSpec(input_shape=(32, 32, 32), channels=(4, 8, 8), strides=(2, 2, 1), dropout=0.0)
+TINY_SPEC = ModelSpec(input_shape=(32, 32, 32), channels=(4, 8, 8), strides=(2, 2, 1), dropout=0.0, pooling="mean")
 TINY_PREP = PreprocessParams(grid_shape=(32, 32, 32))
 
 

@@ -19,7 +19,7 @@ from medai.model import (
 from medai.preprocess import PreprocessParams, to_model_input
 from medai.volume import Volume
 
-TINY = ModelSpec(input_shape=(16, 24, 24), channels=(4, 8, 16), strides=(2, 2, 1), dropout=0.1)
+TINY = ModelSpec(input_shape=(16, 24, 24), channels=(4, 8, 16), strides=(2, 2, 1), dropout=0.1, pooling="mean")
 
 
 def test_default_model_size_flops_and_speed():
@@ -33,7 +33,7 @@ def test_default_model_size_flops_and_speed():
     with torch.inference_mode():
         logits, cam = model.forward_with_cam(x)
     assert logits.shape == (1, 3)
-    assert cam.shape == (1, 3, 5, 4, 6)
+    assert cam.shape == (1, 3, 10, 8, 12)
 
 
 def test_cam_mean_equals_logits():
