@@ -378,22 +378,58 @@ def _learned_lungs(volume: Volume, coarse: np.ndarray, grid: QuantGrid, *, param
     from medai.quantnet import shipped_quantnet
 
     axes = _Canonical(volume.direction)
-    fractions = shipped_quantnet().fractions(np.ascontiguousarray(axes.to(coarse)))
-    sides, _ = _learned_sides(fractions.lung, tuple(grid.spacing_mm[p] for p in axes.perm), params)
+    canonical = axes.to(coarse)
+    # The head only needs the body and a margin (it pads by repeating the edge): the air around the patient
+    # is a third to a half of a typical field of view.
+    box = _body_box(canonical, margin=BODY_MARGIN)
+    lung = _embed(shipped_quantnet().lung_fraction(np.ascontiguousarray(canonical[box])), canonical.shape, box)
+    sides, _ = _learned_sides(lung, tuple(grid.spacing_mm[p] for p in axes.perm), params)
     return axes.back(sides)
+
+
+def _embed(values: np.ndarray, shape: tuple[int, ...], box: tuple[slice, slice, slice]) -> np.ndarray:
+    out = np.zeros(shape, dtype=values.dtype)
+    out[box] = values
+    return out
+
+
+# Voxels of air kept around the body for the learned head (~24 mm; it pads by repeating the edge).
+BODY_MARGIN = 8
+
+
+def _body_box(coarse: np.ndarray, *, margin: int) -> tuple[slice, slice, slice]:
+    """In-plane bounding box (all slices) of what is denser than air, plus ``margin`` voxels.
+
+    Rows and columns count as body when at least 2 % of the densest one's voxels are above -500 HU, so
+    noise and a thin table edge do not stretch the box.
+    """
+    dense = coarse > -500.0
+    box: list[slice] = [slice(0, coarse.shape[0])]
+    for axis in (1, 2):
+        profile = dense.sum(axis=tuple(a for a in range(3) if a != axis))
+        keep = np.flatnonzero(profile >= 0.02 * max(int(profile.max()), 1))
+        if keep.size == 0:
+            return (slice(None),) * 3  # type: ignore[return-value]
+        box.append(slice(max(0, int(keep[0]) - margin), min(coarse.shape[axis], int(keep[-1]) + 1 + margin)))
+    return tuple(box)  # type: ignore[return-value]
 
 
 def _quantify_learned(
     volume: Volume, coarse: np.ndarray, grid: QuantGrid, *, lung_mask: np.ndarray | None, params: QuantifyParams
 ) -> Quantification:
     """Quantification from the learned head's per-voxel fractions (in canonical orientation)."""
-    from medai.quantnet import shipped_quantnet
+    from medai.quantnet import QuantFractions, shipped_quantnet
 
     net = shipped_quantnet()
     axes = _Canonical(volume.direction)
     to_canonical, from_canonical = axes.to, axes.back
     spacing = tuple(grid.spacing_mm[p] for p in axes.perm)
-    fractions = net.fractions(np.ascontiguousarray(to_canonical(coarse)))
+    canonical = to_canonical(coarse)
+    box = _body_box(canonical, margin=BODY_MARGIN)
+    cropped = net.fractions(np.ascontiguousarray(canonical[box]))
+    fractions = QuantFractions(
+        *(_embed(a, canonical.shape, box) for a in (cropped.lung, cropped.lesion, cropped.consolidation))
+    )
     if lung_mask is None:
         sides, midline = _learned_sides(fractions.lung, spacing, params)
         lung_w = fractions.lung
