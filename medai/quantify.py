@@ -194,15 +194,17 @@ class QuantifyParams:
     vessel_tophat_hu: float = 60.0
     # ... or this many times the image noise (std, HU), whichever is more.
     vessel_noise_factor: float = 3.0
-    # Opacity thresholds apply to the HU averaged within the lung over this width (noise, texture).
-    smoothing_mm: float = 4.0
+    # Opacity thresholds apply to the HU averaged within the lung over this width (noise, texture). At or
+    # below 1.5 grid voxels (the default on the ~3 mm grid) there is no extra averaging: the block mean has
+    # denoised enough, and wider boxes merged patchy opacities and their gaps (over-counting them).
+    smoothing_mm: float = 2.0
     # Opacities thinner than twice this (atelectasis bands, pleural partial volume) are not lesions.
     min_opacity_radius_mm: float = 5.0
     # The faintest ground glass (about -700 HU); a voxel is an opacity above the midpoint between this and the
     # patient's parenchyma baseline at its depth ...
     ggo_floor_hu: float = -720.0
     # ... (this fraction of the way from baseline to floor) ...
-    ggo_threshold_fraction: float = 0.5
+    ggo_threshold_fraction: float = 0.55
     # ... and at least this far above the baseline (noise after smoothing is about 5-10 HU).
     ggo_min_contrast_hu: float = 40.0
     # The parenchyma baseline is fitted to smoothed lung voxels below this (clearly aerated) ...

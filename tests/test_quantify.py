@@ -327,7 +327,10 @@ def test_phantom_lungs_without_lobar_consolidation(phantom_results: list) -> Non
         assert abs(q.lesion_percent - ph.lesion_percent) <= 10.0, ph.spec
 
 
-_TARGETS_NOT_MET = "targets not met yet: faint/confluent COVID-19 ground glass under-counted, severe bilateral loss"
+_TARGETS_NOT_MET = (
+    "targets not met yet on these 9 thin-slice phantoms: lung Dice 0.949 on one covid19 case (>= 0.95 asked), "
+    "lesion % MAE 3.6 (<= 3): small subpleural foci and confluent lobar disease (docs/benchmarks.md)"
+)
 
 
 @pytest.mark.xfail(reason=_TARGETS_NOT_MET, strict=True)
