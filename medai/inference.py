@@ -205,7 +205,8 @@ class Classifier:
                 A given file is checked against a card beside it (same stem, ``.json``) when one exists.
             providers: onnxruntime execution providers, best first. Default: TensorRT, CUDA
                 (with onnxruntime-gpu and a GPU), then CPU. Unavailable ones are skipped with a warning.
-            threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core).
+            threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core); when
+                given, the quantification head's session (:func:`medai.quantnet.set_threads`) follows.
 
         Raises:
             ModelError: missing or unreadable file, hash mismatch, not a medai export, no usable provider.
@@ -233,6 +234,9 @@ class Classifier:
                 raise ValueError(f"threads must be >= 1, not {threads}")
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            from medai.quantnet import set_threads
+
+            set_threads(threads)
         try:
             session = ort.InferenceSession(str(resolved), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files

@@ -38,6 +38,7 @@ __all__ = [
     "QuantFractions",
     "QuantNet",
     "default_quant_model",
+    "set_threads",
     "shipped_quantnet",
 ]
 
@@ -180,6 +181,26 @@ def shipped_quantnet() -> QuantNet:
     return _load_cached(default_quant_model())
 
 
+_threads: int | None = None
+
+
+def set_threads(threads: int | None) -> None:
+    """onnxruntime threads of the process's shared head (:func:`shipped_quantnet`); None: its default.
+
+    A batch worker that runs one thread per process sets this to 1, as it does for the classifier, so that
+    N workers on N cores do not run 2N threads. The head is reloaded at its next use when this changes.
+
+    Example:
+        >>> set_threads(1); set_threads(None)
+    """
+    global _threads
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, not {threads}")
+    if threads != _threads:
+        _threads = threads
+        _load_cached.cache_clear()
+
+
 @functools.lru_cache(maxsize=2)
 def _load_cached(path: Path) -> QuantNet:  # keyed by the default path: a changed $MEDAI_QUANT_MODEL reloads
-    return QuantNet.load()
+    return QuantNet.load(threads=_threads)

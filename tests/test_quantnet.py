@@ -14,6 +14,7 @@ import pytest
 
 from medai import quantnet
 from medai.errors import ModelError
+from medai.inference import Classifier
 from medai.quantify import QuantifyParams, QuantMethod, Severity, quantify
 from medai.quantnet import DEFAULT_QUANT_MODEL, QuantNet
 from medai.synthetic import Acquisition, PhantomSpec, generate
@@ -146,3 +147,17 @@ def test_serving_path_is_torch_free() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_set_threads_reloads_the_shared_head() -> None:
+    try:
+        quantnet.set_threads(1)
+        one = quantnet.shipped_quantnet()
+        assert one._session.get_session_options().intra_op_num_threads == 1
+        assert quantnet.shipped_quantnet() is one  # cached while the setting holds
+        Classifier.load(threads=2)  # a classifier given threads sets the head's too
+        assert quantnet.shipped_quantnet()._session.get_session_options().intra_op_num_threads == 2
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            quantnet.set_threads(0)
+    finally:
+        quantnet.set_threads(None)
