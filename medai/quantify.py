@@ -52,10 +52,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from medai.errors import InvalidSeriesError, QCReason
 from medai.lungseg import bbox, segment_lungs, split_sides
+from medai.opacities import segment_opacities
 from medai.quantgrid import QuantGrid, block_mean, coarse_grid, upsample_mask
 from medai.volume import Volume
 
@@ -315,7 +315,7 @@ def quantify(
         )
     else:
         lungs = _coarse_lungs(lung_mask, grid, lr_dim=lr_dim, right_low=right_low, params=params)
-    lesions = _segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=3 - lr_dim)
+    lesions = segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=3 - lr_dim)
     lung_w = (lungs > 0).astype(np.float32)
     lesion_w = (lesions > 0) & (lungs > 0)
     result = _measure(
@@ -501,144 +501,6 @@ def _coarse_lungs(
     if coarse.dtype.kind not in "iu" or (coarse.size and (coarse.min() < 0 or coarse.max() > 2)):
         raise ValueError(f"lung_mask must be bool or integers 0/1/2, not {coarse.dtype} with values outside 0..2")
     return coarse.astype(np.uint8, copy=True)
-
-
-def _grey_opening(values: np.ndarray, sizes: tuple[int, int, int]) -> np.ndarray:
-    """Grey opening with a box of odd ``sizes`` (separable 1D minimum then maximum filters)."""
-    out = values
-    for axis, size in enumerate(sizes):
-        if size > 1:
-            out = ndimage.minimum_filter1d(out, size, axis=axis, mode="nearest")
-    for axis, size in enumerate(sizes):
-        if size > 1:
-            out = ndimage.maximum_filter1d(out, size, axis=axis, mode="nearest")
-    return out
-
-
-def _steps(spacing_mm: tuple[float, float, float], depth_mm: float) -> list[np.ndarray]:
-    """6-neighbour structuring elements whose successive use reaches about ``depth_mm`` along each axis."""
-    counts = [max(0, round(depth_mm / s)) for s in spacing_mm]
-    out = []
-    for k in range(max(counts)):
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        structure[1, 1, 1] = True
-        for axis in range(3):
-            if counts[axis] > k:
-                for v in (0, 2):
-                    idx = [1, 1, 1]
-                    idx[axis] = v
-                    structure[tuple(idx)] = True
-        out.append(structure)
-    return out
-
-
-def _segment_opacities(
-    coarse: np.ndarray,
-    lungs: np.ndarray,
-    spacing_mm: tuple[float, float, float],
-    params: QuantifyParams,
-    *,
-    ap_dim: int,
-) -> np.ndarray:
-    """Opacity mask (uint8 0 / 1 ground glass / 2 consolidation) inside the lungs.
-
-    Vessels: a voxel much brighter than the grey opening (bright structures
-    narrower than ``vessel_opening_mm`` removed) takes the opening's value.
-    Noise: the values are averaged within the lung over ``smoothing_mm``
-    (normalised box filter, the chest wall does not bleed in). Thin opacities
-    (dependent atelectasis, pleural partial volume) vanish in an opening of
-    ``min_opacity_radius_mm``; the opacity around what survives is kept.
-    """
-    out = np.zeros(lungs.shape, dtype=np.uint8)
-    lung_all = lungs > 0
-    if not lung_all.any():
-        return out
-    box = bbox(lung_all, (1, 1, 1))
-    lung = lung_all[box]
-    value, sharp = _opacity_values(coarse[box], lung, spacing_mm, params)
-    inner = ndimage.binary_erosion(lung, border_value=1)
-    baseline = _parenchyma_baseline(value, inner, ap_dim=ap_dim, params=params)
-    contrast = np.maximum(
-        params.ggo_threshold_fraction * (params.ggo_floor_hu - baseline), params.ggo_min_contrast_hu
-    ).astype(np.float32)
-    opacity = lung & (value >= baseline + contrast) & (value <= params.consolidation_range_hu[1])
-    # Thin opacities (dependent atelectasis, partial volume along the pleura, lone vessels) vanish in an
-    # opening; what survives, with the opacity around it, is a lesion.
-    steps = _steps(spacing_mm, params.min_opacity_radius_mm)
-    grown = opacity
-    for structure in steps:
-        grown = ndimage.binary_erosion(grown, structure=structure)
-    for structure in steps:
-        grown = ndimage.binary_dilation(grown, structure=structure)
-    for structure in steps:
-        grown = ndimage.binary_dilation(grown, structure=structure) & opacity
-    opacity = grown
-    view = out[box]
-    view[opacity] = 1
-    view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
-    return out
-
-
-def _opacity_values(
-    raw: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float], params: QuantifyParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """HU judged by the opacity thresholds (vessels removed, smoothed within the lung) and the unsmoothed HU."""
-    sizes = tuple(2 * round(0.5 * params.vessel_opening_mm / s) + 1 for s in spacing_mm)
-    opened = _grey_opening(raw, sizes)  # type: ignore[arg-type]
-    # Noise (robust std from neighbour differences along x) raises the vessel bar: noise peaks are not vessels.
-    pairs = lung[..., 1:] & lung[..., :-1]
-    diffs = np.abs(raw[..., 1:] - raw[..., :-1])[pairs]
-    noise_hu = 1.4826 * float(np.median(diffs)) / math.sqrt(2.0) if diffs.size else 0.0
-    del pairs, diffs
-    tophat = max(params.vessel_tophat_hu, params.vessel_noise_factor * noise_hu)
-    value = np.where(raw - opened > tophat, opened, raw)
-    del opened
-    # The lung's surface layer is partial volume with the chest wall: it borrows its neighbours' values.
-    inner = ndimage.binary_erosion(lung, border_value=1)
-    sharp = value.copy()  # decides ground glass or consolidation once a voxel is an opacity
-    value[~inner] = 0.0
-    weight = inner.astype(np.float32)
-    smooth_sizes = [2 * round(0.5 * params.smoothing_mm / s) + 1 for s in spacing_mm]
-    value = ndimage.uniform_filter(value, smooth_sizes, mode="constant")
-    weight = ndimage.uniform_filter(weight, smooth_sizes, mode="constant")
-    value = np.where(weight > 0.05, value / np.maximum(weight, np.float32(0.05)), raw)
-    del weight
-    return value, sharp
-
-
-def _parenchyma_baseline(value: np.ndarray, inner: np.ndarray, *, ap_dim: int, params: QuantifyParams) -> np.ndarray:
-    """The patient's normal-parenchyma HU at every voxel: a line along the anterior-posterior axis.
-
-    Fitted (weighted least squares) through the medians of the clearly aerated
-    (``< baseline_max_hu``) inner-lung values in ``baseline_slabs`` slabs, so
-    opacities, vessels and the lung's surface do not pull it; the gravity
-    gradient of dependent lung is what the slope takes up. Capped below the
-    ground-glass floor. Fewer than two usable slabs: one level, the median.
-    """
-    position = np.arange(value.shape[ap_dim], dtype=np.float32)
-    shape = [1, 1, 1]
-    shape[ap_dim] = -1
-    position = position.reshape(shape)
-    cap = params.ggo_floor_hu - params.ggo_min_contrast_hu
-    aerated = inner & (value < params.baseline_max_hu)
-    if int(aerated.sum()) < 50:
-        return np.full(value.shape, cap, np.float32)
-    where = np.broadcast_to(position, value.shape)[aerated]
-    values = value[aerated]
-    edges = np.linspace(float(where.min()), float(where.max()) + 1e-3, params.baseline_slabs + 1)
-    slab = np.digitize(where, edges[1:-1])
-    centres, medians, weights = [], [], []
-    for i in range(params.baseline_slabs):
-        members = values[slab == i]
-        if members.size >= 50:
-            centres.append(0.5 * (edges[i] + edges[i + 1]))
-            medians.append(float(np.median(members)))
-            weights.append(math.sqrt(members.size))
-    if len(centres) < 2:
-        return np.full(value.shape, min(float(np.median(values)), cap), np.float32)
-    slope, intercept = np.polyfit(centres, medians, 1, w=weights)
-    line = np.minimum(intercept + slope * position, cap).astype(np.float32)
-    return np.broadcast_to(line, value.shape)
 
 
 def _percent(part: float, whole: float) -> float:
