@@ -308,7 +308,9 @@ def quantify(
     if _resolve_method(params.method) is QuantMethod.LEARNED:
         return _quantify_learned(volume, coarse, grid, lung_mask=lung_mask, params=params)
     if lung_mask is None and _resolve_method(params.method) is QuantMethod.HYBRID:
-        lungs = _learned_lungs(volume, coarse, grid, params=params)
+        from medai.quantnet import learned_lungs
+
+        lungs = learned_lungs(volume.direction, coarse, grid.spacing_mm, params=params)
     elif lung_mask is None:
         lungs = segment_lungs(
             coarse, grid.spacing_mm, lr_dim=lr_dim, right_low=right_low, params=params, sup_high=sup_high
@@ -343,97 +345,24 @@ def _resolve_method(method: QuantMethod | str) -> QuantMethod:
     return method
 
 
-def _canonical_axes(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, ...]]:
-    """(axis permutation, axes to flip after it) taking the array to z inferior->superior, y A->P, x R->L."""
-    d = np.asarray(direction, dtype=np.float64)  # columns: patient (L, P, S) directions of array x, y, z
-    if abs(d[0, 0]) >= abs(d[1, 0]):  # array x runs right-left
-        perm, signs = (0, 1, 2), (d[2, 2], d[1, 1], d[0, 0])
-    else:  # array x runs front-back: swap y and x
-        perm, signs = (0, 2, 1), (d[2, 2], d[1, 0], d[0, 1])
-    return perm, tuple(axis for axis in range(3) if signs[axis] < 0)
-
-
-class _Canonical:
-    """Array axes of a volume <-> the learned head's canonical orientation (z I->S, y A->P, x R->L)."""
-
-    def __init__(self, direction: np.ndarray) -> None:
-        self.perm, self.flips = _canonical_axes(direction)
-
-    def to(self, a: np.ndarray) -> np.ndarray:
-        return np.flip(a.transpose(self.perm), axis=self.flips) if self.flips else a.transpose(self.perm)
-
-    def back(self, a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray((np.flip(a, axis=self.flips) if self.flips else a).transpose(self.perm))
-
-
-def _learned_sides(lung: np.ndarray, spacing: tuple[float, ...], params: QuantifyParams) -> tuple[np.ndarray, float]:
-    """Right/left mask (canonical orientation) of the learned lung fractions >= 0.5, and the midline used."""
-    hard = lung >= 0.5
-    extent = np.flatnonzero(hard.any(axis=(0, 1)))
-    midline = 0.5 * float(extent[0] + extent[-1]) if extent.size else 0.0
-    sides = split_sides(hard, spacing, midline=midline, lr_dim=2, right_low=True, params=params)  # type: ignore[arg-type]
-    return sides, midline
-
-
-def _learned_lungs(volume: Volume, coarse: np.ndarray, grid: QuantGrid, *, params: QuantifyParams) -> np.ndarray:
-    """The learned head's lung mask (0 / 1 right / 2 left) on the coarse grid, in the volume's orientation."""
-    from medai.quantnet import shipped_quantnet
-
-    axes = _Canonical(volume.direction)
-    canonical = axes.to(coarse)
-    # The head only needs the body and a margin (it pads by repeating the edge): the air around the patient
-    # is a third to a half of a typical field of view.
-    box = _body_box(canonical, margin=BODY_MARGIN)
-    lung = _embed(shipped_quantnet().lung_fraction(np.ascontiguousarray(canonical[box])), canonical.shape, box)
-    sides, _ = _learned_sides(lung, tuple(grid.spacing_mm[p] for p in axes.perm), params)
-    return axes.back(sides)
-
-
-def _embed(values: np.ndarray, shape: tuple[int, ...], box: tuple[slice, slice, slice]) -> np.ndarray:
-    out = np.zeros(shape, dtype=values.dtype)
-    out[box] = values
-    return out
-
-
-# Voxels of air kept around the body for the learned head (~24 mm; it pads by repeating the edge).
-BODY_MARGIN = 8
-
-
-def _body_box(coarse: np.ndarray, *, margin: int) -> tuple[slice, slice, slice]:
-    """In-plane bounding box (all slices) of what is denser than air, plus ``margin`` voxels.
-
-    Rows and columns count as body when at least 2 % of the densest one's voxels are above -500 HU, so
-    noise and a thin table edge do not stretch the box.
-    """
-    dense = coarse > -500.0
-    box: list[slice] = [slice(0, coarse.shape[0])]
-    for axis in (1, 2):
-        profile = dense.sum(axis=tuple(a for a in range(3) if a != axis))
-        keep = np.flatnonzero(profile >= 0.02 * max(int(profile.max()), 1))
-        if keep.size == 0:
-            return (slice(None),) * 3  # type: ignore[return-value]
-        box.append(slice(max(0, int(keep[0]) - margin), min(coarse.shape[axis], int(keep[-1]) + 1 + margin)))
-    return tuple(box)  # type: ignore[return-value]
-
-
 def _quantify_learned(
     volume: Volume, coarse: np.ndarray, grid: QuantGrid, *, lung_mask: np.ndarray | None, params: QuantifyParams
 ) -> Quantification:
     """Quantification from the learned head's per-voxel fractions (in canonical orientation)."""
-    from medai.quantnet import QuantFractions, shipped_quantnet
+    from medai.quantnet import CanonicalAxes, QuantFractions, body_box, embed, lung_sides, shipped_quantnet
 
     net = shipped_quantnet()
-    axes = _Canonical(volume.direction)
+    axes = CanonicalAxes(volume.direction)
     to_canonical, from_canonical = axes.to, axes.back
     spacing = tuple(grid.spacing_mm[p] for p in axes.perm)
     canonical = to_canonical(coarse)
-    box = _body_box(canonical, margin=BODY_MARGIN)
+    box = body_box(canonical)
     cropped = net.fractions(np.ascontiguousarray(canonical[box]))
     fractions = QuantFractions(
-        *(_embed(a, canonical.shape, box) for a in (cropped.lung, cropped.lesion, cropped.consolidation))
+        *(embed(a, canonical.shape, box) for a in (cropped.lung, cropped.lesion, cropped.consolidation))
     )
     if lung_mask is None:
-        sides, midline = _learned_sides(fractions.lung, spacing, params)
+        sides, midline = lung_sides(fractions.lung, spacing, params=params)
         lung_w = fractions.lung
     else:
         lr_dim, right_low, _ = _orientation(volume)

@@ -24,20 +24,30 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medai.errors import ModelError
+from medai.lungseg import split_sides
 from medai.modelcard import verify_model_file
 
+if TYPE_CHECKING:
+    from medai.quantify import QuantifyParams
+
 __all__ = [
+    "BODY_MARGIN",
     "DEFAULT_QUANT_MODEL",
     "QUANT_FORMAT",
     "QUANT_MODEL_ENV",
+    "CanonicalAxes",
     "QuantFractions",
     "QuantNet",
+    "body_box",
     "default_quant_model",
+    "embed",
+    "learned_lungs",
+    "lung_sides",
     "set_threads",
     "shipped_quantnet",
 ]
@@ -204,3 +214,91 @@ def set_threads(threads: int | None) -> None:
 @functools.lru_cache(maxsize=2)
 def _load_cached(path: Path) -> QuantNet:  # keyed by the default path: a changed $MEDAI_QUANT_MODEL reloads
     return QuantNet.load(threads=_threads)
+
+
+def _canonical_axes(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, ...]]:
+    """(axis permutation, axes to flip after it) taking the array to z inferior->superior, y A->P, x R->L."""
+    d = np.asarray(direction, dtype=np.float64)  # columns: patient (L, P, S) directions of array x, y, z
+    if abs(d[0, 0]) >= abs(d[1, 0]):  # array x runs right-left
+        perm, signs = (0, 1, 2), (d[2, 2], d[1, 1], d[0, 0])
+    else:  # array x runs front-back: swap y and x
+        perm, signs = (0, 2, 1), (d[2, 2], d[1, 0], d[0, 1])
+    return perm, tuple(axis for axis in range(3) if signs[axis] < 0)
+
+
+class CanonicalAxes:
+    """Array axes of a volume <-> the head's canonical orientation (z I->S, y A->P, x R->L).
+
+    Example:
+        >>> axes = CanonicalAxes(np.diag([-1.0, 1.0, 1.0]))  # array x runs to the patient's right
+        >>> a = np.arange(6).reshape(1, 2, 3)
+        >>> bool((axes.back(axes.to(a)) == a).all())
+        True
+    """
+
+    def __init__(self, direction: np.ndarray) -> None:
+        self.perm, self.flips = _canonical_axes(direction)
+
+    def to(self, a: np.ndarray) -> np.ndarray:
+        return np.flip(a.transpose(self.perm), axis=self.flips) if self.flips else a.transpose(self.perm)
+
+    def back(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((np.flip(a, axis=self.flips) if self.flips else a).transpose(self.perm))
+
+
+def lung_sides(lung: np.ndarray, spacing: tuple[float, ...], *, params: QuantifyParams) -> tuple[np.ndarray, float]:
+    """Right/left mask (canonical orientation) of lung fractions >= 0.5, and the midline used."""
+    hard = lung >= 0.5
+    extent = np.flatnonzero(hard.any(axis=(0, 1)))
+    midline = 0.5 * float(extent[0] + extent[-1]) if extent.size else 0.0
+    sides = split_sides(hard, spacing, midline=midline, lr_dim=2, right_low=True, params=params)  # type: ignore[arg-type]
+    return sides, midline
+
+
+def learned_lungs(
+    direction: np.ndarray, coarse: np.ndarray, spacing_mm: tuple[float, float, float], *, params: QuantifyParams
+) -> np.ndarray:
+    """The shared head's lung mask (0 / 1 right / 2 left) of a block-mean grid, in the grid's own orientation.
+
+    Args:
+        direction: the volume's direction matrix (:attr:`medai.volume.Volume.direction`).
+        coarse: the block-mean HU grid of :func:`medai.quantify.quantify`.
+        spacing_mm: its voxel size (z, y, x).
+        params: for the right/left split.
+    """
+    axes = CanonicalAxes(direction)
+    canonical = axes.to(coarse)
+    # The head only needs the body and a margin (it pads by repeating the edge): the air around the patient
+    # is a third to a half of a typical field of view.
+    box = body_box(canonical)
+    lung = embed(shipped_quantnet().lung_fraction(np.ascontiguousarray(canonical[box])), canonical.shape, box)
+    sides, _ = lung_sides(lung, tuple(spacing_mm[p] for p in axes.perm), params=params)
+    return axes.back(sides)
+
+
+def embed(values: np.ndarray, shape: tuple[int, ...], box: tuple[slice, slice, slice]) -> np.ndarray:
+    """``values`` placed at ``box`` in zeros of ``shape``."""
+    out = np.zeros(shape, dtype=values.dtype)
+    out[box] = values
+    return out
+
+
+# Voxels of air kept around the body for the learned head (~24 mm; it pads by repeating the edge).
+BODY_MARGIN = 8
+
+
+def body_box(coarse: np.ndarray, *, margin: int = BODY_MARGIN) -> tuple[slice, slice, slice]:
+    """In-plane bounding box (all slices) of what is denser than air, plus ``margin`` voxels.
+
+    Rows and columns count as body when at least 2 % of the densest one's voxels are above -500 HU, so
+    noise and a thin table edge do not stretch the box.
+    """
+    dense = coarse > -500.0
+    box: list[slice] = [slice(0, coarse.shape[0])]
+    for axis in (1, 2):
+        profile = dense.sum(axis=tuple(a for a in range(3) if a != axis))
+        keep = np.flatnonzero(profile >= 0.02 * max(int(profile.max()), 1))
+        if keep.size == 0:
+            return (slice(None),) * 3  # type: ignore[return-value]
+        box.append(slice(max(0, int(keep[0]) - margin), min(coarse.shape[axis], int(keep[-1]) + 1 + margin)))
+    return tuple(box)  # type: ignore[return-value]

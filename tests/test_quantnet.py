@@ -80,13 +80,14 @@ def test_fractions_shapes_and_ranges() -> None:
 
 
 def test_the_head_sees_the_body_box_and_loses_nothing_of_the_lungs(phantom: object) -> None:
-    from medai.quantify import BODY_MARGIN, _body_box, block_mean, coarse_grid
+    from medai.quantify import block_mean, coarse_grid
+    from medai.quantnet import BODY_MARGIN, body_box
 
     volume = phantom.volume  # type: ignore[attr-defined]
     grid = coarse_grid(volume.spacing_mm, volume.shape, target_spacing_mm=(3.0, 3.0, 3.0))
     pad = ((0, 0), (30, 30), (30, 30))  # a wider field of view: air all around the patient
     coarse = np.pad(block_mean(volume.hu, grid.factors), pad, constant_values=-1000.0)
-    box = _body_box(coarse, margin=BODY_MARGIN)
+    box = body_box(coarse, margin=BODY_MARGIN)
     inside = np.zeros(coarse.shape, bool)
     inside[box] = True
     lungs = np.pad(block_mean(phantom.lung_mask > 0, grid.factors) > 0, pad)  # type: ignore[attr-defined]
