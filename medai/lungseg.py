@@ -378,14 +378,12 @@ def _recover_lateral_bites(
     window = [2 * round(0.5 * params.lateral_envelope_mm / spacing_mm[a]) + 1 for a in (0, ap_dim)]
     out = sides.copy()
     for label in (1, 2):
-        lateral_low = (label == 1) == right_low
-        rows = np.moveaxis(out == label, lr_dim, -1)  # (z, ap, lr)
-        if not rows.any():
+        lung = out == label
+        if not lung.any():
             continue
-        if lateral_low:  # flip so that lateral is always towards index 0
-            rows = rows[..., ::-1]
+        lateral_low = (label == 1) == right_low  # then flip the rows: _lateral_fill wants lateral at high indices
         add = _lateral_fill(
-            rows,
+            _rows(lung, lr_dim, lateral_low),
             _rows(bone, lr_dim, lateral_low),
             _rows(soft & (out == 0), lr_dim, lateral_low),
             window,
@@ -399,6 +397,7 @@ def _recover_lateral_bites(
 
 
 def _rows(a: np.ndarray, lr_dim: int, flip: bool) -> np.ndarray:
+    """``a`` as rows ``(z, ap, lr)`` along the left-right axis, reversed along it when ``flip``."""
     rows = np.moveaxis(a, lr_dim, -1)
     return rows[..., ::-1] if flip else rows
 

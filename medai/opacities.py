@@ -79,8 +79,9 @@ def segment_opacities(
         return out
     box = bbox(lung_all, (1, 1, 1))
     lung = lung_all[box]
-    value, sharp = _opacity_values(coarse[box], lung, spacing_mm, params)
+    # The lung's surface layer is partial volume with the chest wall.
     inner = ndimage.binary_erosion(lung, border_value=1)
+    value, sharp = _opacity_values(coarse[box], lung, inner, spacing_mm, params)
     baseline = _parenchyma_baseline(value, inner, ap_dim=ap_dim, params=params)
     contrast = np.maximum(
         params.ggo_threshold_fraction * (params.ggo_floor_hu - baseline), params.ggo_min_contrast_hu
@@ -104,7 +105,11 @@ def segment_opacities(
 
 
 def _opacity_values(
-    raw: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float], params: QuantifyParams
+    raw: np.ndarray,
+    lung: np.ndarray,
+    inner: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    params: QuantifyParams,
 ) -> tuple[np.ndarray, np.ndarray]:
     """HU judged by the opacity thresholds (vessels removed, smoothed within the lung) and the unsmoothed HU."""
     sizes = tuple(2 * round(0.5 * params.vessel_opening_mm / s) + 1 for s in spacing_mm)
@@ -117,8 +122,7 @@ def _opacity_values(
     tophat = max(params.vessel_tophat_hu, params.vessel_noise_factor * noise_hu)
     value = np.where(raw - opened > tophat, opened, raw)
     del opened
-    # The lung's surface layer is partial volume with the chest wall: it borrows its neighbours' values.
-    inner = ndimage.binary_erosion(lung, border_value=1)
+    # The lung's surface layer (outside ``inner``) borrows its neighbours' values.
     sharp = value.copy()  # decides ground glass or consolidation once a voxel is an opacity
     value[~inner] = 0.0
     weight = inner.astype(np.float32)

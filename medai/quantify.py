@@ -30,8 +30,9 @@ Classical method:
    patient's own parenchyma: its level is fitted as a straight line along the
    anterior-posterior axis (dependent lung is denser by 20-90 HU), from the
    median of the clearly aerated voxels in slabs, and a voxel is an opacity
-   above the midpoint between that baseline and the faintest ground glass
-   (``ggo_floor_hu``), up to ``consolidation_range_hu``. An opening of
+   above the point ``ggo_threshold_fraction`` of the way from that baseline
+   to the faintest ground glass (``ggo_floor_hu``), up to
+   ``consolidation_range_hu``. An opening of
    ``min_opacity_radius_mm`` drops thin opacities (atelectasis bands, pleural
    partial volume) and keeps the opacity around what survives.
 
@@ -85,7 +86,7 @@ METHOD = (
 METHOD_HYBRID = "medai.quantify/3 hybrid (learned lungs, classical opacities)"
 
 # Below this lesion percentage a lung is graded CT-0 ("no lesion"). On lesion-free held-out phantoms the hybrid
-# default grades 8-9 of 10 CT-0 (docs/benchmarks.md); the rest read a few partial-volume voxels as opacity.
+# default grades 7-10 of 10 CT-0 (docs/benchmarks.md); the rest read 0.5-0.9 % of partial-volume voxels.
 LESION_NOISE_FLOOR_PERCENT = 0.5
 
 
@@ -200,12 +201,12 @@ class QuantifyParams:
     smoothing_mm: float = 2.0
     # Opacities thinner than twice this (atelectasis bands, pleural partial volume) are not lesions.
     min_opacity_radius_mm: float = 5.0
-    # The faintest ground glass (about -700 HU); a voxel is an opacity above the midpoint between this and the
-    # patient's parenchyma baseline at its depth ...
+    # The faintest ground glass (about -700 HU); a voxel is an opacity above a point between the patient's
+    # parenchyma baseline at its depth and this ...
     ggo_floor_hu: float = -720.0
     # ... (this fraction of the way from baseline to floor) ...
     ggo_threshold_fraction: float = 0.55
-    # ... and at least this far above the baseline (noise after smoothing is about 5-10 HU).
+    # ... and at least this far above the baseline (noise on the ~3 mm block-mean grid is about 10-25 HU).
     ggo_min_contrast_hu: float = 40.0
     # The parenchyma baseline is fitted to smoothed lung voxels below this (clearly aerated) ...
     baseline_max_hu: float = -760.0
@@ -305,9 +306,11 @@ def quantify(
     lr_dim, right_low, sup_high = _orientation(volume)
     grid = coarse_grid(volume.spacing_mm, volume.shape, target_spacing_mm=params.target_spacing_mm)
     coarse = block_mean(volume.hu, grid.factors)
-    if _resolve_method(params.method) is QuantMethod.LEARNED:
+    method = _resolve_method(params.method)
+    if method is QuantMethod.LEARNED:
         return _quantify_learned(volume, coarse, grid, lung_mask=lung_mask, params=params)
-    if lung_mask is None and _resolve_method(params.method) is QuantMethod.HYBRID:
+    hybrid_lungs = lung_mask is None and method is QuantMethod.HYBRID
+    if hybrid_lungs:
         from medai.quantnet import learned_lungs
 
         lungs = learned_lungs(volume.direction, coarse, grid.spacing_mm, params=params)
@@ -330,7 +333,7 @@ def quantify(
         lung_mask=lungs,
         lesion_mask=lesions,
     )
-    if lung_mask is None and _resolve_method(params.method) is QuantMethod.HYBRID:
+    if hybrid_lungs:
         from medai.quantnet import shipped_quantnet
 
         result = replace(result, method=f"{METHOD_HYBRID} (lungs: {shipped_quantnet().model_id})")
