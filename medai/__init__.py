@@ -14,11 +14,13 @@ INTENDED_USE = "Research use only. Not a medical device; not for diagnosis."
 
 __all__ = [
     "INTENDED_USE",
+    "Classifier",
     "InvalidSeriesError",
     "ManifestError",
     "MedaiError",
     "ModelError",
     "NoSeriesError",
+    "Prediction",
     "QCReason",
     "SelectionReport",
     "SelectionRules",
@@ -29,3 +31,12 @@ __all__ = [
     "load_series",
     "select_series",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``medai.Classifier`` and ``medai.Prediction``, imported on first use (``import medai`` stays light)."""
+    if name in ("Classifier", "Prediction"):
+        from medai import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'medai' has no attribute {name!r}")
