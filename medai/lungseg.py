@@ -81,14 +81,19 @@ def _lung_parts(mask: np.ndarray, hu: np.ndarray, min_voxels: float, *, gas_hu: 
     return keep[labels]
 
 
-def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
-    """Per-slice hole filling: background not connected (in its slice) to the in-plane border is filled."""
-    labels, n = ndimage.label(~mask, structure=_INPLANE)
+def _border_connected(mask: np.ndarray) -> np.ndarray:
+    """The parts of ``mask`` connected, within their slice, to the in-plane border of the array."""
+    labels, n = ndimage.label(mask, structure=_INPLANE)
     border = np.zeros(n + 1, dtype=bool)
     for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         border[np.unique(face)] = True
-    border[0] = True  # label 0 is the mask itself
-    return mask | ~border[labels]
+    border[0] = False  # label 0 is outside the mask
+    return border[labels]
+
+
+def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """Per-slice hole filling: background not connected (in its slice) to the in-plane border is filled."""
+    return mask | ~_border_connected(~mask)
 
 
 def _closing(mask: np.ndarray, radius_vox: int) -> np.ndarray:
@@ -119,13 +124,8 @@ def segment_lungs(
     """Lung mask (uint8 0/1 right/2 left) on the coarse grid."""
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     air = coarse < params.lung_threshold_hu
-    labels, n = ndimage.label(air, structure=_INPLANE)
-    outside = np.zeros(n + 1, dtype=bool)
-    for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        outside[np.unique(face)] = True
-    outside[0] = True
-    candidate = ~outside[labels]
-    del labels, air
+    candidate = air & ~_border_connected(air)
+    del air
     candidate = _lung_parts(candidate, coarse, params.min_lung_part_ml / voxel_ml, gas_hu=params.airway_threshold_hu)
     out = np.zeros(coarse.shape, dtype=np.uint8)
     if not candidate.any():
@@ -309,6 +309,33 @@ def split_sides(
     if straddling.any():
         out[straddling & low3] = low_label
         out[straddling & ~low3] = high_label
+    return out
+
+
+def add_aerated_rim(sides: np.ndarray, coarse: np.ndarray, *, params: QuantifyParams) -> np.ndarray:
+    """``sides`` (0 / 1 right / 2 left) plus the aerated voxels that touch a lung, in ``rim_steps`` steps.
+
+    A coarse voxel with a block mean below ``rim_threshold_hu`` is mostly lung (aerated lung about -850 HU,
+    soft tissue about +40, so half of each is about -400). Such voxels along a lung's surface join the lung
+    they touch (right first where both do); air connected within its slice to the image border (outside
+    the body) never does. This gives back the thin aerated rims a mask can miss: the lung bases over the
+    diaphragm domes, the apices and the costophrenic recesses on thick slices.
+    """
+    lung = sides > 0
+    if params.rim_steps < 1 or not lung.any():
+        return sides
+    aerated = coarse < params.rim_threshold_hu
+    allowed = aerated & ~_border_connected(aerated)
+    box = bbox(lung, (params.rim_steps,) * 3)
+    out = sides.copy()
+    view, allowed = out[box], allowed[box]
+    for _ in range(params.rim_steps):
+        right = ndimage.binary_dilation(view == 1) & allowed & (view == 0)
+        left = ndimage.binary_dilation(view == 2) & allowed & (view == 0) & ~right
+        if not (right.any() or left.any()):
+            break
+        view[right] = 1
+        view[left] = 2
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medai.errors import InvalidSeriesError
 from medai.quantify import (
@@ -37,6 +38,8 @@ BOTH_METHODS = [CLASSICAL, pytest.param(LEARNED, marks=_NO_HEAD), pytest.param(Q
         (0.0, Severity.CT_0),
         (LESION_NOISE_FLOOR_PERCENT / 10, Severity.CT_0),
         (LESION_NOISE_FLOOR_PERCENT, Severity.CT_1),
+        (0.99, Severity.CT_0),
+        (1.0, Severity.CT_1),
         (24.99, Severity.CT_1),
         (25.0, Severity.CT_2),
         (49.99, Severity.CT_2),
@@ -161,13 +164,45 @@ def test_toy_chest_lungs_sides_and_dense_pathology(flip_x: bool) -> None:
 
 
 @_NO_HEAD
+def test_aerated_rim_gives_back_thin_lung_on_thick_slices() -> None:
+    """Held-out acquisition (4-5 mm slices), lesion-free: the rim step brings the lungs closer to the truth."""
+    from dataclasses import replace
+
+    spec = synthetic.sample_spec(np.random.default_rng(5003), label="normal", split="heldout")
+    fov = spec.acquisition.matrix * spec.acquisition.pixel_spacing_mm
+    ph = synthetic.generate(
+        replace(spec, acquisition=replace(spec.acquisition, matrix=128, pixel_spacing_mm=round(fov / 128, 4))),
+        fast=True,
+    )
+    with_rim = quantify(ph.volume)
+    without = quantify(ph.volume, params=QuantifyParams(rim_steps=0))
+    truth = ph.lung_mask > 0
+    dice_with = _dice(with_rim.grid.upsample(with_rim.lung_mask) > 0, truth)
+    dice_without = _dice(without.grid.upsample(without.lung_mask) > 0, truth)
+    assert dice_with >= dice_without + 0.005, (dice_with, dice_without)
+    assert with_rim.lung_volume_ml > without.lung_volume_ml
+    # nothing outside the body: every added voxel touches the lungs found without the rim
+    added = (with_rim.lung_mask > 0) & (without.lung_mask == 0)
+    assert np.all(ndimage.binary_dilation(without.lung_mask > 0)[added])
+
+
+@_NO_HEAD
 def test_hybrid_is_the_default_learned_lungs_with_classical_opacities() -> None:
     vol, _, _ = _toy_chest()
     assert QuantifyParams().method is QuantMethod.HYBRID
     hybrid = quantify(vol)
     learned = quantify(vol, params=LEARNED)
-    np.testing.assert_array_equal(hybrid.lung_mask, learned.lung_mask)
-    same_lungs = quantify(vol, lung_mask=learned.lung_mask, params=CLASSICAL)
+    # The learned lungs plus the aerated rim around them: each added voxel is mostly air (block mean below
+    # rim_threshold_hu), touches the learned lung of its side and lies inside the body.
+    added = (hybrid.lung_mask > 0) & (learned.lung_mask == 0)
+    np.testing.assert_array_equal(hybrid.lung_mask[learned.lung_mask > 0], learned.lung_mask[learned.lung_mask > 0])
+    assert 0 < added.sum() < 0.1 * (learned.lung_mask > 0).sum()
+    coarse = block_mean(vol.hu, hybrid.grid.factors)
+    assert coarse[added].max() < QuantifyParams().rim_threshold_hu
+    for side in (1, 2):
+        grown = ndimage.binary_dilation(learned.lung_mask == side)
+        assert np.all(grown[added & (hybrid.lung_mask == side)])
+    same_lungs = quantify(vol, lung_mask=hybrid.lung_mask, params=CLASSICAL)
     np.testing.assert_array_equal(hybrid.lesion_mask, same_lungs.lesion_mask)
     assert hybrid.lesion_percent == pytest.approx(same_lungs.lesion_percent)
     assert "hybrid" in hybrid.method and "medai-quant" in hybrid.method
@@ -328,8 +363,9 @@ def test_phantom_lungs_without_lobar_consolidation(phantom_results: list) -> Non
 
 
 _TARGETS_NOT_MET = (
-    "targets not met yet on these 9 thin-slice phantoms: lung Dice 0.949 on one covid19 case (>= 0.95 asked), "
-    "lesion % MAE 3.6 (<= 3): small subpleural foci and confluent lobar disease (docs/benchmarks.md)"
+    "targets not met on these 9 thin-slice phantoms (asked of every case here): lung Dice 0.90-0.94 on the lobar "
+    "cases (>= 0.95 asked), lesion % MAE 3.3 (<= 3), grade 8/9: COVID-19 under-read, lobar lungs take some "
+    "dense non-lung (docs/benchmarks.md)"
 )
 
 
