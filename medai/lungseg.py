@@ -317,25 +317,41 @@ def add_aerated_rim(sides: np.ndarray, coarse: np.ndarray, *, params: QuantifyPa
 
     A coarse voxel with a block mean below ``rim_threshold_hu`` is mostly lung (aerated lung about -850 HU,
     soft tissue about +40, so half of each is about -400). Such voxels along a lung's surface join the lung
-    they touch (right first where both do); air connected within its slice to the image border (outside
+    they touch (the left where both do); air connected within its slice to the image border (outside
     the body) never does. This gives back the thin aerated rims a mask can miss: the lung bases over the
     diaphragm domes, the apices and the costophrenic recesses on thick slices.
     """
     lung = sides > 0
     if params.rim_steps < 1 or not lung.any():
         return sides
-    aerated = coarse < params.rim_threshold_hu
+    # Within the lungs' box plus a margin, air touching the box's in-plane border is outside the body (the
+    # margin is the chest wall: no lung reaches it); the whole grid would cost 2-3x more.
+    box = bbox(lung, (params.rim_steps, params.rim_steps + 1, params.rim_steps + 1))
+    aerated = coarse[box] < params.rim_threshold_hu
     allowed = aerated & ~_border_connected(aerated)
-    box = bbox(lung, (params.rim_steps,) * 3)
     out = sides.copy()
-    view, allowed = out[box], allowed[box]
+    view = out[box]
     for _ in range(params.rim_steps):
-        right = ndimage.binary_dilation(view == 1) & allowed & (view == 0)
-        left = ndimage.binary_dilation(view == 2) & allowed & (view == 0) & ~right
-        if not (right.any() or left.any()):
+        grown = _max_of_neighbours(view)
+        add = allowed & (view == 0) & (grown > 0)
+        if not add.any():
             break
-        view[right] = 1
-        view[left] = 2
+        view[add] = grown[add]
+    return out
+
+
+def _max_of_neighbours(labels: np.ndarray) -> np.ndarray:
+    """Each voxel's largest label among itself and its 6 neighbours (shifted maxima: 3x faster than scipy)."""
+    out = labels.copy()
+    for axis in range(3):
+        n = labels.shape[axis]
+        if n < 2:
+            continue
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
+        np.maximum(out[tuple(lo)], labels[tuple(hi)], out=out[tuple(lo)])
+        np.maximum(out[tuple(hi)], labels[tuple(lo)], out=out[tuple(hi)])
     return out
 
 

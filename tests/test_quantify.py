@@ -163,6 +163,30 @@ def test_toy_chest_lungs_sides_and_dense_pathology(flip_x: bool) -> None:
     assert q.lung_volume_ml == pytest.approx(q.right_lung_volume_ml + q.left_lung_volume_ml)
 
 
+@pytest.mark.parametrize("sizes", [(3, 3, 3), (1, 5, 3), (7, 1, 9)])
+def test_grey_opening_matches_scipy(sizes: tuple[int, int, int]) -> None:
+    from medai.opacities import _grey_opening
+
+    values = np.random.default_rng(1).normal(size=(4, 9, 6)).astype(np.float32)[:, 1:, :]  # a view, as served
+    expected = values
+    for axis, size in enumerate(sizes):
+        expected = ndimage.minimum_filter1d(expected, size, axis=axis, mode="nearest")
+    for axis, size in enumerate(sizes):
+        expected = ndimage.maximum_filter1d(expected, size, axis=axis, mode="nearest")
+    got = _grey_opening(values, sizes)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.shares_memory(got, values)
+
+
+def test_max_of_neighbours_is_a_6_neighbour_grey_dilation() -> None:
+    from medai.lungseg import _max_of_neighbours
+
+    labels = np.random.default_rng(0).integers(0, 3, (5, 7, 6)).astype(np.uint8)
+    cross = ndimage.generate_binary_structure(3, 1)
+    expected = ndimage.grey_dilation(labels, footprint=cross, mode="constant", cval=0)
+    np.testing.assert_array_equal(_max_of_neighbours(labels), expected)
+
+
 @_NO_HEAD
 def test_aerated_rim_gives_back_thin_lung_on_thick_slices() -> None:
     """Held-out acquisition (4-5 mm slices), lesion-free: the rim step brings the lungs closer to the truth."""
