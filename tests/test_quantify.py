@@ -77,6 +77,13 @@ def test_block_mean_matches_reshape_mean_and_drops_tails() -> None:
     np.testing.assert_allclose(block_mean(hu.astype(np.float32), (2, 4, 3)), ref, atol=1e-2)
 
 
+def test_block_mean_in_slabs_with_a_partial_last_one() -> None:
+    """A series big enough for several cache-sized passes (the last one short) gives the one-pass result."""
+    hu = np.random.default_rng(1).integers(-1024, 3000, size=(41, 512, 516)).astype(np.int16)
+    ref = hu.astype(np.float64).reshape(41, 1, 128, 4, 129, 4).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(block_mean(hu, (1, 4, 4)), ref, atol=1e-3)
+
+
 def test_coarse_grid_factors_follow_spacing() -> None:
     assert coarse_grid((1.25, 0.7, 0.7), (300, 512, 512)).factors == (2, 4, 4)
     assert coarse_grid((5.0, 0.6, 0.6), (60, 512, 512)).factors == (1, 4, 4)
@@ -176,6 +183,24 @@ def test_grey_opening_matches_scipy(sizes: tuple[int, int, int]) -> None:
     got = _grey_opening(values, sizes)
     np.testing.assert_array_equal(got, expected)
     assert not np.shares_memory(got, values)
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), (1, 2), (0,)])
+@pytest.mark.parametrize("border", [False, True])
+def test_erode_and_dilate_match_scipy(axes: tuple[int, ...], border: bool) -> None:
+    from medai.opacities import _dilate, _erode
+
+    mask = np.random.default_rng(2).random((6, 9, 7)) < 0.7
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1, 1, 1] = True
+    for axis in axes:
+        for v in (0, 2):
+            index = [1, 1, 1]
+            index[axis] = v
+            cross[tuple(index)] = True
+    expected = ndimage.binary_erosion(mask, structure=cross, border_value=int(border))
+    np.testing.assert_array_equal(_erode(mask, axes, border=border), expected)
+    np.testing.assert_array_equal(_dilate(mask, axes), ndimage.binary_dilation(mask, structure=cross))
 
 
 def test_max_of_neighbours_is_a_6_neighbour_grey_dilation() -> None:
