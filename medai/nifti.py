@@ -16,7 +16,7 @@ import numpy as np
 from medai.errors import InvalidSeriesError, QCReason
 from medai.volume import Volume
 
-__all__ = ["NIFTI_SUFFIXES", "is_nifti_name", "read_nifti", "write_nifti"]
+__all__ = ["NIFTI_SUFFIXES", "is_nifti_name", "nifti_stem", "read_nifti", "write_nifti"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,21 @@ def is_nifti_name(name: str | Path) -> bool:
         (True, True, False)
     """
     return Path(name).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(name: str | Path) -> str:
+    """A NIfTI file's name without its suffix, in any letter case; other names are returned whole.
+
+    Example:
+        >>> nifti_stem("CT.NII.GZ"), nifti_stem("a/ct.nii"), nifti_stem("ct.dcm")
+        ('CT', 'ct', 'ct.dcm')
+    """
+    base = Path(name).name
+    lower = base.lower()
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def read_nifti(path: str | Path) -> Volume:

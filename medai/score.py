@@ -174,9 +174,10 @@ def _prediction_fields(pred: Prediction) -> dict[str, Any]:
 
 def _write_key_images(volume: Volume, pred: Prediction, job: ScoreJob, settings: ScoreSettings) -> dict[str, str]:
     from medai.keyimages import write_key_image, write_saliency_nifti
+    from medai.nifti import nifti_stem
 
     folder = Path(settings.saliency_dir or ".")
-    stem = _safe_name(job.key if job.series is not None else Path(job.key).name.split(".nii")[0])
+    stem = _safe_name(job.key if job.series is not None else nifti_stem(job.key))
     out = {"key_image": str(write_key_image(volume, pred, folder / f"{stem}.png", n_slices=settings.key_slices))}
     if settings.saliency_nifti:
         out["saliency_nifti"] = str(write_saliency_nifti(volume, pred, folder / f"{stem}_saliency.nii.gz"))

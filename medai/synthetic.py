@@ -500,8 +500,8 @@ def write_nifti(phantom: Phantom, path: str | Path) -> Path:
     from medai import nifti
 
     path = Path(path)
-    name = path.name
-    stem, suffix = (name[:-7], ".nii.gz") if name.endswith(".nii.gz") else (path.stem, path.suffix or ".nii.gz")
+    stem = nifti.nifti_stem(path.name)
+    suffix = path.name[len(stem) :] or ".nii.gz"  # kept as given, letter case included
     path.parent.mkdir(parents=True, exist_ok=True)
     out = path.parent / f"{stem}{suffix}"
     nifti.write_nifti(phantom.volume, out)

@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 from medai import synthetic
 from medai.cli import main as cli_main
 from medai.ctwriter import write_ct_series
+from medai.nifti import write_nifti
 from medai.pseudonym import Pseudonymizer
 from medai.results import COLUMNS, read_results
 from medai.score import plan_inputs, run_score
@@ -156,6 +157,16 @@ def test_manifest_with_dicom_nifti_and_missing_paths(tree: Tree, tmp_path: Path)
     nifti_row = next(r for r in read_results(out) if r["source"].endswith(".nii.gz"))
     assert nifti_row["status"] == "ok" and nifti_row["n_slices"] == 30 and nifti_row["series_uid"] is None
     assert run_score([manifest], out, workers=1).n_resumed == 2  # NIfTI rows resume by their file
+
+
+def test_upper_case_nifti_names_its_key_images_without_the_suffix(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    write_nifti(_phantom("covid19", 0.3, 6).volume, tmp_path / "in" / "CT.NII.GZ")
+    keys = tmp_path / "keys"
+    run_score([tmp_path / "in" / "CT.NII.GZ"], tmp_path / "r.csv", workers=1, saliency_dir=keys, saliency_nifti=True)
+    (row,) = read_results(tmp_path / "r.csv")
+    assert row["status"] == "ok"
+    assert sorted(p.name for p in keys.iterdir()) == ["CT.png", "CT_saliency.nii.gz"]
 
 
 def test_pseudonymized_output_has_no_identifiers(tree: Tree, tmp_path: Path) -> None:
