@@ -38,6 +38,7 @@ class QCReason(enum.StrEnum):
     MISSING_ATTRIBUTE = "missing_attribute"
     TRUNCATED_PIXEL_DATA = "truncated_pixel_data"
     IMPLAUSIBLE_DIMENSIONS = "implausible_dimensions"
+    NOT_HOUNSFIELD = "not_hounsfield"  # no air: a label map, unrescaled stored values, a blank volume
     UNDECODABLE_TRANSFER_SYNTAX = "undecodable_transfer_syntax"
     LOCALIZER = "localizer"
     DERIVED = "derived"

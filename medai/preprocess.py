@@ -35,7 +35,15 @@ from scipy import ndimage
 from medai.errors import InvalidSeriesError, QCReason
 from medai.volume import Volume
 
-__all__ = ["ModelInput", "Normalization", "PreprocessParams", "fast_lung_mask", "to_model_input"]
+__all__ = [
+    "AIR_HU",
+    "ModelInput",
+    "Normalization",
+    "PreprocessParams",
+    "check_hounsfield",
+    "fast_lung_mask",
+    "to_model_input",
+]
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +301,37 @@ def _block_mean(arr: np.ndarray, starts: np.ndarray, factors: np.ndarray, counts
     return out.astype(np.float32) / float(np.prod(factors))
 
 
+# A chest CT in Hounsfield units holds air (the lungs, around the body) well below this. A label map (0/1/2),
+# stored values never rescaled to HU (0..4095) or a blank volume does not, and would be scored as nonsense.
+AIR_HU = -500.0
+
+
+def check_hounsfield(volume: Volume) -> None:
+    """Refuse a volume whose values cannot be chest-CT Hounsfield units (no air, or nearly constant).
+
+    Looks at every 2nd slice and every 4th row and column: air is everywhere in a chest CT.
+
+    Raises:
+        InvalidSeriesError: reason ``NOT_HOUNSFIELD``, naming the series and the values found.
+
+    Example:
+        >>> labels = Volume(np.zeros((8, 16, 16), np.uint8), (2.0, 2.0, 2.0), series_uid="1.2.3")
+        >>> check_hounsfield(labels)
+        Traceback (most recent call last):
+        ...
+        medai.errors.InvalidSeriesError: series 1.2.3: values 0..0 must be chest-CT Hounsfield units, ...
+    """
+    sample = volume.hu[::2, ::4, ::4]
+    lo, hi = float(sample.min()), float(sample.max())
+    if lo > AIR_HU or hi - lo < 300.0:
+        raise InvalidSeriesError(
+            QCReason.NOT_HOUNSFIELD,
+            f"values {lo:g}..{hi:g} must be chest-CT Hounsfield units, with air below {AIR_HU:g} HU and a range "
+            "of at least 300 HU; is this a label map, or pixel data without its rescale slope and intercept?",
+            series_uid=volume.series_uid,
+        )
+
+
 def to_model_input(volume: Volume, params: PreprocessParams) -> ModelInput:
     """Preprocess a CT volume for the network (see the module docstring for the steps).
 
@@ -304,7 +343,8 @@ def to_model_input(volume: Volume, params: PreprocessParams) -> ModelInput:
         The :class:`ModelInput` (array ``(1, *params.grid_shape)`` float32).
 
     Raises:
-        InvalidSeriesError: the volume is oblique beyond ``params.oblique_tolerance_deg``.
+        InvalidSeriesError: the volume is oblique beyond ``params.oblique_tolerance_deg`` or its values are not
+            Hounsfield units (:func:`check_hounsfield`).
 
     Example:
         >>> hu = np.full((40, 64, 64), -1000, np.int16)
@@ -315,6 +355,7 @@ def to_model_input(volume: Volume, params: PreprocessParams) -> ModelInput:
         >>> mi.array.shape, float(mi.array.min()) >= 0.0, float(mi.array.max()) <= 1.0
         ((1, 16, 24, 24), True, True)
     """
+    check_hounsfield(volume)
     perm, flips = _canonical_axes(volume, params.oblique_tolerance_deg)
     arr = volume.hu.transpose(perm)
     arr = arr[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medai.cache import InputCache, volume_fingerprint
-from medai.errors import InvalidSeriesError
+from medai.errors import InvalidSeriesError, QCReason
 from medai.preprocess import ModelInput, Normalization, PreprocessParams, fast_lung_mask, to_model_input
 from medai.volume import Volume
 
@@ -163,3 +163,21 @@ def test_lungs_clipped_by_a_small_field_of_view_are_still_found():
     mask = fast_lung_mask(clipped, vol.spacing_mm)
     assert mask[:, :, 0].any() and mask[:, :, -1].any()  # both lungs kept
     assert to_model_input(Volume(clipped, vol.spacing_mm), PARAMS).lung_volume_ml > 500
+
+
+@pytest.mark.parametrize(
+    ("make", "found"),
+    [
+        (lambda hu, lungs: lungs.astype(np.uint8) * 2, "values 0..2"),  # a label map
+        (lambda hu, lungs: (hu + 1024).astype(np.uint16), "values 0.."),  # stored values, rescale intercept lost
+        (lambda hu, lungs: np.full_like(hu, -1000), "values -1000..-1000"),  # blank
+    ],
+)
+def test_values_that_are_not_hounsfield_units_are_refused(make, found) -> None:
+    vol, lungs = chest()
+    params = PreprocessParams(grid_shape=(16, 24, 24))
+    to_model_input(vol, params)  # the CT itself passes
+    bad = Volume(make(vol.hu, lungs), vol.spacing_mm, series_uid="1.2.840.99")
+    with pytest.raises(InvalidSeriesError, match=r"series 1\.2\.840\.99: values .* Hounsfield") as exc:
+        to_model_input(bad, params)
+    assert exc.value.reason is QCReason.NOT_HOUNSFIELD and found in str(exc.value)

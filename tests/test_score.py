@@ -169,6 +169,18 @@ def test_upper_case_nifti_names_its_key_images_without_the_suffix(tmp_path: Path
     assert sorted(p.name for p in keys.iterdir()) == ["CT.png", "CT_saliency.nii.gz"]
 
 
+def test_a_label_map_is_refused_and_the_batch_goes_on(tmp_path: Path) -> None:
+    """The phantom writer puts the masks beside the CT; scoring one by mistake gives a clear error row."""
+    synthetic.write_nifti(_phantom("covid19", 0.3, 6), tmp_path / "case.nii.gz")
+    inputs = [tmp_path / "case.nii.gz", tmp_path / "case_lung.nii.gz"]
+    assert run_score(inputs, tmp_path / "r.csv", workers=1).n_errors == 1
+    by_source = {Path(r["source"]).name: r for r in read_results(tmp_path / "r.csv")}
+    assert by_source["case.nii.gz"]["status"] == "ok"
+    bad = by_source["case_lung.nii.gz"]
+    assert (bad["status"], bad["reason"]) == ("error", "not_hounsfield")
+    assert "values 0..2" in bad["message"] and "label map" in bad["message"]
+
+
 def test_pseudonymized_output_has_no_identifiers(tree: Tree, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     code = cli_main(
