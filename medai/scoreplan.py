@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from medai.discovery import SeriesInfo, SeriesList, SkippedFile, find_series, read_header
+from medai.discovery import DicomSource, SeriesInfo, SeriesList, SkippedFile, find_series, read_header
 from medai.errors import MedaiError, QCReason
-from medai.nifti import is_nifti_name
+from medai.nifti import is_nifti_name, nifti_stem
 from medai.pseudonym import Pseudonymizer
 from medai.qc import DEFAULT_RULES, SelectionRules, select_per_study
 from medai.results import RowStatus, ScoreReason
@@ -254,6 +254,18 @@ def _discover(paths: Sequence[Path], map_unordered: MapUnordered) -> dict[int, S
     return out
 
 
+def _scorable_nifti(source: DicomSource) -> bool:
+    """A plain NIfTI file, and not one of the ``<case>_lung`` / ``<case>_lesion`` masks beside a phantom."""
+    if source.member is not None or not is_nifti_name(source.path):
+        return False
+    stem = nifti_stem(source.path)
+    suffix = source.path.name[len(stem) :]
+    for mask in ("_lung", "_lesion"):
+        if stem.endswith(mask) and (source.path.parent / f"{stem[: -len(mask)]}{suffix}").is_file():
+            return False
+    return True
+
+
 def plan_inputs(
     inputs: Sequence[str | Path],
     *,
@@ -290,10 +302,17 @@ def plan_inputs(
             paths.append(path)
     discovered = _discover(paths, map_unordered) if map_unordered is not None else {}
     found: dict[str, SeriesInfo] = {}
+    niftis: set[Path] = set()
+
+    def add_nifti(nifti: Path) -> None:
+        if nifti not in niftis:
+            niftis.add(nifti)
+            fields = {"source": str(nifti), "pseudonymized": pseudonymizer is not None}
+            plan.jobs.append(ScoreJob(series=None, nifti_path=str(nifti), fields=fields))
+
     for index, path in enumerate(paths):
         if is_nifti_name(path) and path.is_file():
-            fields = {"source": str(path), "pseudonymized": pseudonymizer is not None}
-            plan.jobs.append(ScoreJob(series=None, nifti_path=str(path), fields=fields))
+            add_nifti(path)
             continue
         if not path.exists():
             fields = {"source": str(path), "pseudonymized": pseudonymizer is not None}
@@ -302,8 +321,13 @@ def plan_inputs(
             )
             continue
         series = discovered[index] if map_unordered is not None else find_series(path)
+        # NIfTI volumes under a folder are scored like NIfTI inputs (masks written beside a phantom are not)
+        in_folder = [f.source.path for f in series.skipped if _scorable_nifti(f.source)]
+        for nifti in in_folder:
+            add_nifti(nifti)
+        series.skipped = tuple(f for f in series.skipped if f.source.path not in in_folder)
         plan.skipped_files.extend(series.skipped)
-        if not series:
+        if not series and not in_folder:
             why = f"; e.g. {series.skipped[0].source}: {series.skipped[0].reason}" if series.skipped else ""
             fields = {"source": str(path), "pseudonymized": pseudonymizer is not None}
             message = f"{path} must hold a DICOM series, not {len(series.skipped)} unusable files{why}"

@@ -181,6 +181,23 @@ def test_a_label_map_is_refused_and_the_batch_goes_on(tmp_path: Path) -> None:
     assert "values 0..2" in bad["message"] and "label map" in bad["message"]
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_nifti_files_under_a_folder_are_scored_and_phantom_masks_are_not(tmp_path: Path, parallel: bool) -> None:
+    synthetic.write_nifti(_phantom("covid19", 0.3, 6), tmp_path / "data" / "a" / "case.nii.gz")
+    (tmp_path / "data" / "b").mkdir()
+    write_nifti(_phantom("normal", 0.0, 7).volume, tmp_path / "data" / "b" / "CT.NII")
+    (tmp_path / "data" / "b" / "notes.txt").write_text("not an image")
+    map_unordered = (lambda f, items: map(f, items)) if parallel else None
+    plan = plan_inputs([tmp_path / "data", tmp_path / "data" / "b" / "CT.NII"], map_unordered=map_unordered)
+    assert sorted(Path(j.key).name for j in plan.jobs) == ["CT.NII", "case.nii.gz"]  # each once
+    assert sorted(Path(str(f.source)).name for f in plan.skipped_files) == [
+        "case_lesion.nii.gz",
+        "case_lung.nii.gz",
+        "notes.txt",
+    ]
+    assert plan.rows == []
+
+
 def test_pseudonymized_output_has_no_identifiers(tree: Tree, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     code = cli_main(
