@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medai.anatomy import Anatomy, AnatomyImage, Grid, Lobe, SmoothField
+from medai.anatomy import Anatomy, Grid, Lobe, SmoothField
+from medai.render import AnatomyImage
 
 __all__ = ["Lesions", "Pattern", "apply_confounders", "render_lesions", "sample_pattern"]
 

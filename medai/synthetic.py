@@ -42,8 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medai.anatomy import Grid, Tissue, render_anatomy, sample_anatomy
+from medai.anatomy import Grid, Tissue, sample_anatomy
 from medai.pathology import apply_confounders, render_lesions, sample_pattern
+from medai.render import render_anatomy
 from medai.volume import Volume
 
 __all__ = [
