@@ -59,9 +59,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from medai import synthetic
+    from medai import phantom_files
 
-    return synthetic.run_cli(args)
+    return phantom_files.run_cli(args)
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:

@@ -76,7 +76,8 @@ def write_series(workdir: Path, *, slices: int, matrix: int, seed: int) -> Path:
     300 slices), since held-out thicknesses (4-5 mm) would make a 300-slice
     series 1.3 m long.
     """
-    from medai.synthetic import generate, sample_spec, write_dicom
+    from medai.phantom_files import write_dicom
+    from medai.synthetic import generate, sample_spec
 
     folder = workdir / f"covid19_seed{seed}_{slices}x{matrix}"
     done = folder.with_suffix(".json")  # beside the folder: the MONAI reader would try every file inside it

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from medai import synthetic
+from medai import phantom_files, synthetic
 from medai.cli import main as cli_main
 from medai.ctwriter import write_ct_series
 from medai.nifti import write_nifti
@@ -58,7 +58,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
 
     a = _phantom("covid19", 0.25, 1)
     extra = remember(a, "good_a", "ACC1001")
-    synthetic.write_dicom(a, root / "good_a")
+    phantom_files.write_dicom(a, root / "good_a")
     for path in (root / "good_a").iterdir():  # accession number into the files
         import pydicom
 
@@ -82,17 +82,17 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
         write_ct_series(other, root / name, attributes={**header, **attrs}, slice_thickness_mm=9.0)
     b = _phantom("normal", 0.0, 2)
     remember(b, "good_b", "")
-    synthetic.write_dicom(b, root / "tmp_b")
+    phantom_files.write_dicom(b, root / "tmp_b")
     with zipfile.ZipFile(root / "good_b.zip", "w") as archive:
         for path in sorted((root / "tmp_b").iterdir()):
             archive.write(path, f"b/{path.name}")
     shutil.rmtree(root / "tmp_b")
     c = _phantom("other_pneumonia", 0.3, 3)
     remember(c, "gap_c", "")
-    synthetic.write_dicom(c, root / "gap_c")[12].unlink()
+    phantom_files.write_dicom(c, root / "gap_c")[12].unlink()
     d = _phantom("covid19", 0.1, 4)
     remember(d, "trunc_d", "")
-    files = synthetic.write_dicom(d, root / "trunc_d")
+    files = phantom_files.write_dicom(d, root / "trunc_d")
     files[5].write_bytes(files[5].read_bytes()[:-3000])
     (root / "junk").mkdir()
     (root / "junk" / "notes.txt").write_text("not dicom")
@@ -144,7 +144,7 @@ def test_mixed_tree_gives_one_row_per_series_with_reasons(tree: Tree, tmp_path: 
 
 
 def test_manifest_with_dicom_nifti_and_missing_paths(tree: Tree, tmp_path: Path) -> None:
-    synthetic.write_nifti(_phantom("covid19", 0.3, 6), tmp_path / "nifti" / "case.nii.gz")
+    phantom_files.write_nifti(_phantom("covid19", 0.3, 6), tmp_path / "nifti" / "case.nii.gz")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"path,label\n{tree.root / 'good_a'},covid19\nnifti/case.nii.gz,covid19\nnowhere/c9,normal\n")
     plan = plan_inputs([manifest])
@@ -171,7 +171,7 @@ def test_upper_case_nifti_names_its_key_images_without_the_suffix(tmp_path: Path
 
 def test_a_label_map_is_refused_and_the_batch_goes_on(tmp_path: Path) -> None:
     """The phantom writer puts the masks beside the CT; scoring one by mistake gives a clear error row."""
-    synthetic.write_nifti(_phantom("covid19", 0.3, 6), tmp_path / "case.nii.gz")
+    phantom_files.write_nifti(_phantom("covid19", 0.3, 6), tmp_path / "case.nii.gz")
     inputs = [tmp_path / "case.nii.gz", tmp_path / "case_lung.nii.gz"]
     assert run_score(inputs, tmp_path / "r.csv", workers=1).n_errors == 1
     by_source = {Path(r["source"]).name: r for r in read_results(tmp_path / "r.csv")}
@@ -183,7 +183,7 @@ def test_a_label_map_is_refused_and_the_batch_goes_on(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_nifti_files_under_a_folder_are_scored_and_phantom_masks_are_not(tmp_path: Path, parallel: bool) -> None:
-    synthetic.write_nifti(_phantom("covid19", 0.3, 6), tmp_path / "data" / "a" / "case.nii.gz")
+    phantom_files.write_nifti(_phantom("covid19", 0.3, 6), tmp_path / "data" / "a" / "case.nii.gz")
     (tmp_path / "data" / "b").mkdir()
     write_nifti(_phantom("normal", 0.0, 7).volume, tmp_path / "data" / "b" / "CT.NII")
     (tmp_path / "data" / "b" / "notes.txt").write_text("not an image")

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from medai import cli
 from medai.anatomy import Tissue
+from medai.phantom_files import write_dicom, write_nifti
 from medai.synthetic import (
     CLASSES,
     HELDOUT_RANGES,
@@ -24,8 +25,6 @@ from medai.synthetic import (
     PhantomSpec,
     generate,
     sample_spec,
-    write_dicom,
-    write_nifti,
 )
 
 SMALL = Acquisition(matrix=96, pixel_spacing_mm=4.0, slice_thickness_mm=5.0, noise_hu=10.0)
