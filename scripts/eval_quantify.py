@@ -28,6 +28,19 @@ from medai.synthetic import CLASSES, Acquisition, Phantom, PhantomSpec, generate
 SEVERITIES = (0.01, 0.2, 0.45, 0.7, 0.03, 0.3, 0.55, 0.85, 0.1, 0.4, 0.6, 0.15)
 
 
+# The CT-0 floor before medai.quantify/4 (now LESION_NOISE_FLOOR_PERCENT): grade accuracy is also printed with it.
+OLD_FLOOR_PERCENT = 0.5
+
+
+def _grade_accuracy(truth: np.ndarray, estimate: np.ndarray, floor: float) -> float:
+    """Grade accuracy with another CT-0 floor (truth and estimate alike); the grades above CT-0 as usual."""
+
+    def grade(p: float) -> int:
+        return 0 if p < floor else max(1, severity_from_percent(p).grade)
+
+    return float(np.mean([grade(t) == grade(e) for t, e in zip(truth, estimate, strict=True)]))
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / max(1, int(a.sum()) + int(b.sum())))
 
@@ -109,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:16s} n={len(subset):2d}  lung dice mean {a[:, 0].mean():.3f} median {np.median(a[:, 0]):.3f} "
             f"min {a[:, 0].min():.3f}  per side min {a[:, 1:3].min():.3f}  "
-            f"lesion MAE {np.abs(a[:, 3] - a[:, 4]).mean():.2f} pts  grade acc {a[:, 5].mean():.2f}"
+            f"lesion MAE {np.abs(a[:, 3] - a[:, 4]).mean():.2f} pts  grade acc {a[:, 5].mean():.2f} "
+            f"({_grade_accuracy(a[:, 3], a[:, 4], OLD_FLOOR_PERCENT):.2f} with a {OLD_FLOOR_PERCENT} % CT-0 floor)"
         )
     if args.timing and timing_phantom is not None:
         _timing(timing_phantom, params)
