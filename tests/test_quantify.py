@@ -391,7 +391,7 @@ def _meets_targets(results: list) -> None:
 
 @_NO_HEAD
 @pytest.mark.xfail(
-    reason="learned head under-trained (CPU budget): diffuse GGO under-counted, some normals read 1-4 %", strict=True
+    reason="the learned head alone under-counts COVID-19 ground glass (30 % reads 5 %; MAE 4.5), Dice 0.92", strict=True
 )
 def test_learned_head_meets_targets(phantoms: list) -> None:
     _meets_targets([(ph, quantify(ph.volume, params=LEARNED)) for ph in phantoms])
@@ -412,9 +412,9 @@ def test_phantom_lungs_without_lobar_consolidation(phantom_results: list) -> Non
 
 
 _TARGETS_NOT_MET = (
-    "targets not met on these 9 thin-slice phantoms (asked of every case here): lung Dice 0.90-0.94 on the lobar "
-    "cases (>= 0.95 asked), lesion % MAE 3.3 (<= 3), grade 8/9: COVID-19 under-read, lobar lungs take some "
-    "dense non-lung (docs/benchmarks.md)"
+    "targets not met on these 9 thin-slice phantoms (asked of every case here): lung Dice 0.92-0.95 on the lobar "
+    "cases (>= 0.95 asked), grade 8/9 (a COVID-19 case at 30 % reads 22 %); lesion % MAE 2.99 (<= 3) is met "
+    "(docs/benchmarks.md)"
 )
 
 
