@@ -246,6 +246,21 @@ class Classifier:
         log.info("loaded %s from %s with providers %s", clf.model_id, resolved, clf.providers)
         return clf
 
+    @property
+    def scoring_id(self) -> str:
+        """Everything that makes a prediction's numbers: this model's id and the quantification head's.
+
+        ``medai score`` records it as ``model_id`` and resumes by it, so a new quantification head (with the
+        same classifier) scores the series again instead of reusing rows made by the old one.
+
+        Example:
+            >>> Classifier.load().scoring_id  # doctest: +SKIP
+            'medai-ref@d07acbb5b4b8+medai-quant@01a23f8524cf'
+        """
+        from medai.quantnet import shipped_quantnet
+
+        return f"{self.model_id}+{shipped_quantnet().model_id}"
+
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, cam = self._session.run(["logits", "cam"], {"input": batch})
         return np.asarray(logits, np.float32), np.asarray(cam, np.float32)

@@ -67,7 +67,8 @@ class ScoreSettings:
 
     Attributes:
         model_path: the ``.onnx`` file (absolute for a cluster: every worker must see it).
-        model_id: the id the main process loaded; a worker with another model writes ``model_error`` rows.
+        model_id: the scoring id (classifier + quantification head) the main process loaded; a worker with other
+            models writes ``model_error`` rows.
         threads: onnxruntime intra-op threads per process (None: onnxruntime's default).
         decode_workers: decoding threads per series in :func:`medai.dicom.load_series` (None: its default).
         saliency_dir: folder for key images (PNG), or None for none.
@@ -162,7 +163,6 @@ def _prediction_fields(pred: Prediction) -> dict[str, Any]:
         indeterminate=pred.indeterminate,
         severity=pred.severity.value,
         qc_flags=";".join(pred.qc_flags),
-        model_id=pred.model_id,
     )
     for name, value in quant.items():
         if name.endswith("_percent") or name == "lung_volume_ml":
@@ -212,8 +212,8 @@ def score_job(job: ScoreJob, settings: ScoreSettings) -> dict[str, Any]:
 
     try:
         clf = get_classifier(settings.model_path, threads=settings.threads)
-        if clf.model_id != settings.model_id:
-            raise ModelError(f"worker model must be {settings.model_id}, not {clf.model_id} ({clf.path})")
+        if clf.scoring_id != settings.model_id:
+            raise ModelError(f"worker models must be {settings.model_id}, not {clf.scoring_id} ({clf.path})")
         volume = _load(job, settings)
         loaded = time.perf_counter()
         if job.series is None:  # NIfTI: no UIDs; the row stays keyed by its source file
@@ -332,14 +332,14 @@ def run_score(
     clf = get_classifier(model, threads=threads)
     settings = ScoreSettings(
         model_path=model,
-        model_id=clf.model_id,
+        model_id=clf.scoring_id,
         threads=threads if threads is not None or not parallel else max(1, (os.cpu_count() or 1) // workers),
         decode_workers=1 if parallel else None,
         saliency_dir=str(Path(saliency_dir).resolve()) if saliency_dir is not None else None,
         saliency_nifti=saliency_nifti,
         key_slices=key_slices,
     )
-    summary = ScoreSummary(out=Path(out), model_id=clf.model_id)
+    summary = ScoreSummary(out=Path(out), model_id=settings.model_id)
     with ResultStore(out) as store, WorkPool(workers=workers, dask=dask, scheduler=scheduler) as pool:
         plan = plan_inputs(
             inputs,
@@ -351,7 +351,7 @@ def run_score(
         summary.n_skipped_files = len(plan.skipped_files)
         done = {row_key(r): r for r in store.existing}
         for row in plan.rows:
-            row = {**row, "model_id": clf.model_id}
+            row = {**row, "model_id": settings.model_id}
             previous = done.get(row_key(row))
             if previous is not None and not force:
                 _count(summary, previous)
@@ -363,7 +363,7 @@ def run_score(
                 on_row(row)
         jobs = []
         for job in plan.jobs:
-            previous = done.get((clf.model_id, job.key))
+            previous = done.get((settings.model_id, job.key))
             if previous is not None and not force:
                 summary.n_resumed += 1
                 _count(summary, previous)
@@ -371,7 +371,8 @@ def run_score(
                 jobs.append(job)
         summary.n_jobs = len(jobs)
         if summary.n_resumed:
-            log.info("%d series already scored in %s with %s; not scored again", summary.n_resumed, out, clf.model_id)
+            model = settings.model_id
+            log.info("%d series already scored in %s with %s; not scored again", summary.n_resumed, out, model)
         if on_start is not None:
             on_start(len(jobs))
         try:

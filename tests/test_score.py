@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -196,6 +197,34 @@ def test_nifti_files_under_a_folder_are_scored_and_phantom_masks_are_not(tmp_pat
         "notes.txt",
     ]
     assert plan.rows == []
+
+
+def test_a_new_quantification_head_scores_again_instead_of_resuming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows say which classifier and which quantification head made them; resuming matches both."""
+    from medai.quantnet import DEFAULT_QUANT_MODEL, QUANT_MODEL_ENV
+
+    onnx = pytest.importorskip("onnx")
+    synthetic_input = tmp_path / "case.nii.gz"
+    phantom_files.write_nifti(_phantom("covid19", 0.3, 6), synthetic_input)
+    out = tmp_path / "r.csv"
+    first = run_score([synthetic_input], out, workers=1)
+    assert first.model_id.startswith("medai-ref@") and "+medai-quant@" in first.model_id
+    assert run_score([synthetic_input], out, workers=1).n_resumed == 1
+    # the same head, re-saved with another doc string: another file, another sha256, another id
+    other = tmp_path / "head" / "medai-quant.onnx"
+    other.parent.mkdir()
+    proto = onnx.load(str(DEFAULT_QUANT_MODEL))
+    proto.doc_string = "re-exported"
+    onnx.save(proto, str(other))
+    card = json.loads(DEFAULT_QUANT_MODEL.with_suffix(".json").read_text())
+    card["sha256"] = hashlib.sha256(other.read_bytes()).hexdigest()
+    other.with_suffix(".json").write_text(json.dumps(card))
+    monkeypatch.setenv(QUANT_MODEL_ENV, str(other))
+    second = run_score([synthetic_input], out, workers=1)
+    assert second.n_resumed == 0 and second.model_id != first.model_id
+    assert [r["model_id"] for r in read_results(out)] == [first.model_id, second.model_id]
 
 
 def test_pseudonymized_output_has_no_identifiers(tree: Tree, tmp_path: Path) -> None:
