@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from medai.quantgrid import neighbour_extreme
+
 if TYPE_CHECKING:
     from medai.quantify import QuantifyParams
 
@@ -280,30 +282,12 @@ def split_sides(
     params: QuantifyParams,
 ) -> np.ndarray:
     """Label lung parts right (1) / left (2): whole parts by side, touching lungs cut near the midline."""
-    out = np.zeros(lungs.shape, dtype=np.uint8)
+    full = np.zeros(lungs.shape, dtype=np.uint8)
     if not lungs.any():
-        return out
+        return full
     box = bbox(lungs, (0, 0, 0))  # the work is on the lungs' box: 2-3x fewer voxels than the grid
-    out[box] = _split_sides(
-        lungs[box],
-        spacing_mm,
-        midline=midline - box[lr_dim].start,
-        lr_dim=lr_dim,
-        right_low=right_low,
-        params=params,
-    )
-    return out
-
-
-def _split_sides(
-    lungs: np.ndarray,
-    spacing_mm: tuple[float, float, float],
-    *,
-    midline: float,
-    lr_dim: int,
-    right_low: bool,
-    params: QuantifyParams,
-) -> np.ndarray:
+    lungs = lungs[box]
+    midline -= box[lr_dim].start
     ap_dim = 1 if lr_dim == 2 else 2
     n_lr = lungs.shape[lr_dim]
     profile = lungs.sum(axis=ap_dim).astype(np.float64)  # (z, lr)
@@ -330,7 +314,8 @@ def _split_sides(
     if straddling.any():
         out[straddling & low3] = low_label
         out[straddling & ~low3] = high_label
-    return out
+    full[box] = out
+    return full
 
 
 def add_aerated_rim(sides: np.ndarray, coarse: np.ndarray, *, params: QuantifyParams) -> np.ndarray:
@@ -353,26 +338,11 @@ def add_aerated_rim(sides: np.ndarray, coarse: np.ndarray, *, params: QuantifyPa
     out = sides.copy()
     view = out[box]
     for _ in range(params.rim_steps):
-        grown = _max_of_neighbours(view)
+        grown = neighbour_extreme(view, (0, 1, 2), np.maximum)
         add = allowed & (view == 0) & (grown > 0)
         if not add.any():
             break
         view[add] = grown[add]
-    return out
-
-
-def _max_of_neighbours(labels: np.ndarray) -> np.ndarray:
-    """Each voxel's largest label among itself and its 6 neighbours (shifted maxima: 3x faster than scipy)."""
-    out = labels.copy()
-    for axis in range(3):
-        n = labels.shape[axis]
-        if n < 2:
-            continue
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
-        np.maximum(out[tuple(lo)], labels[tuple(hi)], out=out[tuple(lo)])
-        np.maximum(out[tuple(hi)], labels[tuple(lo)], out=out[tuple(hi)])
     return out
 
 

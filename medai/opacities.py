@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from medai.lungseg import bbox
+from medai.quantgrid import neighbour_extreme
 
 if TYPE_CHECKING:
     from medai.quantify import QuantifyParams
@@ -35,24 +36,13 @@ def _grey_opening(values: np.ndarray, sizes: tuple[int, int, int]) -> np.ndarray
 def _box_extreme(values: np.ndarray, sizes: tuple[int, int, int], extreme: np.ufunc) -> np.ndarray:
     """Running minimum or maximum over a box of odd ``sizes``, one axis after the other.
 
-    Shifted in-place ``np.minimum`` / ``np.maximum`` over the window clipped at the edges (the same result as
-    scipy's ``minimum_filter1d(..., mode="nearest")``): ~13x faster than scipy for the 3-voxel windows of the
-    ~3 mm grid, where scipy's per-line overhead dominates.
+    A window of ``2 r + 1`` along an axis is ``r`` neighbour steps (clipped at the edges: the same result as
+    scipy's ``minimum_filter1d(..., mode="nearest")``).
     """
-    out = np.array(values, dtype=values.dtype, copy=True)
+    out = values.copy()
     for axis, size in enumerate(sizes):
-        n = out.shape[axis]
-        radius = min(size // 2, n - 1)
-        if radius < 1:
-            continue
-        before = out.copy()  # the window is over this axis's input, not what this loop already changed
-
-        def part(start: int | None, stop: int | None, axis: int = axis) -> tuple[slice, ...]:
-            return tuple(slice(start, stop) if a == axis else slice(None) for a in range(out.ndim))
-
-        for d in range(1, radius + 1):
-            extreme(out[part(d, None)], before[part(None, n - d)], out=out[part(d, None)])
-            extreme(out[part(None, n - d)], before[part(d, None)], out=out[part(None, n - d)])
+        for _ in range(size // 2):
+            out = neighbour_extreme(out, (axis,), extreme)
     return out
 
 
@@ -62,37 +52,23 @@ def _steps(spacing_mm: tuple[float, float, float], depth_mm: float) -> list[tupl
     return [tuple(axis for axis in range(3) if counts[axis] > k) for k in range(max(counts))]
 
 
-def _planes(ndim: int, axis: int, start: int | None, stop: int | None) -> tuple[slice, ...]:
-    return tuple(slice(start, stop) if a == axis else slice(None) for a in range(ndim))
-
-
 def _erode(mask: np.ndarray, axes: tuple[int, ...], *, border: bool = False) -> np.ndarray:
     """Binary erosion by the 6-neighbour cross along ``axes``; outside the array counts as ``border``.
 
-    Shifted logical ANDs: the same as ``scipy.ndimage.binary_erosion`` with that cross (tested), several times
-    faster on these small grids.
+    The same as ``scipy.ndimage.binary_erosion`` with that cross (tested), several times faster here.
     """
-    out = mask.copy()
-    for axis in axes:
-        n = mask.shape[axis]
-        if n > 1:
-            out[_planes(3, axis, 1, None)] &= mask[_planes(3, axis, None, n - 1)]
-            out[_planes(3, axis, None, n - 1)] &= mask[_planes(3, axis, 1, None)]
-        if not border:
-            out[_planes(3, axis, 0, 1)] = False
-            out[_planes(3, axis, n - 1, n)] = False
+    out = neighbour_extreme(mask, axes, np.logical_and)
+    if not border:
+        for axis in axes:
+            view = np.moveaxis(out, axis, 0)
+            view[0] = False
+            view[-1] = False
     return out
 
 
 def _dilate(mask: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Binary dilation by the 6-neighbour cross along ``axes`` (shifted logical ORs, as scipy's)."""
-    out = mask.copy()
-    for axis in axes:
-        n = mask.shape[axis]
-        if n > 1:
-            out[_planes(3, axis, 1, None)] |= mask[_planes(3, axis, None, n - 1)]
-            out[_planes(3, axis, None, n - 1)] |= mask[_planes(3, axis, 1, None)]
-    return out
+    """Binary dilation by the 6-neighbour cross along ``axes`` (as scipy's, tested)."""
+    return neighbour_extreme(mask, axes, np.logical_or)
 
 
 def segment_opacities(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QuantGrid", "block_mean", "coarse_grid", "upsample_mask"]
+__all__ = ["QuantGrid", "block_mean", "coarse_grid", "neighbour_extreme", "upsample_mask"]
 
 
 @dataclass(frozen=True)
@@ -136,4 +136,28 @@ def upsample_mask(mask: np.ndarray, factors: tuple[int, int, int], shape: tuple[
     pad = [(0, int(s) - o) for s, o in zip(shape, out.shape, strict=True)]
     if any(after for _, after in pad):
         out = np.pad(out, pad, mode="edge")
+    return out
+
+
+def neighbour_extreme(values: np.ndarray, axes: tuple[int, ...], extreme: np.ufunc) -> np.ndarray:
+    """Each voxel combined by ``extreme`` with its two neighbours along each of ``axes`` (a new array).
+
+    ``np.maximum`` / ``np.logical_or`` give a dilation by the 6-neighbour cross, ``np.minimum`` /
+    ``np.logical_and`` an erosion; neighbours outside the array are left out (scipy's ``mode="nearest"`` for
+    minima and maxima). Shifted in-place ufuncs: several times faster than scipy's filters on the ~3 mm
+    grid, where their per-line overhead dominates.
+
+    Example:
+        >>> neighbour_extreme(np.array([[[0, 0, 2, 0, 1]]], np.uint8), (2,), np.maximum)
+        array([[[0, 2, 2, 2, 1]]], dtype=uint8)
+    """
+    out = values.copy()
+    for axis in axes:
+        n = values.shape[axis]
+        if n < 2:
+            continue
+        low = tuple(slice(0, n - 1) if a == axis else slice(None) for a in range(values.ndim))
+        high = tuple(slice(1, n) if a == axis else slice(None) for a in range(values.ndim))
+        extreme(out[low], values[high], out=out[low])
+        extreme(out[high], values[low], out=out[high])
     return out

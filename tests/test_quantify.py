@@ -203,13 +203,13 @@ def test_erode_and_dilate_match_scipy(axes: tuple[int, ...], border: bool) -> No
     np.testing.assert_array_equal(_dilate(mask, axes), ndimage.binary_dilation(mask, structure=cross))
 
 
-def test_max_of_neighbours_is_a_6_neighbour_grey_dilation() -> None:
-    from medai.lungseg import _max_of_neighbours
+def test_neighbour_maximum_is_a_6_neighbour_grey_dilation() -> None:
+    from medai.quantgrid import neighbour_extreme
 
     labels = np.random.default_rng(0).integers(0, 3, (5, 7, 6)).astype(np.uint8)
     cross = ndimage.generate_binary_structure(3, 1)
     expected = ndimage.grey_dilation(labels, footprint=cross, mode="constant", cval=0)
-    np.testing.assert_array_equal(_max_of_neighbours(labels), expected)
+    np.testing.assert_array_equal(neighbour_extreme(labels, (0, 1, 2), np.maximum), expected)
 
 
 @_NO_HEAD
