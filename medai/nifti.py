@@ -44,7 +44,7 @@ def nifti_stem(name: str | Path) -> str:
     """
     base = Path(name).name
     lower = base.lower()
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+    for suffix in NIFTI_SUFFIXES:  # no suffix ends another one
         if lower.endswith(suffix):
             return base[: -len(suffix)]
     return base
