@@ -36,6 +36,7 @@ demo: $(VENV)/.stamp-base
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check medai tests scripts
 	$(BIN)/ruff format --check medai tests scripts
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy

@@ -3,9 +3,11 @@
 Research and triage support only; not a medical device and not for diagnosis.
 """
 
-from medai.dicom import SeriesInfo, find_series, load_series
 from medai.errors import InvalidSeriesError, ManifestError, MedaiError, ModelError, NoSeriesError, QCReason
-from medai.qc import SelectionReport, SelectionRules, select_series
+from medai.ingest.discovery import find_series
+from medai.ingest.load import load_series
+from medai.ingest.qc import SelectionReport, SelectionRules, select_series
+from medai.ingest.sources import SeriesInfo
 from medai.volume import Volume
 
 __version__ = "0.1.0"
@@ -36,7 +38,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     """``medai.Classifier`` and ``medai.Prediction``, imported on first use (``import medai`` stays light)."""
     if name in ("Classifier", "Prediction"):
-        from medai import inference
+        from medai.inference import classifier as inference
 
         return getattr(inference, name)
     raise AttributeError(f"module 'medai' has no attribute {name!r}")

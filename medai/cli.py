@@ -59,7 +59,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from medai import phantom_files
+    from medai.phantoms import files as phantom_files
 
     return phantom_files.run_cli(args)
 
@@ -77,7 +77,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from medai import inspection
+    from medai.ingest import inspection
 
     return inspection.run_inspect_cli(args)
 
@@ -112,7 +112,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medai import evaluation_run
+    from medai.evaluation import run as evaluation_run
 
     return evaluation_run.run_cli(args)
 
@@ -152,7 +152,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from medai import train
+    from medai.training import loop as train
 
     return train.run_cli(args)
 
@@ -172,7 +172,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from medai.export import export_onnx
+    from medai.training.export import export_onnx
 
     report = export_onnx(args.checkpoint, args.out, model_name=args.name)
     print(f"wrote {report.path} (sha256 {report.sha256})")
@@ -200,7 +200,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from medai import INTENDED_USE
-    from medai.inference import Classifier
+    from medai.inference.classifier import Classifier
 
     clf = Classifier.load(args.model)
     pred = clf.predict_path(args.path)
@@ -226,7 +226,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    from medai.score_cli import add_arguments
+    from medai.batch.cli import add_arguments
 
     p = sub.add_parser(
         "score",
@@ -241,7 +241,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from medai import score_cli
+    from medai.batch import cli as score_cli
 
     return score_cli.run_cli(args)
 

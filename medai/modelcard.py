@@ -2,19 +2,28 @@
 
 Serving refuses a model whose bytes do not match its card: a corrupt copy, a
 half-finished download or a silently replaced file must not score patients'
-studies. numpy-free and torch-free; used by :mod:`medai.inference` and
-:mod:`medai.quantnet`.
+studies. numpy-free and torch-free; used by :mod:`medai.inference.classifier` and
+:mod:`medai.quantify.head` when they load, and by training when it records its data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from medai.errors import ModelError
-from medai.manifest import file_sha256
 
-__all__ = ["card_path", "verify_model_file"]
+__all__ = ["card_path", "file_sha256", "verify_model_file"]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (model cards and checkpoints identify files by it)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def card_path(model: str | Path) -> Path:

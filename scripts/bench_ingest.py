@@ -61,7 +61,7 @@ def _phantom() -> np.ndarray:
 
 
 def _write_datasets(out: Path) -> dict[str, Path]:
-    from medai.ctwriter import write_ct_series
+    from medai.phantoms.ctwriter import write_ct_series
     from medai.volume import Volume
 
     folders = {name: out / name for name in DATASETS}
@@ -81,7 +81,7 @@ def _write_datasets(out: Path) -> dict[str, Path]:
 
 def _loader(name: str) -> Callable[[Path], np.ndarray]:
     if name == "medai":
-        from medai.dicom import load_series
+        from medai.ingest.load import load_series
 
         return lambda folder: load_series(folder).hu
     if name == "simpleitk":

@@ -1,6 +1,6 @@
 """Benchmark prediction end to end: medai against the pipeline a MONAI user would assemble.
 
-Both run in the same invocation on the same phantom series (``medai.synthetic``,
+Both run in the same invocation on the same phantom series (``medai.phantoms.synthetic``,
 held-out acquisition ranges, covid19; by default 300 slices of 512x512,
 uncompressed, written once to a cache folder and read warm from the page cache):
 
@@ -76,8 +76,8 @@ def write_series(workdir: Path, *, slices: int, matrix: int, seed: int) -> Path:
     300 slices), since held-out thicknesses (4-5 mm) would make a 300-slice
     series 1.3 m long.
     """
-    from medai.phantom_files import write_dicom
-    from medai.synthetic import generate, sample_spec
+    from medai.phantoms.files import write_dicom
+    from medai.phantoms.synthetic import generate, sample_spec
 
     folder = workdir / f"covid19_seed{seed}_{slices}x{matrix}"
     done = folder.with_suffix(".json")  # beside the folder: the MONAI reader would try every file inside it
@@ -121,7 +121,7 @@ def _peak_rss_bytes() -> int:
 
 def _worker_medai(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
-    from medai.inference import Classifier
+    from medai.inference.classifier import Classifier
 
     imported = time.perf_counter()
     clf = Classifier.load(threads=int(opts["threads"]))
@@ -232,9 +232,9 @@ def _worker_net(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
-    from medai.dicom import load_series
-    from medai.model import load_checkpoint
+    from medai.ingest.load import load_series
     from medai.preprocess import PreprocessParams, to_model_input
+    from medai.training.network import load_checkpoint
 
     torch.set_num_threads(int(opts["threads"]))
     device = torch.device(opts["device"])

@@ -40,8 +40,8 @@ from pathlib import Path
 def _write_series(root: Path, *, n_series: int, slices: int, matrix: int) -> list[Path]:
     from pydicom.uid import generate_uid
 
-    from medai import synthetic
-    from medai.ctwriter import write_ct_series
+    from medai.phantoms import synthetic
+    from medai.phantoms.ctwriter import write_ct_series
     from medai.volume import Volume
 
     folders = [root / f"series_{i:03d}" for i in range(n_series)]
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import logging
 
-    from medai.score import run_score
+    from medai.batch.run import run_score
 
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.data)

@@ -1,4 +1,4 @@
-"""Measure medai.quantify against phantom ground truth: lung Dice, lesion % error, severity grade, time.
+"""Measure medai.quantify.measure against phantom ground truth: lung Dice, lesion % error, severity grade, time.
 
 Held-out phantoms: ``sample_spec(rng, label=..., split="heldout")`` (acquisitions outside the training
 ranges: 4-5 mm slices, 32-50 HU noise, extreme kernels, FOVs and patient sizes) with rng seeds from
@@ -22,8 +22,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from medai.quantify import QuantifyParams, QuantMethod, quantify, severity_from_percent
-from medai.synthetic import CLASSES, Acquisition, Phantom, PhantomSpec, generate, sample_spec
+from medai.labels import CLASS_NAMES, severity_from_percent
+from medai.phantoms.synthetic import Acquisition, Phantom, PhantomSpec, generate, sample_spec
+from medai.quantify.measure import quantify
+from medai.quantify.params import QuantifyParams, QuantMethod
 
 SEVERITIES = (0.01, 0.2, 0.45, 0.7, 0.03, 0.3, 0.55, 0.85, 0.1, 0.4, 0.6, 0.15)
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = ("dice", "R", "L", "les_gt", "les_est")
     print(f"{'class':16s} {'pattern':16s} {'sev':>5s} " + " ".join(f"{c:>7s}" for c in columns) + " grade")
     for i in range(args.n):
-        label = CLASSES[i % 3]
+        label = CLASS_NAMES[i % 3]
         spec = sample_spec(np.random.default_rng(args.seed + i), label=label, split="heldout")
         fov = spec.acquisition.matrix * spec.acquisition.pixel_spacing_mm
         acq = replace(spec.acquisition, matrix=args.matrix, pixel_spacing_mm=round(fov / args.matrix, 4))
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_row(label, ph.pattern, severity, ph, params))
     full_rows = []
     for i in range(args.fullres):
-        label = CLASSES[i % 3]
+        label = CLASS_NAMES[i % 3]
         spec = sample_spec(np.random.default_rng(args.seed + 100 + i), label=label, split="heldout", matrix=512)
         severity = 0.0 if label == "normal" else SEVERITIES[(5 * i + 1) % len(SEVERITIES)]
         ph = generate(replace(spec, severity=severity))
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     timing_phantom = _timing_phantom() if args.timing or args.fullres else None
     if args.fullres and timing_phantom is not None:
         full_rows.append(_row("covid19", "timing", 0.3, timing_phantom, params))
-    groups = (("all", rows), *((c, [r for r in rows if r[0] == c]) for c in CLASSES), ("fullres 512", full_rows))
+    groups = (("all", rows), *((c, [r for r in rows if r[0] == c]) for c in CLASS_NAMES), ("fullres 512", full_rows))
     for name, subset in groups:
         if not subset:
             continue

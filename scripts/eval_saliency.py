@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from scipy import stats
 
-from medai import synthetic
-from medai.inference import Classifier
-from medai.model import build_model, load_checkpoint
+from medai.inference.classifier import Classifier
+from medai.inference.saliency import lungs_on_model_grid, make_saliency
+from medai.phantoms import synthetic
 from medai.preprocess import ModelInput, to_model_input
-from medai.saliency import lungs_on_model_grid, make_saliency
+from medai.training.network import build_model, load_checkpoint
 from medai.volume import Volume
 
 NORMAL_LUNG_HU = -850

@@ -34,13 +34,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from medai import synthetic
-from medai.calibration import softmax
-from medai.inference import Classifier
-from medai.metrics import macro_auc, roc_auc
-from medai.trainset import synthetic_inputs
+from medai.evaluation.metrics import macro_auc, roc_auc
+from medai.inference.calibration import softmax
+from medai.inference.classifier import Classifier
+from medai.labels import CLASS_NAMES
+from medai.phantoms import synthetic
+from medai.training.data import synthetic_inputs
 
-# The export parity rule (medai.export.export_onnx's defaults; not imported: that module needs torch).
+# The export parity rule (medai.training.export.export_onnx's defaults; not imported: that module needs torch).
 PARITY_MAX_LOGIT_DIFF = 1e-4
 PARITY_MIN_CAM_CORR = 0.999
 
@@ -48,7 +49,7 @@ PARITY_MIN_CAM_CORR = 0.999
 def phantom_inputs(n: int, *, seed: int, split: str, clf: Classifier) -> tuple[np.ndarray, np.ndarray]:
     """``n`` balanced phantoms of ``split``, preprocessed for ``clf``: inputs ``(n, 1, D, H, W)`` and labels."""
     rng = np.random.default_rng(seed)
-    specs = [synthetic.sample_spec(rng, label=synthetic.CLASSES[i % 3], split=split) for i in range(n)]
+    specs = [synthetic.sample_spec(rng, label=CLASS_NAMES[i % 3], split=split) for i in range(n)]
     arrays = synthetic_inputs(specs, params=clf.preprocess, cache_dir="", workers=2)
     labels = np.array([clf.class_names.index(s.label) for s in specs], dtype=np.int64)
     return np.stack(arrays), labels

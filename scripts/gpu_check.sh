@@ -22,7 +22,7 @@ trap 'kill "$SMI" 2>/dev/null || true; rm -f "$LOG"' EXIT
 "$PY" - "$STEPS" "$BATCH" <<'PY'
 import sys, time
 import torch
-from medai.model import ModelSpec, build_model, count_params
+from medai.training.network import ModelSpec, build_model, count_params
 
 steps, batch = int(sys.argv[1]), int(sys.argv[2])
 torch.backends.cudnn.benchmark = True

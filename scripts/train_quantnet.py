@@ -5,7 +5,7 @@ Three steps, each skipped when its output exists (``--force`` redoes them):
 1. *Cache.* Train-split phantoms (``sample_spec(split="train")``, seeds from ``--seed``, default 200_000,
    disjoint from the evaluation seeds 5000+ and the tuning seeds 1000-1035), the three classes in turn,
    diseased severities half from ``sample_spec`` (log-uniform 0.01-0.6) and half uniform 0.3-0.9. Each is
-   block-averaged onto the quantification grid (:func:`medai.quantify.coarse_grid`, ~3 mm) together with
+   block-averaged onto the quantification grid (:func:`medai.quantify.measure.coarse_grid`, ~3 mm) together with
    the ground-truth fractions of normal lung, ground glass and consolidation; stored as
    ``runs/quantnet/cache/*.npz``.
 2. *Train.* torch, random crops, augmentation (extra correlated noise, blur/sharpen, HU offset and gain,
@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from medai.quantify import block_mean, coarse_grid
-from medai.synthetic import CLASSES, generate, sample_spec
+from medai.labels import CLASS_NAMES
+from medai.phantoms.synthetic import generate, sample_spec
+from medai.quantify.grid import block_mean, coarse_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / "runs" / "quantnet"
@@ -46,7 +47,7 @@ HU_WINDOW = (-1100.0, 300.0)
 
 def _case(seed: int, index: int, *, matrix: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    label = CLASSES[index % 3]
+    label = CLASS_NAMES[index % 3]
     spec = sample_spec(rng, label=label, split="train", matrix=matrix)
     if label != "normal" and rng.random() < 0.5:
         spec = replace(spec, severity=round(float(rng.uniform(0.3, 0.9)), 4))
@@ -95,7 +96,7 @@ def build_model(widths: tuple[int, int, int] = (8, 16, 32)) -> Any:
     ``(N, 24, D/2, H/2, W/2)`` sigmoids: channel ``k * 8 + (dz * 4 + dy * 2 + dx)`` is quantity ``k``
     (0 lung fraction, 1 lesion share of the lung, 2 consolidation share of the lesion) of the 3 mm
     voxel ``(2i + dz, 2j + dy, 2l + dx)``. No resize, transpose or channel softmax in the graph (slow in
-    onnxruntime); :mod:`medai.quantnet` rearranges the output in numpy.
+    onnxruntime); :mod:`medai.quantify.head` rearranges the output in numpy.
     """
     import torch
     import torch.nn.functional as F
@@ -237,7 +238,7 @@ def _validate(model: Any, cases: _Cases) -> dict[str, float]:
     """Lesion % MAE, coarse lung Dice and grade accuracy of the torch model on whole volumes."""
     import torch
 
-    from medai.quantify import severity_from_percent
+    from medai.labels import severity_from_percent
 
     model.eval()
     errors, dices, grades = [], [], []
@@ -488,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         "sha256": sha,
         "intended_use": "research only; not a medical device",
         "training_data": (
-            f"synthetic phantoms only: not validated on patients. {args.n_train} medai.synthetic train-split phantoms "
+            f"synthetic phantoms only: not validated on patients. {args.n_train} medai.phantoms.synthetic "
+            "train-split phantoms "
             f"(seeds {args.seed}..{args.seed + args.n_train - 1}, classes in turn, matrix 192/256, fast generator), "
             f"validation {args.n_val} (seeds {args.val_seed}+)"
         ),

@@ -28,22 +28,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medai.calibration import DecisionRule
-from medai.evaluate import evaluate_predictions
-from medai.model import count_params, estimate_flops, load_checkpoint, predict_logits
+from medai.evaluation.evaluate import evaluate_predictions
+from medai.inference.calibration import DecisionRule
+from medai.labels import CLASS_NAMES
 from medai.preprocess import PreprocessParams
-from medai.train import TrainConfig, train
-from medai.trainset import prepare_synthetic, synthetic_inputs
+from medai.training.data import prepare_synthetic, synthetic_inputs
+from medai.training.loop import TrainConfig, train
+from medai.training.network import count_params, estimate_flops, load_checkpoint, predict_logits
 
 
 def heldout_set(n: int, *, seed: int, params_dict: dict, workers: int) -> tuple[list[np.ndarray], np.ndarray]:
     """``n`` balanced held-out phantoms (acquisitions outside the training ranges), preprocessed."""
-    from medai import synthetic
+    from medai.phantoms import synthetic
 
     rng = np.random.default_rng(seed)
-    specs = [synthetic.sample_spec(rng, label=synthetic.CLASSES[i % 3], split="heldout") for i in range(n)]
+    specs = [synthetic.sample_spec(rng, label=CLASS_NAMES[i % 3], split="heldout") for i in range(n)]
     arrays = synthetic_inputs(specs, params=PreprocessParams.from_dict(params_dict), cache_dir="", workers=workers)
-    return arrays, np.array([synthetic.CLASSES.index(s.label) for s in specs], dtype=np.int64)
+    return arrays, np.array([CLASS_NAMES.index(s.label) for s in specs], dtype=np.int64)
 
 
 def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None = None) -> Path:
@@ -52,7 +53,7 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
     The card names the ONNX file as the shipped model (its sha256 is what
     ``medai.Classifier.load`` verifies) and the checkpoint it came from.
     """
-    from medai.export import export_onnx
+    from medai.training.export import export_onnx
 
     path = Path(checkpoint)
     out = path.with_suffix(".json")
@@ -67,7 +68,7 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
         "checkpoint_sha256": report.checkpoint_sha256,
         "export_parity": {"max_logit_diff": report.max_logit_diff, "min_cam_corr": report.min_cam_corr},
         "intended_use": "Research use only. Not a medical device; not for diagnosis.",
-        "training_data": "synthetic phantoms only (medai.synthetic, split='train' acquisition ranges): "
+        "training_data": "synthetic phantoms only (medai.phantoms.synthetic, split='train' acquisition ranges): "
         "not validated on patients",
         "class_names": list(ckpt["class_names"]),
         "temperature": float(ckpt["temperature"]),

@@ -1,4 +1,4 @@
-"""Tests for medai.preprocess and medai.cache."""
+"""Tests for medai.preprocess and medai.training.cache."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from medai.cache import InputCache, volume_fingerprint
 from medai.errors import InvalidSeriesError, QCReason
 from medai.preprocess import ModelInput, Normalization, PreprocessParams, fast_lung_mask, to_model_input
 from medai.volume import Volume
@@ -135,25 +134,6 @@ def test_speed_on_a_clinical_size_volume():
     elapsed = time.perf_counter() - t0
     assert mi.array.shape == (1, *params.grid_shape)
     assert elapsed < 1.0  # goal 0.3 s on one idle core; generous for a shared CI machine
-
-
-def test_cache_hits_and_keys(tmp_path):
-    vol, _ = chest(shape=(20, 48, 48))
-    cache = InputCache(tmp_path)
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return to_model_input(vol, PARAMS).array
-
-    source = volume_fingerprint(vol)
-    a = cache.get_or_compute(source, PARAMS, compute)
-    b = cache.get_or_compute(source, PARAMS, compute)
-    np.testing.assert_array_equal(a, b)
-    assert len(calls) == 1
-    cache.get_or_compute(source, PreprocessParams(grid_shape=(16, 16, 16)), compute)
-    assert len(calls) == 2
-    assert volume_fingerprint(vol.with_array(vol.hu + 1)) != source
 
 
 def test_lungs_clipped_by_a_small_field_of_view_are_still_found():

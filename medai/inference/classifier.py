@@ -1,0 +1,384 @@
+"""The serving engine: :class:`Classifier` runs the exported ONNX model with onnxruntime.
+
+No torch here (a test checks ``sys.modules``): ingestion, preprocessing,
+onnxruntime, calibration, saliency and quantification are numpy/scipy. One
+call turns a CT :class:`~medai.volume.Volume` into a :class:`Prediction`:
+
+1. preprocessing with the parameters stored in the model (:mod:`medai.preprocess`);
+2. the ONNX graph -> logits and the class activation map;
+3. temperature-scaled probabilities and the stored decision rule ->
+   label and ``indeterminate`` (:mod:`medai.inference.calibration`);
+4. lung / opacity quantification and the severity grade (:mod:`medai.quantify.measure`);
+5. the saliency map, restricted to the lungs (:mod:`medai.inference.saliency`).
+
+The shipped model is ``models/medai-ref.onnx``; :meth:`Classifier.load`
+checks its sha256 against the model card ``models/medai-ref.json`` beside it.
+Research use only; not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import medai
+from medai.errors import ModelError
+from medai.inference.calibration import DecisionRule, softmax
+from medai.inference.saliency import Saliency, lungs_on_model_grid, make_saliency
+from medai.labels import Severity
+from medai.modelcard import verify_model_file
+from medai.preprocess import ModelInput, PreprocessParams, to_model_input
+from medai.quantify.measure import Quantification, quantify
+from medai.volume import Volume
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "METADATA_KEY",
+    "MODEL_ENV",
+    "ONNX_FORMAT",
+    "Classifier",
+    "Prediction",
+    "QCFlag",
+    "default_providers",
+    "read_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_ENV = "MEDAI_MODEL"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "medai-ref.onnx"
+METADATA_KEY = "medai"  # the ONNX metadata_props key medai.training.export writes and serving reads
+ONNX_FORMAT = "medai-onnx-v1"
+_PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class QCFlag(enum.StrEnum):
+    """Warnings about a scored series: the prediction exists but deserves a second look."""
+
+    NO_LUNGS = "no_lungs"  # almost no aerated lung found: not a chest CT, or a wrong window/rescale
+    SMALL_LUNGS = "small_lungs"  # under 1.5 l: partial coverage, a child, or collapse
+    LUNG_CUT_OFF = "lung_cut_off"  # lung reaches the first or last slice: the scan may not cover the chest
+    THICK_SLICES = "thick_slices"  # slices thicker than 5 mm: small lesions are averaged away
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """Everything medai says about one CT series. Research use only; not a diagnosis.
+
+    Attributes:
+        probabilities: calibrated probability per class name (sums to 1).
+        label: the class the decision rule picks.
+        indeterminate: the rule's abstention flag (near the threshold or low confidence).
+        saliency: where the model saw evidence for ``saliency.class_name`` (the label,
+            or the rule's positive class when the label is ``normal``), lungs only.
+        quantification: lung and opacity measurements (masks on a coarse grid).
+        qc_flags: warnings (:class:`QCFlag` values).
+        model_id: ``name@sha256[:12]`` of the ONNX model.
+        series_uid, study_uid: of the scored volume.
+        timings: seconds per stage (``preprocess``, ``inference``, ``quantify``, ``saliency``,
+            ``total``; ``load`` for :meth:`Classifier.predict_path`).
+    """
+
+    probabilities: Mapping[str, float]
+    label: str
+    indeterminate: bool
+    saliency: Saliency
+    quantification: Quantification
+    qc_flags: tuple[str, ...]
+    model_id: str
+    series_uid: str
+    study_uid: str
+    logits: tuple[float, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def lung_mask(self) -> np.ndarray:
+        """uint8 on ``quantification.grid``: 0 none, 1 right lung, 2 left lung."""
+        return self.quantification.lung_mask
+
+    @property
+    def lesion_mask(self) -> np.ndarray:
+        """uint8 on ``quantification.grid``: 0 none, 1 ground glass, 2 consolidation."""
+        return self.quantification.lesion_mask
+
+    @property
+    def lesion_percent(self) -> float:
+        """Opacity volume as a percentage of lung volume, both lungs."""
+        return self.quantification.lesion_percent
+
+    @property
+    def severity(self) -> Severity:
+        """MosMedData grade CT-0..CT-4 of :attr:`lesion_percent`."""
+        return self.quantification.severity
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        return {
+            "series_uid": self.series_uid,
+            "study_uid": self.study_uid,
+            "model_id": self.model_id,
+            "label": self.label,
+            "indeterminate": self.indeterminate,
+            "probabilities": dict(self.probabilities),
+            "saliency_class": self.saliency.class_name,
+            "quantification": self.quantification.to_dict(),
+            "qc_flags": list(self.qc_flags),
+            "timings": dict(self.timings),
+            "intended_use": medai.INTENDED_USE,
+        }
+
+
+def default_providers(available: Sequence[str]) -> list[str]:
+    """The execution providers to ask for, best first, among those onnxruntime has.
+
+    Example:
+        >>> default_providers(["CPUExecutionProvider", "CUDAExecutionProvider"])
+        ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    """
+    return [p for p in _PREFERRED if p in available] or list(available)
+
+
+def read_metadata(session: Any, path: str | Path) -> dict[str, Any]:
+    """The ``medai`` metadata of an onnxruntime session's model, checked.
+
+    Raises:
+        ModelError: the model carries no (or malformed) medai metadata.
+    """
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ModelError(f"{str(path)!r} must be a medai ONNX export with '{METADATA_KEY}' metadata, but it has none")
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except ValueError as exc:
+        raise ModelError(f"{str(path)!r} has unreadable medai metadata: {exc}") from exc
+    if meta.get("format") != ONNX_FORMAT:
+        raise ModelError(f"{str(path)!r} metadata format must be {ONNX_FORMAT!r}, not {meta.get('format')!r}")
+    missing = [k for k in ("class_names", "temperature", "decision_rule", "preprocess") if k not in meta]
+    if missing:
+        raise ModelError(f"{str(path)!r} metadata lacks {missing}")
+    return dict(meta)
+
+
+class Classifier:
+    """A loaded medai model. Create it with :meth:`load`; reuse it for many series.
+
+    Example:
+        >>> clf = Classifier.load()  # doctest: +SKIP
+        >>> pred = clf.predict(volume)  # doctest: +SKIP
+        >>> pred.label, pred.probabilities["covid19"], pred.severity  # doctest: +SKIP
+        ('covid19', 0.93, <Severity.CT_2: 'CT-2'>)
+    """
+
+    def __init__(self, session: Any, meta: Mapping[str, Any], path: Path, sha256: str) -> None:
+        self._session = session
+        self.meta = dict(meta)
+        self.path = path
+        self.sha256 = sha256
+        self.class_names: tuple[str, ...] = tuple(meta["class_names"])
+        self.temperature = float(meta["temperature"])
+        self.rule = DecisionRule.from_dict(meta["decision_rule"])
+        self.preprocess = PreprocessParams.from_dict(meta["preprocess"])
+        self.model_id = f"{meta.get('name', path.stem)}@{sha256[:12]}"
+        self.providers: list[str] = list(session.get_providers())
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> Classifier:
+        """Load an exported model.
+
+        Args:
+            path: an ``.onnx`` file from ``medai export``. Default: ``$MEDAI_MODEL``, else the
+                shipped ``models/medai-ref.onnx``, whose sha256 must match its model card.
+                A given file is checked against a card beside it (same stem, ``.json``) when one exists.
+            providers: onnxruntime execution providers, best first. Default: TensorRT, CUDA
+                (with onnxruntime-gpu and a GPU), then CPU. Unavailable ones are skipped with a warning.
+            threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core); when
+                given, the quantification head's session (:func:`medai.quantify.head.set_threads`) follows.
+
+        Raises:
+            ModelError: missing or unreadable file, hash mismatch, not a medai export, no usable provider.
+        """
+        import onnxruntime as ort
+
+        shipped = path is None and not os.environ.get(MODEL_ENV)
+        resolved = Path(path if path is not None else os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
+        if not resolved.is_file():
+            raise ModelError(f"model must be an existing .onnx file, not {str(resolved)!r}")
+        digest = verify_model_file(resolved, card_required=shipped)
+        available = ort.get_available_providers()
+        if providers is None:
+            wanted = default_providers(available)
+        else:
+            wanted = [p for p in providers if p in available]
+            for p in providers:
+                if p not in available:
+                    log.warning("execution provider %s is not available here (have %s); skipping it", p, available)
+            if not wanted:
+                raise ModelError(f"none of the providers {list(providers)} is available; onnxruntime has {available}")
+        options = ort.SessionOptions()
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, not {threads}")
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            from medai.quantify.head import set_threads
+
+            set_threads(threads)
+        try:
+            session = ort.InferenceSession(str(resolved), sess_options=options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelError(f"cannot load ONNX model {str(resolved)!r}: {exc}") from exc
+        meta = read_metadata(session, resolved)
+        clf = cls(session, meta, resolved, digest)
+        log.info("loaded %s from %s with providers %s", clf.model_id, resolved, clf.providers)
+        return clf
+
+    @property
+    def scoring_id(self) -> str:
+        """Everything that makes a prediction's numbers: this model's id and the quantification head's.
+
+        ``medai score`` records it as ``model_id`` and resumes by it, so a new quantification head (with the
+        same classifier) scores the series again instead of reusing rows made by the old one.
+
+        Example:
+            >>> Classifier.load().scoring_id  # doctest: +SKIP
+            'medai-ref@d07acbb5b4b8+medai-quant@01a23f8524cf'
+        """
+        from medai.quantify.head import shipped_quantnet
+
+        return f"{self.model_id}+{shipped_quantnet().model_id}"
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, cam = self._session.run(["logits", "cam"], {"input": batch})
+        return np.asarray(logits, np.float32), np.asarray(cam, np.float32)
+
+    def probabilities(self, volumes: Sequence[Volume], *, batch_size: int = 4) -> np.ndarray:
+        """Calibrated class probabilities ``(n, n_classes)`` only: the network, no saliency or quantification.
+
+        For evaluations and perturbation tests that need many forward passes.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        out = [np.zeros((0, len(self.class_names)), np.float32)]
+        for start in range(0, len(volumes), batch_size):
+            batch = np.stack([to_model_input(v, self.preprocess).array for v in volumes[start : start + batch_size]])
+            out.append(softmax(self._run(batch)[0], self.temperature).astype(np.float32))
+        return np.concatenate(out)
+
+    def predict(self, volume: Volume) -> Prediction:
+        """Score one CT volume: probabilities, label, saliency, quantification.
+
+        Raises:
+            InvalidSeriesError: the volume cannot be preprocessed (e.g. oblique beyond tolerance).
+        """
+        return self.predict_many([volume], batch_size=1)[0]
+
+    def predict_many(self, volumes: Sequence[Volume], *, batch_size: int = 4) -> list[Prediction]:
+        """Score several volumes, running the network on batches of ``batch_size``.
+
+        Stage timings of a batch's network pass are shared equally among its cases.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        out: list[Prediction] = []
+        for start in range(0, len(volumes), batch_size):
+            chunk = volumes[start : start + batch_size]
+            t0 = time.perf_counter()
+            inputs = [to_model_input(v, self.preprocess) for v in chunk]
+            t1 = time.perf_counter()
+            logits, cams = self._run(np.stack([mi.array for mi in inputs]))
+            t2 = time.perf_counter()
+            shared = {"preprocess": (t1 - t0) / len(chunk), "inference": (t2 - t1) / len(chunk)}
+            for i, (volume, mi) in enumerate(zip(chunk, inputs, strict=True)):
+                out.append(self._finish(volume, mi, logits[i], cams[i], dict(shared)))
+        return out
+
+    def _finish(
+        self, volume: Volume, mi: ModelInput, logits: np.ndarray, cam: np.ndarray, timings: dict[str, float]
+    ) -> Prediction:
+        t0 = time.perf_counter()
+        quant = quantify(volume)
+        t1 = time.perf_counter()
+        probs = softmax(logits[None], self.temperature)[0]
+        label, indeterminate = self.rule.decide(probs)
+        explained = label if label != "normal" else self.rule.positive_class
+        k = self.class_names.index(explained)
+        model_shape: tuple[int, int, int] = mi.array.shape[1:]  # type: ignore[assignment]
+        lungs = lungs_on_model_grid(quant.lung_mask, quant.grid.factors, mi.index_affine, model_shape)
+        saliency = make_saliency(
+            cam, k, explained, lungs=lungs, index_affine=mi.index_affine, source_shape=volume.shape
+        )
+        t2 = time.perf_counter()
+        timings.update(quantify=t1 - t0, saliency=t2 - t1)
+        timings["total"] = sum(timings.values())
+        return Prediction(
+            probabilities={n: float(p) for n, p in zip(self.class_names, probs, strict=True)},
+            label=label,
+            indeterminate=bool(indeterminate),
+            saliency=saliency,
+            quantification=quant,
+            qc_flags=_qc_flags(volume, quant),
+            model_id=self.model_id,
+            series_uid=volume.series_uid,
+            study_uid=volume.study_uid,
+            logits=tuple(float(x) for x in logits),
+            timings=timings,
+        )
+
+    def predict_path(self, path: str | Path) -> Prediction:
+        """Find, select, load and score the one series to score under ``path`` (folder, zip or file).
+
+        Raises:
+            NoSeriesError: no DICOM series under ``path``.
+            InvalidSeriesError: every series was rejected (the reason of the first), or the load failed QC.
+            MedaiError: ``path`` holds several studies (use ``medai score`` for those).
+        """
+        from medai.ingest.load import load_study
+
+        t0 = time.perf_counter()
+        _, volume = load_study(path)
+        t1 = time.perf_counter()
+        pred = self.predict(volume)
+        pred.timings["load"] = t1 - t0
+        pred.timings["total"] += t1 - t0
+        return pred
+
+
+def _qc_flags(volume: Volume, quant: Quantification) -> tuple[str, ...]:
+    flags: list[str] = []
+    if quant.lung_volume_ml < 200.0:
+        flags.append(QCFlag.NO_LUNGS)
+    elif quant.lung_volume_ml < 1500.0:
+        flags.append(QCFlag.SMALL_LUNGS)
+    if quant.lung_volume_ml >= 200.0 and _lung_cut_off(quant.lung_mask):
+        flags.append(QCFlag.LUNG_CUT_OFF)
+    if volume.spacing_mm[0] > 5.0 + 1e-6:
+        flags.append(QCFlag.THICK_SLICES)
+    return tuple(str(f) for f in flags)
+
+
+# An end slice holding at least this share of the largest lung cross-section means the scan stops inside the
+# lungs; a few voxels there (the trachea's last air, a partial-volume sliver of apex or base) do not.
+CUT_OFF_AREA_FRACTION = 0.25
+
+
+def _lung_cut_off(lung_mask: np.ndarray) -> bool:
+    """Whether the lungs are cut by the first or last slice of the scan (``lung_mask`` is ``(z, y, x)``)."""
+    area = np.count_nonzero(lung_mask.reshape(lung_mask.shape[0], -1), axis=1)
+    if area.size == 0 or area.max() == 0:
+        return False
+    return bool(max(area[0], area[-1]) >= CUT_OFF_AREA_FRACTION * area.max())

@@ -1,0 +1,147 @@
+"""The nouns of ingestion: where an instance lives, a frame's header, a series found on disk.
+
+:class:`DicomSource` (a file or a zip member), :class:`FrameHeader` (one 2D
+frame's geometry and rescale), :class:`SeriesInfo` (a series described from its
+headers) and the files discovery skipped. Discovery (:mod:`medai.ingest.discovery`)
+makes them; the QC gate (:mod:`medai.ingest.qc`), pixel decoding
+(:mod:`medai.ingest.pixels`) and loading (:mod:`medai.ingest.load`) read them.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["DicomSource", "FrameHeader", "SeriesInfo", "SeriesList", "SkippedFile"]
+
+
+@dataclass(frozen=True, order=True)
+class DicomSource:
+    """Where one DICOM instance lives: a file, or a member of a zip archive.
+
+    Attributes:
+        path: the file, or the zip archive holding the instance.
+        member: name of the member inside the archive; ``None`` for a plain file.
+
+    Example:
+        >>> str(DicomSource(Path("study.zip"), "CT/IM0001.dcm"))
+        'study.zip!CT/IM0001.dcm'
+    """
+
+    path: Path
+    member: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}!{self.member}" if self.member is not None else str(self.path)
+
+    def read_bytes(self) -> bytes:
+        """The whole encoded instance."""
+        if self.member is None:
+            return self.path.read_bytes()
+        with zipfile.ZipFile(self.path) as archive:
+            return archive.read(self.member)
+
+    def open(self) -> BinaryIO:
+        """A seekable binary file object (a zip member is read into memory)."""
+        if self.member is None:
+            return open(self.path, "rb")
+        return io.BytesIO(self.read_bytes())
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """The geometry and pixel-value mapping of one 2D frame (a slice).
+
+    A classic CT instance has one frame; an Enhanced CT instance has
+    ``NumberOfFrames`` of them, described by its functional groups.
+    Attributes that are absent or malformed are ``None``; the QC gate
+    decides whether that matters.
+    """
+
+    source: DicomSource
+    frame: int
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    rows: int | None
+    columns: int | None
+    number_of_frames: int
+    position_mm: tuple[float, float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None
+    pixel_spacing_mm: tuple[float, float] | None
+    slice_thickness_mm: float | None
+    rescale_slope: float
+    rescale_intercept: float
+    instance_number: int | None = None
+    gantry_tilt_deg: float | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that :func:`find_series` did not use, and why."""
+
+    source: DicomSource
+    reason: str
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """A DICOM series found on disk, described from its headers only.
+
+    Attributes:
+        series_uid, study_uid: SeriesInstanceUID and StudyInstanceUID.
+        modality, sop_class_uid: e.g. ``"CT"``, ``"1.2.840.10008.5.1.4.1.1.2"``.
+        image_type: ImageType values, upper case (e.g. ``("ORIGINAL", "PRIMARY", "AXIAL")``).
+        series_description, series_number, convolution_kernel, manufacturer: as in the header.
+        n_instances: number of files (SOP instances) in the series.
+        n_slices: number of 2D frames (equals ``n_instances`` except for multi-frame objects).
+        sources: where each instance lives, sorted by path (not slice order).
+        slice_thickness_mm, pixel_spacing_mm, orientation, rows, columns: from the
+            first instance (``None`` when absent).
+        coverage_mm: extent of slice positions along the slice normal (0 if unknown).
+        frames: per-frame headers, used by the QC gate and :func:`load_series`.
+    """
+
+    series_uid: str
+    study_uid: str
+    modality: str
+    sop_class_uid: str
+    image_type: tuple[str, ...]
+    series_description: str
+    series_number: int | None
+    n_instances: int
+    n_slices: int
+    sources: tuple[DicomSource, ...]
+    slice_thickness_mm: float | None
+    convolution_kernel: str
+    pixel_spacing_mm: tuple[float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None
+    rows: int | None
+    columns: int | None
+    manufacturer: str
+    study_description: str
+    patient_id: str
+    coverage_mm: float
+    frames: tuple[FrameHeader, ...] = field(repr=False)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """The files (or zip archives) holding the instances."""
+        return tuple(s.path for s in self.sources)
+
+    @property
+    def label(self) -> str:
+        """Short human label: number and description."""
+        number = "" if self.series_number is None else f"#{self.series_number} "
+        return f"{number}{self.series_description or '(no description)'}"
+
+
+class SeriesList(list[SeriesInfo]):
+    """The list returned by :func:`find_series`, plus the files it skipped (``.skipped``)."""
+
+    skipped: tuple[SkippedFile, ...] = ()

@@ -1,0 +1,184 @@
+"""Opacities inside the lungs: ground glass and consolidation on the quantification grid (classical).
+
+Step 3 of :mod:`medai.quantify.measure`'s classical and hybrid methods, given the
+lung mask: vessels suppressed (a voxel far brighter than its grey opening
+takes the opening's value), values averaged within the lung over
+``smoothing_mm`` when that is wider than the grid, ground glass judged
+against the patient's own parenchyma baseline (a line along
+anterior-posterior) and the faintest ground glass, and an opening that drops
+thin opacities (atelectasis bands, pleural partial volume).
+
+numpy/scipy only (serving path, no torch). Research use only, not for clinical use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from medai.quantify.grid import neighbour_extreme
+from medai.quantify.lungs import bbox
+
+if TYPE_CHECKING:
+    from medai.quantify.params import QuantifyParams
+
+__all__ = ["segment_opacities"]
+
+
+def _grey_opening(values: np.ndarray, sizes: tuple[int, int, int]) -> np.ndarray:
+    """Grey opening with a box of odd ``sizes``: separable minimum then maximum (edges as scipy's ``nearest``)."""
+    return _box_extreme(_box_extreme(values, sizes, np.minimum), sizes, np.maximum)
+
+
+def _box_extreme(values: np.ndarray, sizes: tuple[int, int, int], extreme: np.ufunc) -> np.ndarray:
+    """Running minimum or maximum over a box of odd ``sizes``, one axis after the other.
+
+    A window of ``2 r + 1`` along an axis is ``r`` neighbour steps (clipped at the edges: the same result as
+    scipy's ``minimum_filter1d(..., mode="nearest")``).
+    """
+    out = values.copy()
+    for axis, size in enumerate(sizes):
+        for _ in range(size // 2):
+            out = neighbour_extreme(out, (axis,), extreme)
+    return out
+
+
+def _steps(spacing_mm: tuple[float, float, float], depth_mm: float) -> list[tuple[int, ...]]:
+    """Axes of the 6-neighbour steps whose successive use reaches about ``depth_mm`` along each axis."""
+    counts = [max(0, round(depth_mm / s)) for s in spacing_mm]
+    return [tuple(axis for axis in range(3) if counts[axis] > k) for k in range(max(counts))]
+
+
+def _erode(mask: np.ndarray, axes: tuple[int, ...], *, border: bool = False) -> np.ndarray:
+    """Binary erosion by the 6-neighbour cross along ``axes``; outside the array counts as ``border``.
+
+    The same as ``scipy.ndimage.binary_erosion`` with that cross (tested), several times faster here.
+    """
+    out = neighbour_extreme(mask, axes, np.logical_and)
+    if not border:
+        for axis in axes:
+            view = np.moveaxis(out, axis, 0)
+            view[0] = False
+            view[-1] = False
+    return out
+
+
+def _dilate(mask: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Binary dilation by the 6-neighbour cross along ``axes`` (as scipy's, tested)."""
+    return neighbour_extreme(mask, axes, np.logical_or)
+
+
+def segment_opacities(
+    coarse: np.ndarray,
+    lungs: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    params: QuantifyParams,
+    *,
+    ap_dim: int,
+) -> np.ndarray:
+    """Opacity mask (uint8 0 / 1 ground glass / 2 consolidation) inside the lungs.
+
+    Vessels: a voxel much brighter than the grey opening (bright structures
+    narrower than ``vessel_opening_mm`` removed) takes the opening's value.
+    Noise: the values are averaged within the lung over ``smoothing_mm``
+    (normalised box filter, the chest wall does not bleed in). Thin opacities
+    (dependent atelectasis, pleural partial volume) vanish in an opening of
+    ``min_opacity_radius_mm``; the opacity around what survives is kept.
+    """
+    out = np.zeros(lungs.shape, dtype=np.uint8)
+    lung_all = lungs > 0
+    if not lung_all.any():
+        return out
+    box = bbox(lung_all, (1, 1, 1))
+    lung = lung_all[box]
+    # The lung's surface layer is partial volume with the chest wall.
+    inner = _erode(lung, (0, 1, 2), border=True)
+    value, sharp = _opacity_values(coarse[box], lung, inner, spacing_mm, params)
+    baseline = _parenchyma_baseline(value, inner, ap_dim=ap_dim, params=params)
+    contrast = np.maximum(
+        params.ggo_threshold_fraction * (params.ggo_floor_hu - baseline), params.ggo_min_contrast_hu
+    ).astype(np.float32)
+    opacity = lung & (value >= baseline + contrast) & (value <= params.consolidation_range_hu[1])
+    # Thin opacities (dependent atelectasis, partial volume along the pleura, lone vessels) vanish in an
+    # opening; what survives, with the opacity around it, is a lesion.
+    steps = _steps(spacing_mm, params.min_opacity_radius_mm)
+    grown = opacity
+    for axes in steps:
+        grown = _erode(grown, axes)
+    for axes in steps:
+        grown = _dilate(grown, axes)
+    for axes in steps:
+        grown = _dilate(grown, axes) & opacity
+    opacity = grown
+    view = out[box]
+    view[opacity] = 1
+    view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
+    return out
+
+
+def _opacity_values(
+    raw: np.ndarray,
+    lung: np.ndarray,
+    inner: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    params: QuantifyParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """HU judged by the opacity thresholds (vessels removed, smoothed within the lung) and the unsmoothed HU."""
+    sizes = tuple(2 * round(0.5 * params.vessel_opening_mm / s) + 1 for s in spacing_mm)
+    opened = _grey_opening(raw, sizes)  # type: ignore[arg-type]
+    # Noise (robust std from neighbour differences along x) raises the vessel bar: noise peaks are not vessels.
+    pairs = lung[..., 1:] & lung[..., :-1]
+    diffs = np.abs(raw[..., 1:] - raw[..., :-1])[pairs]
+    noise_hu = 1.4826 * float(np.median(diffs)) / math.sqrt(2.0) if diffs.size else 0.0
+    del pairs, diffs
+    tophat = max(params.vessel_tophat_hu, params.vessel_noise_factor * noise_hu)
+    value = np.where(raw - opened > tophat, opened, raw)
+    del opened
+    # The lung's surface layer (outside ``inner``) borrows its neighbours' values.
+    sharp = value.copy()  # decides ground glass or consolidation once a voxel is an opacity
+    value[~inner] = 0.0
+    weight = inner.astype(np.float32)
+    smooth_sizes = [2 * round(0.5 * params.smoothing_mm / s) + 1 for s in spacing_mm]
+    value = ndimage.uniform_filter(value, smooth_sizes, mode="constant")
+    weight = ndimage.uniform_filter(weight, smooth_sizes, mode="constant")
+    value = np.where(weight > 0.05, value / np.maximum(weight, np.float32(0.05)), raw)
+    del weight
+    return value, sharp
+
+
+def _parenchyma_baseline(value: np.ndarray, inner: np.ndarray, *, ap_dim: int, params: QuantifyParams) -> np.ndarray:
+    """The patient's normal-parenchyma HU at every voxel: a line along the anterior-posterior axis.
+
+    Fitted (weighted least squares) through the medians of the clearly aerated
+    (``< baseline_max_hu``) inner-lung values in ``baseline_slabs`` slabs, so
+    opacities, vessels and the lung's surface do not pull it; the gravity
+    gradient of dependent lung is what the slope takes up. Capped below the
+    ground-glass floor. Fewer than two usable slabs: one level, the median.
+    """
+    position = np.arange(value.shape[ap_dim], dtype=np.float32)
+    shape = [1, 1, 1]
+    shape[ap_dim] = -1
+    position = position.reshape(shape)
+    cap = params.ggo_floor_hu - params.ggo_min_contrast_hu
+    aerated = inner & (value < params.baseline_max_hu)
+    if int(aerated.sum()) < 50:
+        return np.full(value.shape, cap, np.float32)
+    where = np.broadcast_to(position, value.shape)[aerated]
+    values = value[aerated]
+    edges = np.linspace(float(where.min()), float(where.max()) + 1e-3, params.baseline_slabs + 1)
+    slab = np.digitize(where, edges[1:-1])
+    centres, medians, weights = [], [], []
+    for i in range(params.baseline_slabs):
+        members = values[slab == i]
+        if members.size >= 50:
+            centres.append(0.5 * (edges[i] + edges[i + 1]))
+            medians.append(float(np.median(members)))
+            weights.append(math.sqrt(members.size))
+    if len(centres) < 2:
+        return np.full(value.shape, min(float(np.median(values)), cap), np.float32)
+    slope, intercept = np.polyfit(centres, medians, 1, w=weights)
+    line = np.minimum(intercept + slope * position, cap).astype(np.float32)
+    return np.broadcast_to(line, value.shape)

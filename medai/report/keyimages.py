@@ -1,0 +1,243 @@
+"""Key images: a PNG montage of the most salient axial slices of a scored series.
+
+Each tile is one source slice in a lung window (grey), with the positive
+saliency of :attr:`medai.inference.classifier.Prediction.saliency` as a colour overlay
+inside the lungs only (dark red to yellow: more evidence for the explained
+class). Slices are shown in the radiological convention (patient's right on
+the image's left, anterior up). A caption gives the label, the calibrated
+probabilities, the lesion percentage and severity, the model id and
+"Research use only — not for diagnosis".
+
+Used by ``medai score --saliency-dir`` and by the demo; Pillow and numpy only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medai.ingest.nifti import is_nifti_name
+from medai.volume import Volume
+
+if TYPE_CHECKING:
+    from medai.inference.classifier import Prediction
+
+__all__ = [
+    "LUNG_WINDOW_HU",
+    "RESEARCH_NOTICE",
+    "key_image_array",
+    "write_key_image",
+    "write_saliency_nifti",
+]
+
+log = logging.getLogger(__name__)
+
+#: Lung window (level, width) in HU.
+LUNG_WINDOW_HU = (-600.0, 1500.0)
+#: Printed on every key image.
+RESEARCH_NOTICE = "Research use only — not for diagnosis"
+_CAPTION_PX = 62
+_LABEL_PX = 16
+
+
+def _grey(hu: np.ndarray) -> np.ndarray:
+    level, width = LUNG_WINDOW_HU
+    low = level - width / 2.0
+    return np.clip((hu.astype(np.float32) - low) / width, 0.0, 1.0)
+
+
+def _heat(t: np.ndarray) -> np.ndarray:
+    """Dark red -> red -> yellow -> white colour map, ``t`` in [0, 1] -> RGB float (..., 3)."""
+    r = np.clip(0.35 + 2.0 * t, 0.0, 1.0)
+    g = np.clip(2.0 * t - 0.5, 0.0, 1.0)
+    b = np.clip(4.0 * t - 3.0, 0.0, 1.0)
+    return np.stack([r, g, b], axis=-1)
+
+
+def _lung_slice(prediction: Prediction, z: int, shape: tuple[int, int]) -> np.ndarray:
+    """The coarse lung mask of source slice ``z``, nearest-neighbour on the ``(y, x)`` source grid (bool)."""
+    quant = prediction.quantification
+    fz, fy, fx = quant.grid.factors
+    lungs = quant.lung_mask
+    k = min(z // fz, lungs.shape[0] - 1)
+    plane = np.repeat(np.repeat(lungs[k] > 0, fy, axis=0), fx, axis=1)[: shape[0], : shape[1]]
+    pad = ((0, shape[0] - plane.shape[0]), (0, shape[1] - plane.shape[1]))
+    return np.pad(plane, pad, mode="edge") if any(p for _, p in pad) else plane
+
+
+def _radiological(image: np.ndarray, volume: Volume) -> np.ndarray:
+    """Flip a (y, x, ...) slice so that the patient's right is on the left and anterior is up."""
+    direction = np.asarray(volume.direction)
+    if direction[0, 0] < 0:  # array x runs towards the patient's right (LPS -x)
+        image = image[:, ::-1]
+    if direction[1, 1] < 0:  # array y runs anterior (LPS -y)
+        image = image[::-1]
+    return image
+
+
+def _tile(volume: Volume, prediction: Prediction, z: int, *, alpha: float) -> np.ndarray:
+    hu = np.asarray(volume.hu[z])
+    grey = _grey(hu)
+    heat = np.clip(prediction.saliency.source_slice(z), 0.0, 1.0)
+    heat *= _lung_slice(prediction, z, hu.shape)
+    # weak evidence stays grey; from 0.25 of the peak the overlay fades in up to alpha
+    weight = (alpha * np.clip((heat - 0.25) / 0.35, 0.0, 1.0))[..., None]
+    rgb = (1.0 - weight) * grey[..., None] + weight * _heat(heat)
+    return _radiological((rgb * 255.0 + 0.5).astype(np.uint8), volume)
+
+
+def _font(size: int) -> tuple[Any, bool]:
+    """A font and whether it has typographic glyphs (the em dash); DejaVu Sans when installed."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size), True
+    except OSError:
+        pass
+    try:
+        return ImageFont.load_default(size=size), False
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default(), False
+
+
+def _caption(prediction: Prediction) -> list[str]:
+    probs = "  ".join(f"{name} {p:.2f}" for name, p in prediction.probabilities.items())
+    verdict = prediction.label + (" (indeterminate)" if prediction.indeterminate else "")
+    quant = prediction.quantification
+    return [
+        f"{verdict}    p: {probs}",
+        f"lesions {quant.lesion_percent:.1f}% of lung ({quant.severity.value}); model {prediction.model_id}",
+        f"overlay: where the model found evidence for {prediction.saliency.class_name} (not a lesion outline)",
+        RESEARCH_NOTICE,
+    ]
+
+
+def key_image_array(
+    volume: Volume,
+    prediction: Prediction,
+    *,
+    n_slices: int = 4,
+    tile_px: int = 320,
+    alpha: float = 0.55,
+) -> np.ndarray:
+    """The key-image montage as an RGB uint8 array ``(height, width, 3)``.
+
+    Args:
+        volume: the scored volume (``prediction`` must come from it).
+        prediction: from :meth:`medai.inference.classifier.Classifier.predict`.
+        n_slices: most salient slices to show (fewer when the map has fewer distinct peaks).
+        tile_px: size of each square tile in pixels.
+        alpha: largest opacity of the saliency overlay.
+
+    Raises:
+        ValueError: ``prediction`` does not belong to ``volume`` (other shape) or bad options.
+
+    Example:
+        >>> key_image_array(volume, prediction).shape  # doctest: +SKIP
+        (702, 640, 3)
+    """
+    from PIL import Image, ImageDraw
+
+    if n_slices < 1 or tile_px < 32 or not 0.0 <= alpha <= 1.0:
+        raise ValueError(
+            f"n_slices must be >= 1, tile_px >= 32 and alpha in [0, 1], not {n_slices}, {tile_px}, {alpha}"
+        )
+    if tuple(prediction.saliency.source_shape) != tuple(volume.shape):
+        raise ValueError(
+            f"prediction must belong to the volume: saliency shape {prediction.saliency.source_shape} "
+            f"must be {volume.shape}"
+        )
+    slices = prediction.saliency.top_slices(n_slices)
+    columns = min(len(slices), 2 if len(slices) <= 4 else 3)
+    rows = math.ceil(len(slices) / columns)
+    width = max(columns * tile_px, 560)
+    canvas = Image.new("RGB", (width, rows * tile_px + _CAPTION_PX), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    small, _ = _font(12)
+    ny, nx = volume.shape[1:]
+    sy, sx = volume.spacing_mm[1:]
+    scale = tile_px / max(ny * sy, nx * sx)  # keep physical aspect ratio
+    size = (max(1, round(nx * sx * scale)), max(1, round(ny * sy * scale)))
+    for i, z in enumerate(slices):
+        tile = Image.fromarray(np.ascontiguousarray(_tile(volume, prediction, z, alpha=alpha)))
+        tile = tile.resize(size, Image.Resampling.BILINEAR)
+        left = (i % columns) * tile_px + (tile_px - size[0]) // 2
+        top = (i // columns) * tile_px + (tile_px - size[1]) // 2
+        canvas.paste(tile, (left, top))
+        draw.text(
+            ((i % columns) * tile_px + 4, (i // columns) * tile_px + 2),
+            f"slice {z + 1}/{volume.shape[0]}",
+            fill=(255, 255, 0),
+            font=small,
+        )
+        draw.text(
+            ((i % columns) * tile_px + 4, (i // columns) * tile_px + tile_px - _LABEL_PX),
+            "R",
+            fill=(255, 255, 0),
+            font=small,
+        )
+    font, typographic = _font(13)
+    y = rows * tile_px + 4
+    for line in _caption(prediction):
+        draw.text((6, y), line if typographic else line.replace("—", "-"), fill=(255, 255, 255), font=font)
+        y += 19
+    return np.asarray(canvas)
+
+
+def write_key_image(volume: Volume, prediction: Prediction, path: str | Path, **options: Any) -> Path:
+    """Write the key-image montage of a scored series as a PNG (folders created).
+
+    Args:
+        volume: the scored volume.
+        prediction: its :class:`~medai.inference.classifier.Prediction`.
+        path: the ``.png`` file to write (replaced atomically when it exists).
+        **options: ``n_slices``, ``tile_px``, ``alpha`` of :func:`key_image_array`.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> clf = Classifier.load()  # doctest: +SKIP
+        >>> pred = clf.predict(volume)  # doctest: +SKIP
+        >>> write_key_image(volume, pred, "key.png")  # doctest: +SKIP
+        PosixPath('key.png')
+    """
+    import os
+
+    from PIL import Image, PngImagePlugin
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"key image path must end with .png, not {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "medai")
+    info.add_text("Description", f"{prediction.model_id}; {RESEARCH_NOTICE}")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(key_image_array(volume, prediction, **options)).save(temp, format="PNG", pnginfo=info)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def write_saliency_nifti(volume: Volume, prediction: Prediction, path: str | Path) -> Path:
+    """Write the saliency map on the full source grid as float32 NIfTI (same geometry as the CT).
+
+    Example:
+        >>> write_saliency_nifti(volume, pred, "saliency.nii.gz")  # doctest: +SKIP
+        PosixPath('saliency.nii.gz')
+    """
+    from medai.ingest.nifti import write_nifti
+
+    path = Path(path)
+    if not is_nifti_name(path):
+        raise ValueError(f"saliency NIfTI path must end with .nii or .nii.gz, not {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_nifti(volume.with_array(prediction.saliency.to_source()), path)
+    return path

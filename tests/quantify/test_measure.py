@@ -1,0 +1,462 @@
+"""Tests of medai.quantify.measure: unit behaviour on hand-made volumes, accuracy on held-out phantoms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medai.errors import InvalidSeriesError
+from medai.labels import CLASS_NAMES, LESION_NOISE_FLOOR_PERCENT, Severity, severity_from_percent
+from medai.quantify.grid import QuantGrid, block_mean, coarse_grid, upsample_mask
+from medai.quantify.head import DEFAULT_QUANT_MODEL
+from medai.quantify.measure import Side, Zone, quantify
+from medai.quantify.params import QuantifyParams, QuantMethod
+from medai.volume import Volume
+
+CLASSICAL = QuantifyParams(method=QuantMethod.CLASSICAL)
+LEARNED = QuantifyParams(method=QuantMethod.LEARNED)
+_NO_HEAD = pytest.mark.skipif(not DEFAULT_QUANT_MODEL.is_file(), reason="models/medai-quant.onnx is not shipped")
+BOTH_METHODS = [CLASSICAL, pytest.param(LEARNED, marks=_NO_HEAD), pytest.param(QuantifyParams(), marks=_NO_HEAD)]
+
+# --- severity mapping ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("percent", "expected"),
+    [
+        (0.0, Severity.CT_0),
+        (LESION_NOISE_FLOOR_PERCENT / 10, Severity.CT_0),
+        (LESION_NOISE_FLOOR_PERCENT, Severity.CT_1),
+        (0.99, Severity.CT_0),
+        (1.0, Severity.CT_1),
+        (24.99, Severity.CT_1),
+        (25.0, Severity.CT_2),
+        (49.99, Severity.CT_2),
+        (50.0, Severity.CT_3),
+        (74.99, Severity.CT_3),
+        (75.0, Severity.CT_4),
+        (100.0, Severity.CT_4),
+    ],
+)
+def test_severity_from_percent_edges(percent: float, expected: Severity) -> None:
+    assert severity_from_percent(percent) is expected
+
+
+@pytest.mark.parametrize("bad", [-0.1, 100.5, float("nan")])
+def test_severity_from_percent_rejects_out_of_range(bad: float) -> None:
+    with pytest.raises(ValueError, match="lesion_percent must be a number in"):
+        severity_from_percent(bad)
+
+
+def test_severity_grade_and_text() -> None:
+    assert [s.grade for s in Severity] == [0, 1, 2, 3, 4]
+    assert str(Severity.CT_3) == "CT-3"
+
+
+# --- grid ----------------------------------------------------------------------------------------
+
+
+def test_block_mean_matches_reshape_mean_and_drops_tails() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1024, 3000, size=(9, 17, 18)).astype(np.int16)
+    got = block_mean(hu, (2, 4, 3))
+    ref = hu[:8, :16, :18].astype(np.float64).reshape(4, 2, 4, 4, 6, 3).mean(axis=(1, 3, 5))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    np.testing.assert_allclose(block_mean(hu.astype(np.float32), (2, 4, 3)), ref, atol=1e-2)
+
+
+def test_block_mean_in_slabs_with_a_partial_last_one() -> None:
+    """A series big enough for several cache-sized passes (the last one short) gives the one-pass result."""
+    hu = np.random.default_rng(1).integers(-1024, 3000, size=(41, 512, 516)).astype(np.int16)
+    ref = hu.astype(np.float64).reshape(41, 1, 128, 4, 129, 4).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(block_mean(hu, (1, 4, 4)), ref, atol=1e-3)
+
+
+def test_coarse_grid_factors_follow_spacing() -> None:
+    assert coarse_grid((1.25, 0.7, 0.7), (300, 512, 512)).factors == (2, 4, 4)
+    assert coarse_grid((5.0, 0.6, 0.6), (60, 512, 512)).factors == (1, 4, 4)
+    assert coarse_grid((0.625, 1.4, 1.4), (400, 256, 256)).factors == (4, 2, 2)
+
+
+def test_upsample_mask_repeats_and_fills_tails() -> None:
+    grid = QuantGrid((2, 4, 3), (9, 17, 18), (2.0, 2.0, 1.5))
+    mask = np.arange(np.prod(grid.shape), dtype=np.uint8).reshape(grid.shape)
+    full = grid.upsample(mask)
+    assert full.shape == (9, 17, 18)
+    assert full[0, 0, 0] == mask[0, 0, 0] and full[1, 3, 2] == mask[0, 0, 0]
+    assert full[8, 16, 17] == mask[-1, -1, -1]
+    centre = grid.to_source_index(np.array([1, 2, 3]))
+    assert full[tuple(int(c) for c in centre)] == mask[1, 2, 3]
+    with pytest.raises(ValueError, match="shape must be the source shape"):
+        upsample_mask(mask, (2, 4, 3), (20, 17, 18))
+
+
+# --- a hand-made chest -----------------------------------------------------------------------------
+
+
+def _toy_chest(*, flip_x: bool = False) -> tuple[Volume, np.ndarray, np.ndarray]:
+    """Body, two lungs, a trachea joining them, a pleural consolidation (right) and GGO (left).
+
+    Returns the volume (right lung at low x unless ``flip_x``) and the true lung (0/1/2) and
+    lesion masks. Voxels 2.5 mm, z index increasing superiorly.
+    """
+    rng = np.random.default_rng(5)
+    nz, ny, nx = 48, 96, 112
+    z, y, x = np.mgrid[:nz, :ny, :nx].astype(np.float32)
+    hu = np.full((nz, ny, nx), -1000.0, np.float32)
+    body = ((y - 48) / 40) ** 2 + ((x - 56) / 52) ** 2 < 1
+    hu[body] = 40.0
+    lungs = np.zeros((nz, ny, nx), np.uint8)
+    for label, cx in ((1, 33.0), (2, 79.0)):
+        inside = ((y - 48) / 27) ** 2 + ((x - cx) / 16) ** 2 + ((z - 22) / 20) ** 2 < 1
+        lungs[inside] = label
+    hu[lungs > 0] = -850.0
+    trachea = ((y - 40) ** 2 + (x - 56) ** 2 < 9) & (z >= 30)
+    for cx in (40.0, 72.0):  # main bronchi towards each lung
+        t = np.clip((x - 56) / (cx - 56), 0, 1)
+        trachea |= (((y - 40) ** 2 + (z - (30 - 2 * t)) ** 2) < 5) & (t > 0) & (t < 1)
+    hu[trachea & (lungs == 0)] = -1000.0
+    lesion = np.zeros_like(lungs)
+    # 25 mm wide at the pleura: within what the closing (20 mm ball) restores
+    pleural = (((y - 48) / 5) ** 2 + ((x - 17) / 7) ** 2 + ((z - 20) / 4) ** 2 < 1) & (lungs == 1)
+    hu[pleural] = 30.0
+    lesion[pleural] = 2
+    ggo = (((y - 50) / 7) ** 2 + ((x - 80) / 6) ** 2 + ((z - 24) / 5) ** 2 < 1) & (lungs == 2)
+    hu[ggo] = -550.0
+    lesion[ggo] = 1
+    hu += rng.normal(0, 10, hu.shape).astype(np.float32)
+    direction = np.eye(3)
+    if flip_x:
+        hu, lungs, lesion = hu[..., ::-1], lungs[..., ::-1], lesion[..., ::-1]
+        direction = np.diag([-1.0, 1.0, 1.0])  # array x runs to the patient's right
+    vol = Volume(np.ascontiguousarray(hu).astype(np.int16), spacing_mm=(2.5, 2.5, 2.5), direction=direction)
+    return vol, np.ascontiguousarray(lungs), np.ascontiguousarray(lesion)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum()))
+
+
+@pytest.mark.parametrize("flip_x", [False, True])
+def test_toy_chest_lungs_sides_and_dense_pathology(flip_x: bool) -> None:
+    vol, lungs, lesion = _toy_chest(flip_x=flip_x)
+    q = quantify(vol, params=CLASSICAL)
+    assert q.grid.factors == (1, 1, 1)
+    for label in (1, 2):  # 1 = right whatever the array orientation
+        assert _dice(q.lung_mask == label, lungs == label) > 0.95
+    assert (q.lung_mask[lesion == 2] > 0).mean() > 0.9, "pleural consolidation must be inside the lung mask"
+    trachea_top = vol.hu[40:] < -950
+    assert not (q.lung_mask[40:] > 0)[trachea_top].any(), "trachea must be excluded"
+    assert _dice(q.lesion_mask == 2, lesion == 2) > 0.8
+    assert _dice(q.lesion_mask == 1, lesion == 1) > 0.7
+    true_percent = 100 * (lesion > 0).sum() / (lungs > 0).sum()
+    assert q.lesion_percent == pytest.approx(true_percent, abs=1.0)
+    for label, got in ((1, q.right_lesion_percent), (2, q.left_lesion_percent)):
+        assert got == pytest.approx(100 * (lesion[lungs == label] > 0).mean(), abs=1.0)
+    assert q.zone_lesion_percent[(Side.RIGHT, Zone.MIDDLE)] > q.zone_lesion_percent[(Side.RIGHT, Zone.UPPER)]
+    assert q.severity is Severity.CT_1
+    assert q.lung_volume_ml == pytest.approx(q.right_lung_volume_ml + q.left_lung_volume_ml)
+
+
+@pytest.mark.parametrize("sizes", [(3, 3, 3), (1, 5, 3), (7, 1, 9)])
+def test_grey_opening_matches_scipy(sizes: tuple[int, int, int]) -> None:
+    from medai.quantify.opacities import _grey_opening
+
+    values = np.random.default_rng(1).normal(size=(4, 9, 6)).astype(np.float32)[:, 1:, :]  # a view, as served
+    expected = values
+    for axis, size in enumerate(sizes):
+        expected = ndimage.minimum_filter1d(expected, size, axis=axis, mode="nearest")
+    for axis, size in enumerate(sizes):
+        expected = ndimage.maximum_filter1d(expected, size, axis=axis, mode="nearest")
+    got = _grey_opening(values, sizes)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.shares_memory(got, values)
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), (1, 2), (0,)])
+@pytest.mark.parametrize("border", [False, True])
+def test_erode_and_dilate_match_scipy(axes: tuple[int, ...], border: bool) -> None:
+    from medai.quantify.opacities import _dilate, _erode
+
+    mask = np.random.default_rng(2).random((6, 9, 7)) < 0.7
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1, 1, 1] = True
+    for axis in axes:
+        for v in (0, 2):
+            index = [1, 1, 1]
+            index[axis] = v
+            cross[tuple(index)] = True
+    expected = ndimage.binary_erosion(mask, structure=cross, border_value=int(border))
+    np.testing.assert_array_equal(_erode(mask, axes, border=border), expected)
+    np.testing.assert_array_equal(_dilate(mask, axes), ndimage.binary_dilation(mask, structure=cross))
+
+
+def test_neighbour_maximum_is_a_6_neighbour_grey_dilation() -> None:
+    from medai.quantify.grid import neighbour_extreme
+
+    labels = np.random.default_rng(0).integers(0, 3, (5, 7, 6)).astype(np.uint8)
+    cross = ndimage.generate_binary_structure(3, 1)
+    expected = ndimage.grey_dilation(labels, footprint=cross, mode="constant", cval=0)
+    np.testing.assert_array_equal(neighbour_extreme(labels, (0, 1, 2), np.maximum), expected)
+
+
+@_NO_HEAD
+def test_aerated_rim_gives_back_thin_lung_on_thick_slices() -> None:
+    """Held-out acquisition (4-5 mm slices), lesion-free: the rim step brings the lungs closer to the truth."""
+    from dataclasses import replace
+
+    spec = synthetic.sample_spec(np.random.default_rng(5003), label="normal", split="heldout")
+    fov = spec.acquisition.matrix * spec.acquisition.pixel_spacing_mm
+    ph = synthetic.generate(
+        replace(spec, acquisition=replace(spec.acquisition, matrix=128, pixel_spacing_mm=round(fov / 128, 4))),
+        fast=True,
+    )
+    with_rim = quantify(ph.volume)
+    without = quantify(ph.volume, params=QuantifyParams(rim_steps=0))
+    truth = ph.lung_mask > 0
+    dice_with = _dice(with_rim.grid.upsample(with_rim.lung_mask) > 0, truth)
+    dice_without = _dice(without.grid.upsample(without.lung_mask) > 0, truth)
+    assert dice_with >= dice_without + 0.005, (dice_with, dice_without)
+    assert with_rim.lung_volume_ml > without.lung_volume_ml
+    # nothing outside the body: every added voxel touches the lungs found without the rim
+    added = (with_rim.lung_mask > 0) & (without.lung_mask == 0)
+    assert np.all(ndimage.binary_dilation(without.lung_mask > 0)[added])
+
+
+@_NO_HEAD
+def test_hybrid_is_the_default_learned_lungs_with_classical_opacities() -> None:
+    vol, _, _ = _toy_chest()
+    assert QuantifyParams().method is QuantMethod.HYBRID
+    hybrid = quantify(vol)
+    learned = quantify(vol, params=LEARNED)
+    # The learned lungs plus the aerated rim around them: each added voxel is mostly air (block mean below
+    # rim_threshold_hu), touches the learned lung of its side and lies inside the body.
+    added = (hybrid.lung_mask > 0) & (learned.lung_mask == 0)
+    np.testing.assert_array_equal(hybrid.lung_mask[learned.lung_mask > 0], learned.lung_mask[learned.lung_mask > 0])
+    assert 0 < added.sum() < 0.1 * (learned.lung_mask > 0).sum()
+    coarse = block_mean(vol.hu, hybrid.grid.factors)
+    assert coarse[added].max() < QuantifyParams().rim_threshold_hu
+    for side in (1, 2):
+        grown = ndimage.binary_dilation(learned.lung_mask == side)
+        assert np.all(grown[added & (hybrid.lung_mask == side)])
+    same_lungs = quantify(vol, lung_mask=hybrid.lung_mask, params=CLASSICAL)
+    np.testing.assert_array_equal(hybrid.lesion_mask, same_lungs.lesion_mask)
+    assert hybrid.lesion_percent == pytest.approx(same_lungs.lesion_percent)
+    assert "hybrid" in hybrid.method and "medai-quant" in hybrid.method
+
+
+@pytest.mark.parametrize("params", BOTH_METHODS)
+def test_supplied_lung_mask_is_reused(params: QuantifyParams) -> None:
+    vol, lungs, _lesion = _toy_chest()
+    q = quantify(vol, lung_mask=lungs, params=params)
+    np.testing.assert_array_equal(q.lung_mask, lungs)
+    assert q.lung_volume_ml == pytest.approx((lungs > 0).sum() * 2.5**3 / 1000)
+    q_bool = quantify(vol, lung_mask=lungs > 0, params=params)
+    assert _dice(q_bool.lung_mask == 1, lungs == 1) > 0.99
+    with pytest.raises(ValueError, match="lung_mask must have the volume's shape"):
+        quantify(vol, lung_mask=lungs[:-1], params=params)
+    with pytest.raises(ValueError, match="lung_mask must be bool or integers 0/1/2"):
+        quantify(vol, lung_mask=lungs * 3, params=params)
+
+
+@pytest.mark.parametrize("params", BOTH_METHODS)
+def test_empty_volume_has_no_lungs(params: QuantifyParams) -> None:
+    q = quantify(Volume(np.full((6, 32, 32), 40, np.int16), spacing_mm=(2.5, 2.5, 2.5)), params=params)
+    assert q.lung_volume_ml == 0 and q.lesion_percent == 0 and q.severity is Severity.CT_0
+
+
+@pytest.mark.parametrize("params", BOTH_METHODS)
+def test_non_axial_volume_is_refused(params: QuantifyParams) -> None:
+    coronal = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    vol = Volume(np.zeros((4, 8, 8), np.int16), spacing_mm=(1, 1, 1), direction=coronal)
+    with pytest.raises(InvalidSeriesError, match="must be axial"):
+        quantify(vol, params=params)
+
+
+def test_to_dict_flattens_zones() -> None:
+    vol, _, _ = _toy_chest()
+    d = quantify(vol, params=CLASSICAL).to_dict()
+    assert d["severity"] == "CT-1"
+    assert {"right_upper_lesion_percent", "left_lower_lesion_percent"} <= set(d)
+    assert all(isinstance(v, float) for k, v in d.items() if k.endswith("_percent"))
+
+
+def _bitten_chest(*, gradient_hu: float = 0.0, lung_hu: float = -850.0) -> tuple[Volume, np.ndarray]:
+    """The toy chest with ribs, both lungs bitten laterally by a 45 mm consolidation (mirror images of each
+    other, too wide for the closing), and dependent lung ``gradient_hu`` denser at the back than the front."""
+    vol, lungs, _ = _toy_chest()
+    hu = vol.hu.astype(np.float32)
+    nz, ny, nx = hu.shape
+    z, y, x = np.mgrid[:nz, :ny, :nx].astype(np.float32)
+    ring = np.abs(np.sqrt(((y - 48) / 36) ** 2 + ((x - 56) / 47) ** 2) - 1) < 0.04
+    hu[ring & (np.sin(z / 2) > -0.3)] = 600.0  # ribs, with intercostal gaps
+    bite = np.zeros(lungs.shape, bool)
+    for cx in (17.0, 95.0):
+        bite |= (((y - 48) / 9) ** 2 + ((x - cx) / 9) ** 2 + ((z - 22) / 8) ** 2 < 1) & (lungs > 0)
+    aerated = (lungs > 0) & ~bite
+    hu[aerated] += lung_hu + 850.0 + gradient_hu * (y[aerated] - 48) / 27 / 2
+    hu[bite] = 20.0
+    return vol.with_array(np.rint(hu).astype(np.int16)), bite
+
+
+def test_lateral_envelope_gives_back_bilateral_pleural_consolidation() -> None:
+    vol, bite = _bitten_chest()
+    truth = _toy_chest()[1] > 0
+    q = quantify(vol, params=CLASSICAL)
+    without = quantify(vol, params=QuantifyParams(method=QuantMethod.CLASSICAL, lateral_envelope_mm=0.0))
+    inside_with = float((q.lung_mask[bite] > 0).mean())
+    inside_without = float((without.lung_mask[bite] > 0).mean())
+    assert inside_with > 0.6 > inside_without + 0.3, (inside_with, inside_without)  # the outermost layer is
+    # partial volume with the chest wall in every row, bitten or not
+    added = (q.lung_mask > 0) & (without.lung_mask == 0)
+    assert float(truth[added].mean()) > 0.95, "the envelope must not spill into the chest wall"
+    assert _dice(q.lung_mask > 0, truth) > 0.99
+
+
+def test_ground_glass_threshold_follows_the_dependent_gradient() -> None:
+    """Dependent lung (-725 HU at the back, -855 in front) is not an opacity; faint ground glass in front is."""
+    vol, _ = _bitten_chest(gradient_hu=130.0, lung_hu=-790.0)
+    hu = vol.hu.copy()
+    z, y, x = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    ggo = ((y - 38) / 6) ** 2 + ((x - 80) / 6) ** 2 + ((z - 26) / 5) ** 2 < 1
+    hu[ggo] = -700
+    q = quantify(vol.with_array(hu), params=CLASSICAL)
+    posterior_aerated = (y > 60) & (q.lung_mask > 0) & (hu < -700)
+    assert float((q.lesion_mask[posterior_aerated] > 0).mean()) < 0.02
+    assert float((q.lesion_mask[ggo] == 1).mean()) > 0.6
+
+
+# --- accuracy on held-out phantoms (seeds >= 10_000, never used for training) -----------------------
+
+synthetic = pytest.importorskip("medai.phantoms.synthetic")
+
+_SEVERITIES = (0.03, 0.2, 0.45, 0.1, 0.3, 0.55)
+
+
+def _phantom_cases(n: int, *, matrix: int = 256, seed: int = 10_000, heldout: bool = False) -> list:
+    """``n`` phantoms cycling through the classes and the severities above, patient seeds ``seed + i``.
+
+    Train-like acquisitions (1.5-2 mm slices, FOV 350-410 mm, noise 6-30 HU) or, with ``heldout``,
+    the held-out ranges of :func:`medai.phantoms.synthetic.sample_acquisition`.
+    """
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(n):
+        label = CLASS_NAMES[i % 3]
+        if heldout:
+            acq = synthetic.sample_acquisition(rng, split="heldout", matrix=matrix)
+        else:
+            acq = synthetic.Acquisition(
+                slice_thickness_mm=round(float(rng.uniform(1.5, 2.0)), 2),
+                pixel_spacing_mm=round(float(rng.uniform(350, 410)) / matrix, 3),
+                matrix=matrix,
+                noise_hu=round(float(rng.uniform(6, 30)), 1),
+                kernel_sharpness=round(float(rng.uniform(0.15, 0.8)), 2),
+                patient_scale=round(float(rng.uniform(0.9, 1.1)), 2),
+            )
+        severity = 0.0 if label == "normal" else _SEVERITIES[i % len(_SEVERITIES)]
+        cases.append(synthetic.generate(synthetic.PhantomSpec(label, severity, seed + i, acq), fast=True))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def phantoms() -> list:
+    return _phantom_cases(9)
+
+
+@pytest.fixture(scope="module")
+def phantom_results(phantoms: list) -> list[tuple[object, object]]:
+    return [(ph, quantify(ph.volume)) for ph in phantoms]
+
+
+def _meets_targets(results: list) -> None:
+    """Issue 4 targets: lung Dice >= 0.95, lesion % MAE <= 3 points, grade accuracy >= 90 %."""
+    dice = [_dice(q.grid.upsample(q.lung_mask) > 0, ph.lung_mask > 0) for ph, q in results]
+    errors = [abs(q.lesion_percent - ph.lesion_percent) for ph, q in results]
+    grades = [severity_from_percent(ph.lesion_percent) is q.severity for ph, q in results]
+    assert min(dice) >= 0.95 and float(np.mean(errors)) <= 3.0 and np.mean(grades) >= 0.9, (dice, errors, grades)
+
+
+@_NO_HEAD
+@pytest.mark.xfail(
+    reason="the learned head alone under-counts COVID-19 ground glass (30 % reads 5 %; MAE 4.5), Dice 0.92", strict=True
+)
+def test_learned_head_meets_targets(phantoms: list) -> None:
+    _meets_targets([(ph, quantify(ph.volume, params=LEARNED)) for ph in phantoms])
+
+
+def test_phantom_lungs_without_lobar_consolidation(phantom_results: list) -> None:
+    """What works today: normal and COVID-19 phantoms (peripheral multifocal opacities)."""
+    for ph, q in phantom_results:
+        if ph.spec.label == "other_pneumonia":
+            continue
+        lungs = q.grid.upsample(q.lung_mask)
+        assert _dice(lungs > 0, ph.lung_mask > 0) >= 0.93, ph.spec
+        right, left = _dice(lungs == 1, ph.lung_mask == 1), _dice(lungs == 2, ph.lung_mask == 2)
+        assert min(right, left) >= 0.92, ph.spec
+        assert right > _dice(lungs == 1, ph.lung_mask == 2), "right and left swapped"
+        assert 2000 <= q.lung_volume_ml <= 9000
+        assert abs(q.lesion_percent - ph.lesion_percent) <= 10.0, ph.spec
+
+
+_TARGETS_NOT_MET = (
+    "targets not met on these 9 thin-slice phantoms (asked of every case here): lung Dice 0.92-0.95 on the lobar "
+    "cases (>= 0.95 asked), grade 8/9 (a COVID-19 case at 30 % reads 22 %); lesion % MAE 2.99 (<= 3) is met "
+    "(docs/benchmarks.md)"
+)
+
+
+@pytest.mark.xfail(reason=_TARGETS_NOT_MET, strict=True)
+def test_phantom_lungs_match_ground_truth(phantom_results: list) -> None:
+    for ph, q in phantom_results:
+        lungs = q.grid.upsample(q.lung_mask)
+        assert _dice(lungs > 0, ph.lung_mask > 0) >= 0.95, ph.spec
+        right, left = _dice(lungs == 1, ph.lung_mask == 1), _dice(lungs == 2, ph.lung_mask == 2)
+        assert min(right, left) >= 0.93, ph.spec
+        assert right > _dice(lungs == 1, ph.lung_mask == 2), "right and left swapped"
+        assert 2000 <= q.lung_volume_ml <= 9000
+
+
+@pytest.mark.xfail(reason=_TARGETS_NOT_MET, strict=True)
+def test_phantom_lesion_percent_and_grade(phantom_results: list) -> None:
+    errors = [abs(q.lesion_percent - ph.lesion_percent) for ph, q in phantom_results]
+    assert float(np.mean(errors)) <= 3.0, errors
+    diseased = [(ph, q) for ph, q in phantom_results if ph.spec.label != "normal"]
+    assert all(q.lesion_percent > 0.5 * ph.lesion_percent for ph, q in diseased)
+    grades = [severity_from_percent(ph.lesion_percent) is q.severity for ph, q in phantom_results]
+    assert np.mean(grades) >= 0.9, grades
+
+
+@pytest.mark.xfail(reason="bilateral lobar consolidation (0.85) leaves no healthy mirror to recover from", strict=True)
+def test_massive_lobar_consolidation_keeps_the_lung() -> None:
+    acq = synthetic.Acquisition(slice_thickness_mm=2.5, pixel_spacing_mm=3.0, matrix=128, noise_hu=20.0)
+    ph = synthetic.generate(synthetic.PhantomSpec("other_pneumonia", 0.85, 10_005, acq), fast=True)
+    q = quantify(ph.volume)
+    assert _dice(q.grid.upsample(q.lung_mask) > 0, ph.lung_mask > 0) >= 0.95
+
+
+def test_symmetry_prior_recovers_a_consolidated_lung() -> None:
+    """Held-out acquisition, left lung almost wholly consolidated (lobar, severity 0.55): the mirror gives it back."""
+    from dataclasses import replace
+
+    spec = synthetic.sample_spec(np.random.default_rng(1026), label="other_pneumonia", split="heldout")
+    fov = spec.acquisition.matrix * spec.acquisition.pixel_spacing_mm
+    acq = replace(spec.acquisition, matrix=128, pixel_spacing_mm=round(fov / 128, 4))
+    ph = synthetic.generate(replace(spec, acquisition=acq, severity=0.55), fast=True)
+    with_prior = quantify(ph.volume, params=CLASSICAL)
+    without = quantify(ph.volume, params=QuantifyParams(method=QuantMethod.CLASSICAL, symmetry_coverage=0.0))
+    left_with = _dice(with_prior.grid.upsample(with_prior.lung_mask) == 2, ph.lung_mask == 2)
+    left_without = _dice(without.grid.upsample(without.lung_mask) == 2, ph.lung_mask == 2)
+    assert left_with >= 0.75 > left_without + 0.3, (left_with, left_without)
+    assert abs(with_prior.lesion_percent - ph.lesion_percent) <= 8.0
+
+
+@pytest.mark.slow
+def test_phantom_sweep_heldout_acquisitions() -> None:
+    phantoms = _phantom_cases(24, seed=20_000, heldout=True)
+    results = [(ph, quantify(ph.volume)) for ph in phantoms]
+    dice = [_dice(q.grid.upsample(q.lung_mask) > 0, ph.lung_mask > 0) for ph, q in results]
+    errors = [abs(q.lesion_percent - ph.lesion_percent) for ph, q in results]
+    assert np.median(dice) >= 0.95 and np.mean(errors) <= 5.0
