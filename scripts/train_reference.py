@@ -32,8 +32,9 @@ from medai.evaluation.evaluate import evaluate_predictions
 from medai.inference.calibration import DecisionRule
 from medai.labels import CLASS_NAMES
 from medai.preprocess import PreprocessParams
+from medai.training.config import TrainConfig
 from medai.training.data import prepare_synthetic, synthetic_inputs
-from medai.training.loop import TrainConfig, train
+from medai.training.loop import train
 from medai.training.network import count_params, estimate_flops, load_checkpoint, predict_logits
 
 

@@ -28,19 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from medai.evaluation.metrics import (
-    BinaryRates,
+from medai.evaluation.intervals import Interval, bootstrap_ci
+from medai.evaluation.metrics import BinaryRates, binary_rates, confusion_matrix, one_vs_rest_auc, roc_curve
+from medai.evaluation.reliability import (
     CalibrationMode,
-    Interval,
     ReliabilityBins,
-    binary_rates,
-    bootstrap_ci,
     brier_score,
-    confusion_matrix,
     expected_calibration_error,
-    one_vs_rest_auc,
     reliability_bins,
-    roc_curve,
 )
 from medai.evaluation.subgroups import SubgroupResult, subgroup_metrics
 from medai.inference.calibration import DecisionRule, nll, softmax

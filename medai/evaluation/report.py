@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from medai.evaluation.evaluate import EvaluationResult, OperatingPoint
-from medai.evaluation.metrics import Interval, ReliabilityBins
+from medai.evaluation.intervals import Interval
+from medai.evaluation.reliability import ReliabilityBins
 
 __all__ = ["INTENDED_USE_HEADER", "render_html", "write_predictions_csv", "write_report"]
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from medai.evaluation.metrics import Interval, binary_rates, macro_auc, roc_auc, wilson_interval
+from medai.evaluation.intervals import Interval, wilson_interval
+from medai.evaluation.metrics import binary_rates, macro_auc, roc_auc
 from medai.inference.calibration import DecisionRule
 
 __all__ = [

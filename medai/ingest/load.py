@@ -28,22 +28,8 @@ from pydicom.dataset import Dataset
 
 from medai.errors import InvalidSeriesError, MedaiError, NoSeriesError, QCReason
 from medai.ingest import pixels
-from medai.ingest.discovery import (
-    as_number,
-    as_text,
-    frames_from_dataset,
-    group_series,
-    read_header,
-    scan_files,
-)
-from medai.ingest.qc import (
-    DEFAULT_RULES,
-    QCReport,
-    SelectionReport,
-    SelectionRules,
-    check_frames,
-    select_per_study,
-)
+from medai.ingest.discovery import as_number, as_text, frames_from_dataset, group_series, read_header, scan_files
+from medai.ingest.qc import DEFAULT_RULES, QCReport, SelectionReport, SelectionRules, check_frames, select_per_study
 from medai.ingest.sources import DicomSource, FrameHeader, SeriesInfo
 from medai.volume import Volume
 

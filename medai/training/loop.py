@@ -1,8 +1,8 @@
 """Training: manifest or phantoms -> shared preprocessing -> MONAI augmentation -> 3D CNN -> checkpoint.
 
-Read top to bottom: :class:`TrainConfig` (every knob, commented defaults),
-then :func:`train` (data preparation and augmentation live in
-:mod:`medai.training.data`): seeded,
+Read top to bottom: :func:`train` takes a :class:`~medai.training.config.TrainConfig`
+(every knob, commented defaults; data preparation and augmentation live in
+:mod:`medai.training.data`, saved state in :mod:`medai.training.run_state`): seeded,
 CUDA + AMP when available, DDP under ``torchrun`` (``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK``; nccl on CUDA, gloo on CPU), rank 0 writes a CSV log,
 TensorBoard (when installed) and self-describing checkpoints; ``resume``
@@ -19,15 +19,10 @@ The checkpoint is loaded by :func:`medai.training.network.load_checkpoint`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
-import random
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,158 +37,23 @@ from medai.errors import MedaiError
 from medai.inference.calibration import DecisionRule, fit_temperature, nll
 from medai.labels import CLASS_NAMES
 from medai.preprocess import PreprocessParams
+from medai.training.config import TrainConfig, TrainResult, jsonable_config
 from medai.training.data import CaseDataset, TrainData, build_augmentation, prepare_manifest, prepare_synthetic
-from medai.training.network import (
-    CHECKPOINT_FORMAT,
-    ModelSpec,
-    build_model,
-    count_params,
-    estimate_flops,
-    predict_logits,
+from medai.training.network import CHECKPOINT_FORMAT, build_model, count_params, estimate_flops, predict_logits
+from medai.training.run_state import (
+    append_csv,
+    code_version,
+    device_for,
+    distributed,
+    init_weights,
+    rng_states,
+    save_atomic,
+    set_rng_states,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["run_cli", "train"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Every training setting; stored in the checkpoint."""
-
-    out_dir: str = "runs/medai"  # last.pt (resumable), best.pt, model.pt (final, calibrated), log.csv, tensorboard/
-    seed: int = 0
-    # data (used when train() is not given TrainData): a manifest, or N synthetic phantoms
-    manifest: str | None = None
-    synthetic: int = 0  # training phantoms (balanced classes, sample_spec(split="train"), fast generator)
-    synthetic_val: int = 0  # validation phantoms from distinct seeds; 0: max(12, synthetic // 5)
-    val_fraction: float = 0.15  # manifest rows without a split: patient-level split fractions
-    test_fraction: float = 0.15
-    cache_dir: str | None = None  # preprocessed-input cache; None: $MEDAI_CACHE_DIR or ~/.cache/medai/inputs; "": off
-    prep_workers: int = 2  # processes generating/loading + preprocessing cases
-    # preprocessing and model
-    grid_shape: tuple[int, int, int] = (80, 64, 96)
-    channels: tuple[int, ...] = (8, 16, 32, 64, 96)
-    strides: tuple[int, ...] = (2, 2, 2, 1, 1)
-    norm: str = "batch"
-    dropout: float = 0.3
-    pooling: str = "lse"  # class-map pooling: "lse" (soft maximum, see ModelSpec) or "mean" (global average)
-    # optimisation
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 2e-3  # AdamW peak LR, linear warmup then cosine decay to 2% of it
-    warmup_fraction: float = 0.05
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.05
-    balance_classes: bool = True  # inverse-frequency class weights in the loss
-    augment: bool = True
-    num_workers: int = 1  # data-loader workers per process (augmentation)
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    device: str = "auto"  # auto | cpu | cuda
-    max_steps_per_epoch: int = 0  # 0: full epochs (smoke tests cap it)
-    # early stopping: stop when `monitor` has not improved for `patience` epochs
-    monitor: str = "val_loss"  # val_loss (lower is better) or val_auc (macro one-vs-rest, higher is better)
-    patience: int = 8
-    # stop (resumably, last.pt is written) after this many epochs in this invocation; 0: no limit
-    max_epochs_this_run: int = 0
-    resume: bool = False
-    # Start from this checkpoint's weights (fine-tuning, e.g. on real data, or to a new stride layout): every
-    # tensor must match in shape; strides, dropout and the data may differ.
-    init_from: str | None = None
-    # "indeterminate" rule stored with the model (see medai.inference.calibration.DecisionRule)
-    covid_threshold: float = 0.5
-    indeterminate_band: float = 0.1  # |p_covid - threshold| < band -> indeterminate
-    indeterminate_min_top: float = 0.6  # top class probability below this -> indeterminate
-    progress: bool = True  # rich progress bars (rank 0)
-    output: str | None = None  # also copy the final checkpoint here (e.g. models/medai-ref.pt)
-
-    def preprocess_params(self) -> PreprocessParams:
-        return PreprocessParams(grid_shape=self.grid_shape)
-
-    def model_spec(self) -> ModelSpec:
-        return ModelSpec(
-            input_shape=self.grid_shape,
-            channels=self.channels,
-            strides=self.strides,
-            dropout=self.dropout,
-            n_classes=len(CLASS_NAMES),
-            norm=self.norm,
-            pooling=self.pooling,
-        )
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns (on every rank)."""
-
-    model: nn.Module
-    checkpoint_path: Path | None
-    metrics: dict[str, float]
-    history: list[dict[str, float]]
-    temperature: float
-
-
-def _distributed() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise MedaiError(f"device must be 'cpu' or 'auto' on a machine without CUDA, not {cfg.device!r}")
-    return torch.device("cuda", local_rank)
-
-
-def _code_version() -> dict[str, str]:
-    from medai import __version__
-
-    info = {"medai": __version__, "torch": str(torch.__version__)}
-    try:
-        repo = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        info["git_commit"] = commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        info["git_commit"] = "unknown"
-    return info
-
-
-def _jsonable_config(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-
-
-def _rng_states() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _validate(model: nn.Module, data: TrainData, batch_size: int) -> tuple[dict[str, float], np.ndarray]:
@@ -215,25 +75,6 @@ def _validate(model: nn.Module, data: TrainData, batch_size: int) -> tuple[dict[
         "val_auc_covid19": float(aucs[CLASS_NAMES.index("covid19")]),
     }
     return metrics, logits
-
-
-def _init_weights(model: nn.Module, path: str) -> None:
-    """Load a checkpoint's weights; a 3x3x3 strided shortcut becomes the 1x1x1 one of a stride-1 stage."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "model_state" not in state:
-        raise MedaiError(f"init_from must be a medai checkpoint, not {path!r}")
-    weights = dict(state["model_state"])
-    target = model.state_dict()
-    for key, value in weights.items():
-        want = target.get(key)
-        if want is not None and value.ndim == 5 and want.shape[2:] == (1, 1, 1) and value.shape[:2] == want.shape[:2]:
-            c = [n // 2 for n in value.shape[2:]]  # MONAI uses a 1x1x1 shortcut conv when the stage has stride 1
-            weights[key] = value[:, :, c[0] : c[0] + 1, c[1] : c[1] + 1, c[2] : c[2] + 1].clone()
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise MedaiError(f"init_from {path!r} does not fit the model (tensor names/shapes differ): {exc}") from exc
-    log.info("initialised the weights from %s", path)
 
 
 def _lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -295,10 +136,10 @@ def train(cfg: TrainConfig, *, data: TrainData | None = None) -> TrainResult:
     Raises:
         MedaiError: no data, inconsistent resume state.
     """
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = distributed()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-    device = _device(cfg, local_rank)
+    device = device_for(cfg, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     is_main = rank == 0
@@ -316,7 +157,7 @@ def train(cfg: TrainConfig, *, data: TrainData | None = None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     if cfg.init_from:
-        _init_weights(model, cfg.init_from)
+        init_weights(model, cfg.init_from)
     model = model.to(device)
     if is_main:
         log.info(
@@ -376,7 +217,7 @@ def train(cfg: TrainConfig, *, data: TrainData | None = None) -> TrainResult:
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
         scaler.load_state_dict(state["scaler_state"])
-        _set_rng_states(state["rng_states"])
+        set_rng_states(state["rng_states"])
         start_epoch, best, best_epoch, history = (
             state["epoch"] + 1,
             state["best"],
@@ -418,8 +259,8 @@ def train(cfg: TrainConfig, *, data: TrainData | None = None) -> TrainResult:
             "best_epoch": best_epoch,
             "history": history,
             "data": data.description,
-            "code": _code_version(),
-            "config": _jsonable_config(cfg),
+            "code": code_version(),
+            "config": jsonable_config(cfg),
             "created_unix": time.time(),
         }
 
@@ -480,17 +321,17 @@ def train(cfg: TrainConfig, *, data: TrainData | None = None) -> TrainResult:
             if (value > best) if higher_better else (value < best):
                 best, best_epoch = value, epoch
                 if is_main:
-                    _save(checkpoint("best", epoch, metrics), best_path)
+                    save_atomic(checkpoint("best", epoch, metrics), best_path)
             if is_main:
                 state = checkpoint("last", epoch, metrics)
                 state.update(
                     optimizer_state=optimizer.state_dict(),
                     scheduler_state=scheduler.state_dict(),
                     scaler_state=scaler.state_dict(),
-                    rng_states=_rng_states(),
+                    rng_states=rng_states(),
                 )
-                _save(state, last_path)
-                _append_csv(out_dir / "log.csv", metrics)
+                save_atomic(state, last_path)
+                append_csv(out_dir / "log.csv", metrics)
                 if writer is not None:
                     for k, v in metrics.items():
                         writer.add_scalar(k, v, epoch)
@@ -529,20 +370,11 @@ def train(cfg: TrainConfig, *, data: TrainData | None = None) -> TrainResult:
     final_path = out_dir / "model.pt"
     if is_main:
         final = checkpoint("final", best_epoch, metrics, temperature)
-        _save(final, final_path)
+        save_atomic(final, final_path)
         if cfg.output:
-            _save(final, Path(cfg.output))
+            save_atomic(final, Path(cfg.output))
         log.info("final model %s: T=%.3f val %s", final_path, temperature, metrics)
     return TrainResult(model, final_path if is_main else None, metrics, history, temperature)
-
-
-def _append_csv(path: Path, row: dict[str, float]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
 
 
 def run_cli(args: Any) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medai.evaluation.evaluate import CaseError, EvaluationResult, evaluate_predictions
-from medai.evaluation.metrics import expected_calibration_error
+from medai.evaluation.reliability import expected_calibration_error
 from medai.evaluation.report import INTENDED_USE_HEADER, render_html, write_report
 from medai.evaluation.run import predict_cases
 from medai.evaluation.subgroups import bin_fixed, slice_thickness_group, subgroups_from_attributes

@@ -8,22 +8,18 @@ import math
 import numpy as np
 import pytest
 
+from medai.evaluation.intervals import bootstrap_ci, wilson_interval
 from medai.evaluation.metrics import (
-    CalibrationMode,
     binary_rates,
-    bootstrap_ci,
-    brier_score,
     confusion_matrix,
-    expected_calibration_error,
     macro_auc,
     one_vs_rest_auc,
     operating_point,
     predictive_values_at_prevalence,
-    reliability_bins,
     roc_auc,
     roc_curve,
-    wilson_interval,
 )
+from medai.evaluation.reliability import CalibrationMode, brier_score, expected_calibration_error, reliability_bins
 
 
 def brute_force_auc(positive: np.ndarray, scores: np.ndarray) -> float:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medai.evaluation.metrics import expected_calibration_error
+from medai.evaluation.reliability import expected_calibration_error
 from medai.inference.calibration import DecisionRule, fit_temperature, nll, softmax
 
 

@@ -12,8 +12,9 @@ import torch
 from medai.errors import MedaiError
 from medai.inference.calibration import DecisionRule
 from medai.preprocess import PreprocessParams
+from medai.training.config import TrainConfig
 from medai.training.data import CaseDataset, TrainData, build_augmentation, prepare_synthetic
-from medai.training.loop import TrainConfig, train
+from medai.training.loop import train
 from medai.training.network import load_checkpoint
 
 GRID = (32, 48, 48)
