@@ -8,11 +8,11 @@ from medai.ingest.discovery import find_series
 from medai.ingest.load import load_series
 from medai.ingest.qc import SelectionReport, SelectionRules, select_series
 from medai.ingest.sources import SeriesInfo
+from medai.labels import INTENDED_USE
 from medai.volume import Volume
 
 __version__ = "0.1.0"
 
-INTENDED_USE = "Research use only. Not a medical device; not for diagnosis."
 
 __all__ = [
     "INTENDED_USE",

@@ -199,8 +199,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from medai import INTENDED_USE
     from medai.inference.classifier import Classifier
+    from medai.labels import INTENDED_USE
 
     clf = Classifier.load(args.model)
     pred = clf.predict_path(args.path)

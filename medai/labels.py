@@ -1,4 +1,4 @@
-"""The vocabulary every stage shares: the class names and the severity grades.
+"""The vocabulary every stage shares: the class names, the severity grades and the intended-use line.
 
 One place for both, so the manifest, the decision rule, the phantom world, the
 results columns and the reports cannot disagree about a label's spelling or a
@@ -10,7 +10,10 @@ from __future__ import annotations
 import enum
 import math
 
-__all__ = ["CLASS_NAMES", "LESION_NOISE_FLOOR_PERCENT", "Severity", "severity_from_percent"]
+__all__ = ["CLASS_NAMES", "INTENDED_USE", "LESION_NOISE_FLOOR_PERCENT", "Severity", "severity_from_percent"]
+
+#: Shown wherever results are shown (CLI, reports, result objects, the viewer).
+INTENDED_USE = "Research use only. Not a medical device; not for diagnosis."
 
 #: Class names in model output order.
 CLASS_NAMES: tuple[str, ...] = ("normal", "covid19", "other_pneumonia")

@@ -92,9 +92,9 @@ def run_cli(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from medai import INTENDED_USE
     from medai.batch.pseudonym import Pseudonymizer, read_key
     from medai.batch.run import run_score
+    from medai.labels import INTENDED_USE
 
     problem = _check(args)
     if problem:

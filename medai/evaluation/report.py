@@ -195,7 +195,8 @@ def render_html(result: EvaluationResult, *, model: Mapping[str, Any], data: Map
         >>> INTENDED_USE_HEADER in render_html(r, model={"model_id": "m"}, data={})
         True
     """
-    from medai import INTENDED_USE, __version__
+    from medai import __version__
+    from medai.labels import INTENDED_USE
 
     names = result.class_names
     rule = result.decision_rule

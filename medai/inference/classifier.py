@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 
-import medai
 from medai.errors import ModelError
 from medai.inference.calibration import DecisionRule, softmax
 from medai.inference.saliency import Saliency, lungs_on_model_grid, make_saliency
-from medai.labels import Severity
+from medai.labels import INTENDED_USE, Severity
 from medai.modelcard import verify_model_file
 from medai.preprocess import ModelInput, PreprocessParams, to_model_input
 from medai.quantify.measure import Quantification, quantify
@@ -133,7 +132,7 @@ class Prediction:
             "quantification": self.quantification.to_dict(),
             "qc_flags": list(self.qc_flags),
             "timings": dict(self.timings),
-            "intended_use": medai.INTENDED_USE,
+            "intended_use": INTENDED_USE,
         }
 
 

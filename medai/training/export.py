@@ -40,6 +40,7 @@ from torch import nn
 import medai
 from medai.errors import ModelError
 from medai.inference.classifier import METADATA_KEY, ONNX_FORMAT
+from medai.labels import INTENDED_USE
 from medai.modelcard import file_sha256
 from medai.training.network import Classifier3D, load_checkpoint
 
@@ -81,7 +82,7 @@ def _metadata(ckpt: Mapping[str, Any], checkpoint_sha256: str, *, model_name: st
         "format": ONNX_FORMAT,
         "name": model_name,
         "medai_version": medai.__version__,
-        "intended_use": medai.INTENDED_USE,
+        "intended_use": INTENDED_USE,
         "class_names": list(ckpt["class_names"]),
         "temperature": float(ckpt.get("temperature", 1.0)),
         "decision_rule": ckpt.get("decision_rule"),
@@ -225,7 +226,7 @@ def _write_graph(model: Classifier3D, path: Path, shape: tuple[int, ...], meta: 
         proto = onnx.load(str(path))
         proto.producer_name = "medai"
         proto.producer_version = medai.__version__
-        proto.doc_string = f"medai chest-CT triage classifier. {medai.INTENDED_USE}"
+        proto.doc_string = f"medai chest-CT triage classifier. {INTENDED_USE}"
         del proto.metadata_props[:]
         for key, value in {METADATA_KEY: json.dumps(meta, sort_keys=True)}.items():
             entry = proto.metadata_props.add()
