@@ -10,8 +10,11 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip
 DEMO   ?= demo
+# Debian packages the tests use for real: a PACS (Orthanc + DICOMweb), dcmtk as the modality and SR reader,
+# dicom3tools' IOD validator, and a headless browser with its driver for the viewer.
+SYSTEM_PACKAGES ?= orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver
 
-.PHONY: demo test lint typecheck venv dev clean
+.PHONY: demo test lint typecheck venv dev system clean
 
 venv: $(VENV)/.stamp-base
 dev: $(VENV)/.stamp-dev
@@ -24,8 +27,17 @@ $(VENV)/.stamp-base: pyproject.toml
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[train,dev,dist]"
+	$(PIP) install -q -e ".[train,dev,dist,pacs,viewer]"
 	touch $@
+
+# Installs the missing SYSTEM_PACKAGES with apt-get (as root, or through sudo).
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
 
 demo: $(VENV)/.stamp-base
 	$(BIN)/medai synth $(DEMO)/studies --cases 3 --seed 7 --slices 120
@@ -41,7 +53,7 @@ lint: $(VENV)/.stamp-dev
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy
 
-test: lint typecheck
+test: system lint typecheck
 	$(BIN)/python -m pytest
 
 clean:
