@@ -21,6 +21,7 @@ from scipy import ndimage
 
 __all__ = [
     "Anatomy",
+    "Enhancement",
     "Grid",
     "Lobe",
     "SmoothField",
@@ -28,6 +29,7 @@ __all__ = [
     "Tree",
     "ellipse_sdf",
     "ellipsoid_sdf",
+    "enhancement",
     "sample_anatomy",
 ]
 
@@ -176,6 +178,13 @@ class Anatomy:
     veins: tuple[Tree, Tree] = field(repr=False)
     airways: tuple[Tree, Tree] = field(repr=False)
     seed: int = 0
+    # Drawn from their own stream ([seed, 10]) so the patient above stays what it was for a seed.
+    extra_fat_mm: float = 0.0  # obesity: subcutaneous and abdominal fat on top of fat_mm
+    expiration: float = 0.0  # 0 full inspiration .. 1 expiration scan (denser, slightly smaller lungs)
+    liver_hu: float = 58.0
+    spleen_hu: float = 47.0
+    kidney_hu: float = 32.0
+    bowel_seed: int = 0  # layout of the gas-filled colon and small-bowel loops under the diaphragm
 
     # --- analytic geometry, vectorised over broadcastable coordinate arrays -------------------------
 
@@ -264,6 +273,62 @@ class Anatomy:
         return np.array([-0.24 * A, 0.08 * B, 0.57 * H]) if side == 0 else np.array([0.24 * A, 0.16 * B, 0.6 * H])
 
 
+@dataclass(frozen=True)
+class Enhancement:
+    """HU of the blood pools and the solid organs in one contrast phase.
+
+    ``phase``: ``none`` (unenhanced), ``venous`` (portal-venous chest CT: everything moderately bright) or
+    ``arterial`` (CT pulmonary angiogram: pulmonary arteries and right heart very bright, veins less).
+    """
+
+    phase: str
+    pulmonary_artery_hu: float  # pulmonary trunk and arteries (also inside the lungs)
+    vein_hu: float  # pulmonary veins, left heart, aorta
+    heart_hu: float  # the heart's mean (chambers and myocardium)
+    systemic_vein_hu: float  # superior vena cava (undiluted contrast on its way in)
+    liver_hu: float
+    spleen_hu: float
+    kidney_hu: float
+
+
+def enhancement(a: Anatomy, phase: str, level: float) -> Enhancement:
+    """The HU of ``a``'s blood pools and organs in contrast ``phase`` at ``level`` (0..1, bolus strength).
+
+    Example:
+        >>> e = enhancement(sample_anatomy(1), "arterial", 0.5)
+        >>> e.pulmonary_artery_hu > 250 > sample_anatomy(1).blood_hu
+        True
+    """
+    b = a.blood_hu
+    if phase == "none":
+        return Enhancement(phase, b, b, b, b, a.liver_hu, a.spleen_hu, a.kidney_hu)
+    if phase == "venous":
+        blood = 120.0 + 90.0 * level
+        return Enhancement(
+            phase,
+            blood,
+            blood,
+            0.8 * blood + 10,
+            blood + 60,
+            a.liver_hu + 45 + 25 * level,
+            a.spleen_hu + 60 + 30 * level,
+            a.kidney_hu + 120 + 60 * level,
+        )
+    if phase == "arterial":
+        pa = 280.0 + 220.0 * level
+        return Enhancement(
+            phase,
+            pa,
+            0.55 * pa,
+            0.7 * pa,
+            pa + 150,
+            a.liver_hu + 10,
+            a.spleen_hu + 40 + 40 * level,
+            a.kidney_hu + 90 + 80 * level,
+        )
+    raise ValueError(f"phase must be 'none', 'venous' or 'arterial', not {phase!r}")
+
+
 def ellipse_sdf(x: np.ndarray, y: np.ndarray, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
     """First-order signed distance to an ellipse (exact on the axes, good near the boundary)."""
     gx, gy = x / (a * a), y / (b * b)
@@ -320,8 +385,8 @@ def sample_anatomy(seed: int, *, patient_scale: float = 1.0) -> Anatomy:
         rib_pitch=H / u(8.5, 9.5),
         rib_drop=0.25 * H * u(0.8, 1.2),
         rib_phase=u(0, 1),
-        lung_hu=u(-880, -810),
-        gravity_hu=u(20, 90),
+        lung_hu=(lung_hu := u(-880, -810)),
+        gravity_hu=(gravity_hu := u(20, 90)),
         fat_hu=u(-110, -90),
         muscle_hu=u(38, 55),
         blood_hu=u(32, 48),
@@ -329,6 +394,20 @@ def sample_anatomy(seed: int, *, patient_scale: float = 1.0) -> Anatomy:
         offset=(u(-15, 15) * s, u(-10, 10) * s, u(-12, 12) * s),
         seed=seed,
     )
+    extra = np.random.default_rng([seed, 10])
+    obese = extra.random() < 0.2
+    expiration = float(extra.uniform(0.4, 1.0)) if extra.random() < 0.12 else 0.0
+    anat_kw.update(
+        extra_fat_mm=float(extra.uniform(15, 55) * s) if obese else 0.0,
+        expiration=expiration,
+        liver_hu=float(extra.uniform(50, 68)),
+        spleen_hu=float(extra.uniform(42, 52)),
+        kidney_hu=float(extra.uniform(28, 38)),
+        bowel_seed=int(extra.integers(2**31 - 1)),
+    )
+    if expiration:  # expiration: denser parenchyma, a stronger dependent gradient
+        anat_kw["lung_hu"] = lung_hu + 110 * expiration
+        anat_kw["gravity_hu"] = gravity_hu + 60 * expiration
     proto = Anatomy(tubes=[], arteries=(), veins=(), airways=(), **anat_kw)  # type: ignore[arg-type]
     tubes = _mediastinal_tubes(proto)
     tree_rng = np.random.default_rng([seed, 2])

@@ -10,14 +10,17 @@ location, distribution and morphology differ:
 * ``covid19``: multifocal, bilateral (90 %), peripheral/subpleural, posterior
   and lower-zone predominant ground glass; crazy paving (septal reticulation)
   in the progressive stage; consolidation in the cores at later stages.
-* ``other_pneumonia``: lobar/segmental consolidation bounded by fissures with
+* ``other_pneumonia``: lobar consolidation bounded by fissures with
   air bronchograms (the airways are drawn over it) and ground-glass margins;
-  bronchopneumonia (clustered centrilobular/peribronchial nodules along
-  bronchovascular bundles, patchy confluence); or central peribronchial
-  opacities around one or both hila.
+  segmental consolidation (a wedge from the hilum's side out to the pleura,
+  within one lobe); focal (round) pneumonia, a consolidated ball with a
+  ground-glass halo; bronchopneumonia (clustered centrilobular/peribronchial
+  nodules along bronchovascular bundles, patchy confluence); or central
+  peribronchial opacities around one or both hila.
 
-Confounders independent of the label (dependent atelectasis, small solid
-nodules, emphysema) are applied to every class and never enter the lesion mask.
+Confounders independent of the label (dependent atelectasis, plate-like
+atelectasis and scars, small solid nodules, emphysema) are applied to every
+class and never enter the lesion mask.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ import numpy as np
 from medai.phantoms.anatomy import Anatomy, Grid, Lobe, SmoothField
 from medai.phantoms.render import AnatomyImage
 
-__all__ = ["Lesions", "Pattern", "apply_confounders", "render_lesions", "sample_pattern"]
+__all__ = ["SEVERITY_CAP", "Lesions", "Pattern", "apply_confounders", "render_lesions", "sample_pattern"]
+
+#: Largest lesion share a pattern draws, whatever the asked severity: a segment, or a round pneumonia.
+SEVERITY_CAP = {"segmental": 0.2, "focal": 0.05}
 
 GGO_HU = (-720.0, -300.0)
 CONSOLIDATION_HU = (-90.0, 40.0)
@@ -40,7 +46,7 @@ class Pattern:
     """The disease pattern drawn for a seed and label."""
 
     label: str
-    kind: str  # none | covid | lobar | bronchopneumonia | central
+    kind: str  # none | covid | lobar | segmental | focal | bronchopneumonia | central
     stage: float  # 0 early (ground glass) .. 1 late (consolidation)
     crazy_paving: float  # 0..1 strength of septal reticulation in ground glass
     bilateral: bool
@@ -69,8 +75,10 @@ def sample_pattern(label: str, seed: int) -> Pattern:
     if label == "covid19":
         paving = float(np.clip(1.2 - abs(stage - 0.5) * 3.5, 0, 1)) * (cp < 0.75)
         return Pattern(label, "covid", float(stage), paving, bool(bilateral_draw < 0.9))
-    kind = "lobar" if kind_draw < 0.5 else "bronchopneumonia" if kind_draw < 0.8 else "central"
-    return Pattern(label, kind, float(0.4 + 0.6 * stage), 0.0, bool(bilateral_draw < (0.5 if kind != "lobar" else 0.1)))
+    kinds = ((0.3, "lobar"), (0.5, "segmental"), (0.65, "focal"), (0.85, "bronchopneumonia"), (1.0, "central"))
+    kind = next(name for bound, name in kinds if kind_draw < bound)
+    one_sided = kind in ("lobar", "segmental", "focal")
+    return Pattern(label, kind, float(0.4 + 0.6 * stage), 0.0, bool(bilateral_draw < (0.1 if one_sided else 0.5)))
 
 
 def _add_blobs(
@@ -159,6 +167,38 @@ def render_lesions(a: Anatomy, grid: Grid, img: AnatomyImage, pattern: Pattern, 
             prop += 0.35 * np.exp(-dist / (50 * s))
         prop += 0.1 * margin
         dens_base, dens_gain = 0.4 + 0.1 * pattern.stage, 0.9
+    elif pattern.kind == "segmental":
+        # a wedge within one lobe, apex towards the hilum, base on the pleura: the distal part fills first
+        lobe = a.lobe(x, y, z)
+        target = int(rng.choice(np.array([Lobe.RIGHT_LOWER, Lobe.LEFT_LOWER, Lobe.RIGHT_UPPER, Lobe.LEFT_UPPER])))
+        side = 0 if target <= Lobe.RIGHT_LOWER else 1
+        base = _sample_points(
+            a, rng, 1, lambda px, py, pz: (a.lobe(px, py, pz) == target) * (a.pleural_depth(px, py, pz) < 12 * s)
+        )
+        apex = a.hilum(side)
+        if len(base):
+            axis = base[0] - apex
+            length = max(float(np.linalg.norm(axis)), 1.0)
+            u = axis / length
+            px, py, pz = x - np.float32(apex[0]), y - np.float32(apex[1]), z - np.float32(apex[2])
+            along = px * u[0] + py * u[1] + pz * u[2]
+            across = np.sqrt(np.maximum(px * px + py * py + pz * pz - along * along, 0))
+            opening = np.float32(rng.uniform(0.35, 0.6))
+            inside = np.clip(1 - across / (opening * np.maximum(along, 1.0)), 0, 1) * (along > 0)
+            prop += (0.5 + 0.5 * np.clip(along / length, 0, 1.2)) * inside * np.where(lobe == target, 1.0, 0.2)
+        prop += 0.05 * margin
+        severity = min(severity, SEVERITY_CAP["segmental"])
+        dens_base, dens_gain = 0.45 + 0.1 * pattern.stage, 0.8
+    elif pattern.kind == "focal":
+        # round pneumonia: one (or two) consolidated balls with a ground-glass halo
+        for _ in range(1 if rng.random() < 0.75 else 2):
+            c = _sample_points(a, rng, 1, lambda px, py, pz: 0.4 + 0.6 * np.clip(1 - pz / H, 0, 1), n_side[0])
+            if len(c):
+                dist2 = (x - c[0, 0]) ** 2 + (y - c[0, 1]) ** 2 + (z - c[0, 2]) ** 2
+                prop += np.exp(-dist2 / (rng.uniform(15, 30) * s) ** 2) * rng.uniform(0.8, 1.0)
+        prop += 0.004 * margin  # a slightly irregular edge, no satellite islands
+        severity = min(severity, SEVERITY_CAP["focal"])
+        dens_base, dens_gain = 0.25 + 0.1 * pattern.stage, 1.0
     elif pattern.kind == "bronchopneumonia":
         n_regions = int(rng.integers(1, 4))
         ends = np.concatenate([t.end for t in a.arteries])
@@ -221,6 +261,7 @@ def apply_confounders(a: Anatomy, grid: Grid, img: AnatomyImage, parenchyma: np.
     s = a.scale
     out = parenchyma
     p_atel, p_nod, p_emph = rng.random(3)
+    p_plate = np.random.default_rng([a.seed, 12]).random()
     if p_atel < 0.45:
         thickness = rng.uniform(2, 9) * s
         _, _, cy = a.cavity(z)
@@ -235,6 +276,19 @@ def apply_confounders(a: Anatomy, grid: Grid, img: AnatomyImage, parenchyma: np.
             dist = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
             frac = np.clip((r - dist) / 0.8 + 0.5, 0, 1)
             out = out + frac * (np.float32(30) - out)
+    if p_plate < 0.3:  # plate-like (discoid) atelectasis or a scar: a thin dense band in a lower zone
+        prng = np.random.default_rng([a.seed, 13])
+        centre = _sample_points(a, prng, 1, lambda px, py, pz: np.clip(1 - pz / a.height, 0, 1))
+        if len(centre):
+            normal = prng.normal(size=3) * np.array([0.3, 0.3, 1.0])
+            normal /= np.linalg.norm(normal)
+            c = centre[0]
+            px, py, pz = x - np.float32(c[0]), y - np.float32(c[1]), z - np.float32(c[2])
+            off = np.abs(px * normal[0] + py * normal[1] + pz * normal[2])
+            reach = np.sqrt(np.maximum(px * px + py * py + pz * pz - off * off, 0))
+            half = prng.uniform(1.0, 2.5) * s
+            plate = np.clip(1.5 - off / half, 0, 1) * np.clip(1 - reach / (prng.uniform(25, 60) * s), 0, 1)
+            out = out + plate * (np.float32(prng.uniform(-250, 0)) - out)
     if p_emph < 0.12:
         lo, hi = np.array([-a.half_width, -a.half_depth, 0]), np.array([a.half_width, a.half_depth, a.height])
         holes = SmoothField(rng, lo, hi, 2.5 * s).on_grid(grid.z[img.box[0]], grid.y[img.box[1]], grid.x[img.box[2]])

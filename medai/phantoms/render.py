@@ -15,7 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from medai.phantoms.anatomy import Anatomy, Grid, SmoothField, Tissue, ellipse_sdf, ellipsoid_sdf
+from medai.phantoms.abdomen import paint_abdomen
+from medai.phantoms.anatomy import (
+    Anatomy,
+    Enhancement,
+    Grid,
+    SmoothField,
+    Tissue,
+    ellipse_sdf,
+    ellipsoid_sdf,
+    enhancement,
+)
 
 __all__ = ["AnatomyImage", "draw_segments", "render_anatomy"]
 
@@ -103,6 +113,7 @@ class AnatomyImage:
     lung_weight: np.ndarray  # float32 over box
     parenchyma: np.ndarray  # float32 over box: lung HU without lesions
     vessel: np.ndarray  # float32 over box: vessel fraction
+    vessel_hu: np.ndarray  # float32 over box: HU of that vessel blood (arteries and veins differ with contrast)
     lumen: np.ndarray  # float32 over box: airway lumen fraction
     wall: np.ndarray  # float32 over box: airway wall fraction
     fissure: np.ndarray  # float32 over box: fissure fraction (thin line, partial volume)
@@ -115,11 +126,25 @@ def _superellipse_sdf(x: np.ndarray, y: np.ndarray, a: float, b: float, p: float
     return (q - 1) / np.maximum(np.sqrt(gx * gx + gy * gy) * q ** (1 - p), 1e-6)
 
 
-def render_anatomy(a: Anatomy, grid: Grid, rng: np.random.Generator, *, z_align: int = 1) -> AnatomyImage:
+def render_anatomy(
+    a: Anatomy,
+    grid: Grid,
+    rng: np.random.Generator,
+    *,
+    z_align: int = 1,
+    enhance: Enhancement | None = None,
+    arms: str = "none",
+) -> AnatomyImage:
     """Sample the patient on ``grid`` (partial volume, noise-free; texture from ``rng``).
 
     The lung box starts and ends on multiples of ``z_align`` slices (for slice-profile averaging).
+    ``enhance`` gives the blood and organ HU of the contrast phase (default: unenhanced); ``arms`` is
+    ``none`` (out of the field), ``down`` (beside the chest, often cut by the field of view) or ``up``
+    (beside the head: in the slices above the lung apices).
     """
+    if arms not in ("none", "up", "down"):
+        raise ValueError(f"arms must be 'none', 'up' or 'down', not {arms!r}")
+    enhance = enhance or enhancement(a, "none", 0.0)
     z, y, x = grid.axes()
     _, sy, sx = grid.spacing
     h = float(np.sqrt(sy * sx))
@@ -135,9 +160,10 @@ def render_anatomy(a: Anatomy, grid: Grid, rng: np.random.Generator, *, z_align:
         t[np.broadcast_to(frac >= 0.5, t.shape)] = code
 
     # table (constant along z) and body outline
-    front = -(B + 10 * s + a.muscle_mm + a.fat_mm)
-    back = B + 10 * s + a.back_muscle_mm + 0.6 * a.fat_mm
-    ab, bb, cyb = A + 10 * s + a.muscle_mm + a.fat_mm, (back - front) / 2, (back + front) / 2
+    fat = a.fat_mm + a.extra_fat_mm
+    front = -(B + 10 * s + a.muscle_mm + fat)
+    back = B + 10 * s + a.back_muscle_mm + 0.6 * fat
+    ab, bb, cyb = A + 10 * s + a.muscle_mm + fat, (back - front) / 2, (back + front) / 2
     y_table = back + 2 - x**2 / 1400.0
     top = _coverage(np.abs(y - y_table - 1.5) - 1.5, h) * (np.abs(x) < 230)
     foam = _coverage(np.abs(y - y_table - 20) - 15, h) * (np.abs(x) < 225)
@@ -155,8 +181,10 @@ def render_anatomy(a: Anatomy, grid: Grid, rng: np.random.Generator, *, z_align:
                 bz, by, bx = grid.axes(bbox)
                 sdf = ellipsoid_sdf(bx - centre[0], by - centre[1], bz - centre[2], *semi)
                 paint(_coverage(sdf, h), a.fat_hu + 45, Tissue.FAT, bbox)
-    inner = _superellipse_sdf(x, y - cyb - 0.2 * a.fat_mm, ab - a.fat_mm, bb - 0.8 * a.fat_mm, 2.2)
+    inner = _superellipse_sdf(x, y - cyb - 0.2 * fat, ab - fat, bb - 0.8 * fat, 2.2)
     paint(_coverage(inner, h), a.muscle_hu, Tissue.SOFT_TISSUE)
+    if arms != "none":
+        _paint_arms(a, grid, h, paint, arms=arms, half_width=ab, centre_y=cyb)
 
     # thoracic cavity: mediastinal fat, abdomen below the diaphragm, lungs, heart
     cav = a.cavity_sdf(x, y, z)
@@ -165,10 +193,7 @@ def render_anatomy(a: Anatomy, grid: Grid, rng: np.random.Generator, *, z_align:
     if abox is not None:
         az, ay, ax = grid.axes(abox)
         abdomen = _coverage(np.maximum(cav[abox] + 2, az - a.diaphragm(ax, ay) + 3), h)
-        paint(abdomen, np.where(ax < 0, np.float32(58), np.float32(45)), Tissue.SOFT_TISSUE, abox)
-        if a.gastric_bubble:
-            g = ellipsoid_sdf(ax - 0.4 * A, ay + 0.25 * B, az - a.dome[1] + 30 * s, 35 * s, 28 * s, 30 * s)
-            paint(_coverage(np.maximum(g, a.dome[1] - 30 * s - az), h) * abdomen, -1000.0, Tissue.AIR, abox)
+        paint_abdomen(a, grid, abox, abdomen, paint, _coverage, h, enhance)
     box = grid.box(np.array([-A - 4, -B - 4, -0.08 * H - 4]), np.array([A + 4, 1.15 * B + 4, H + 4]))
     if box is None:
         box = (slice(0, 0),) * 3
@@ -198,7 +223,7 @@ def render_anatomy(a: Anatomy, grid: Grid, rng: np.random.Generator, *, z_align:
         heart = a.heart_sdf(hxx, hyy, hzz)
         above = hzz > a.diaphragm(hxx, hyy) - 22
         paint(_coverage(heart - 3 * s, h) * above, a.fat_hu, Tissue.FAT, hbox)
-        paint(_coverage(heart, h) * above, a.blood_hu, Tissue.BLOOD, hbox)
+        paint(_coverage(heart, h) * above, enhance.heart_hu, Tissue.BLOOD, hbox)
 
     # spine: vertebral bodies with discs, canal, posterior elements (2D profile x z-phase)
     yc = a.spine_y + a.spine_radius + 8 * s
@@ -245,12 +270,16 @@ def render_anatomy(a: Anatomy, grid: Grid, rng: np.random.Generator, *, z_align:
         paint(_coverage(sternum, h), 350.0, Tissue.BONE, stbox)
 
     # mediastinal tubes: great vessels, trachea and main bronchi (with walls), oesophagus
-    for p0, p1, r, kind in a.tubes:
+    # blood by tube index (see medai.phantoms.anatomy._mediastinal_tubes): aorta, pulmonary arteries, veins, SVC
+    tube_blood = {5: enhance.pulmonary_artery_hu, 6: enhance.pulmonary_artery_hu, 10: enhance.pulmonary_artery_hu}
+    tube_blood.update({12: enhance.vein_hu, 13: enhance.vein_hu, 14: enhance.systemic_vein_hu})
+    for index, (p0, p1, r, kind) in enumerate(a.tubes):
         lo, hi = np.minimum(p0, p1) - r - 3 - h, np.maximum(p0, p1) + r + 3 + h
         b = grid.box(lo, hi)
         if b is None:
             continue
-        layers = [(r, a.blood_hu, Tissue.BLOOD)] if kind == "blood" else [(r, 35.0, Tissue.SOFT_TISSUE)]
+        blood = tube_blood.get(index, enhance.vein_hu)
+        layers = [(r, blood, Tissue.BLOOD)] if kind == "blood" else [(r, 35.0, Tissue.SOFT_TISSUE)]
         if kind == "air":
             layers = [(r + 1.5 * s, 30.0, Tissue.SOFT_TISSUE), (r, -1000.0, Tissue.AIR)]
         for radius, value, code in layers:
@@ -267,9 +296,14 @@ def render_anatomy(a: Anatomy, grid: Grid, rng: np.random.Generator, *, z_align:
     fine *= 14.0 / max(float(fine.std()), 1e-6)
     gravity = np.float32(a.gravity_hu) * np.clip((by - ccy[box[0]] if ccy.ndim else by) / B, -1, 1) * 0.5
     parenchyma = np.float32(a.lung_hu) + gravity + 9.0 * medium + fine
-    vessel = np.zeros(shape, np.float32)
-    for tree in (*a.arteries, *a.veins):
-        draw_segments(vessel, grid, tree.start, tree.end, tree.radius, box=box)
+    artery, vein = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for tree in a.arteries:
+        draw_segments(artery, grid, tree.start, tree.end, tree.radius, box=box)
+    for tree in a.veins:
+        draw_segments(vein, grid, tree.start, tree.end, tree.radius, box=box)
+    vessel = np.maximum(artery, vein)
+    pa, pv = np.float32(enhance.pulmonary_artery_hu), np.float32(enhance.vein_hu)
+    vessel_hu = np.where(artery >= vein, pa, pv).astype(np.float32) if pa != pv else np.full(shape, pa, np.float32)
     lumen, outer = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     for tree in a.airways:
         draw_segments(lumen, grid, tree.start, tree.end, tree.radius, box=box)
@@ -277,4 +311,28 @@ def render_anatomy(a: Anatomy, grid: Grid, rng: np.random.Generator, *, z_align:
     wall = np.clip(outer - lumen, 0, 1)
     hf = max(h, grid.spacing[0])
     fissure = np.clip(1 - a.fissure_distance(bx, by, bz) / hf, 0, 1) * np.float32(min(1.0, 0.25 / hf))
-    return AnatomyImage(hu, tissue, box, weight, parenchyma.astype(np.float32), vessel, lumen, wall, fissure)
+    return AnatomyImage(hu, tissue, box, weight, parenchyma.astype(np.float32), vessel, vessel_hu, lumen, wall, fissure)
+
+
+def _paint_arms(
+    a: Anatomy, grid: Grid, h: float, paint: object, *, arms: str, half_width: float, centre_y: float
+) -> None:
+    """Arms beside the chest (``down``) or beside the head above the lung apices (``up``): fat, muscle, humerus."""
+    s = a.scale
+    z, y, x = grid.axes()
+    r_arm = 42 * s + 0.5 * a.extra_fat_mm
+    for side in (-1, 1):
+        if arms == "down":
+            cx, cy = side * (half_width + 8 * s + r_arm), centre_y + 10 * s
+            level = np.ones_like(z)
+        else:
+            cx, cy = side * (0.55 * a.half_width + r_arm), centre_y - 15 * s
+            level = np.clip((z - (a.height + 25 * s)) / 10.0, 0, 1)
+        if arms == "up" and not (level > 0).any():
+            continue
+        outer = np.hypot(x - cx, y - cy) - r_arm
+        muscle = np.hypot(x - cx, y - cy) - (r_arm - 8 * s - 0.5 * a.extra_fat_mm)
+        bone = np.hypot(x - cx, y - cy) - 11 * s
+        for sdf, value, code in ((outer, a.fat_hu, Tissue.FAT), (muscle, a.muscle_hu, Tissue.SOFT_TISSUE)):
+            paint(np.broadcast_to(_coverage(sdf, h), (1, *sdf.shape[1:])) * level, value, code)  # type: ignore[operator]
+        paint(np.broadcast_to(_coverage(bone, h), (1, *bone.shape[1:])) * level, 700.0, Tissue.BONE)  # type: ignore[operator]

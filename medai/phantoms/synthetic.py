@@ -11,18 +11,24 @@ correlates with noise, size, body shape, slice count or HU offsets.
 Every phantom is synthetic: not patient data, not for clinical use. Writing phantoms as DICOM series or
 NIfTI files (and ``medai synth``) is :mod:`medai.phantoms.files`.
 
-Acquisition ranges (``split`` of :func:`sample_spec`; pixel spacing is
-FOV / matrix):
+Acquisition ranges (``split`` of :func:`sample_spec`; pixel spacing is FOV / matrix). ``train`` covers what
+real scanners produce (domain randomization); ``heldout`` lies just outside every range (leave extremes out):
 
 =====================  ====================  ==========================================
 parameter              ``train``             ``heldout`` (outside the training ranges)
 =====================  ====================  ==========================================
-slice thickness (mm)   1.5 - 3.5             4.0 - 5.0
-FOV (mm)               330 - 420             300 - 330 or 420 - 460
-noise (HU std)         6 - 30                32 - 50
-kernel sharpness       0.15 - 0.8            0.0 - 0.1 or 0.9 - 1.0
-patient scale          0.88 - 1.14           0.78 - 0.86 or 1.16 - 1.25
+slice thickness (mm)   0.6 - 5.0             5.0 - 6.0
+FOV (mm)               290 - 480             260 - 290 or 480 - 500
+noise (HU std)         4 - 45                45 - 60
+kernel sharpness       0.04 - 0.96           0.0 - 0.04 or 0.96 - 1.0
+patient scale          0.76 - 1.30           0.70 - 0.76 or 1.30 - 1.38
 =====================  ====================  ==========================================
+
+Both splits draw the scan protocol the same way: IV contrast (none 45 %, venous 35 %, arterial/CT angiogram
+20 %), arms up (55 %), down beside the chest (30 %) or out of the field, a scan range from 5-160 mm below
+the lung bases (upper abdomen: liver, spleen, stomach and gas-filled colon and bowel) to 0-80 mm above the
+apices, motion (15 %) and streak artifacts (20 %). The patient adds obesity (20 %), expiration scans (12 %),
+dependent atelectasis, nodules and emphysema (:mod:`medai.phantoms.pathology`).
 
 Example:
     >>> ph = generate(PhantomSpec("covid19", 0.2, seed=1, acquisition=Acquisition(matrix=96, pixel_spacing_mm=4.0,
@@ -40,7 +46,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medai.labels import CLASS_NAMES
-from medai.phantoms.anatomy import Grid, sample_anatomy
+from medai.phantoms.anatomy import Grid, enhancement, sample_anatomy
+from medai.phantoms.artifacts import add_motion, add_streaks
 from medai.phantoms.pathology import apply_confounders, render_lesions, sample_pattern
 from medai.phantoms.render import render_anatomy
 from medai.volume import Volume
@@ -89,6 +96,15 @@ class Acquisition:
     noise_hu: float = 12.0  # std of quantum noise (HU), correlated as after filtered back projection
     kernel_sharpness: float = 0.5  # 0 = smooth/soft-tissue kernel .. 1 = sharp/lung kernel (edge enhancing)
     patient_scale: float = 1.0  # body size factor (0.8 small .. 1.25 large)
+    contrast: str = "none"  # IV contrast phase: none | venous | arterial (CT pulmonary angiogram)
+    contrast_level: float = 0.5  # bolus strength 0..1 within the phase
+    arms: str = "none"  # none (out of the field) | up (beside the head) | down (beside the chest)
+    # Scan range below the lowest costophrenic recess and above the lung apices (mm). None for both: 300 mm
+    # centred on the chest (the phantoms before the scan range was drawn).
+    range_below_mm: float | None = None
+    range_above_mm: float | None = None
+    motion: float = 0.0  # breathing/cardiac motion doubling, 0 none .. 1 strong
+    streaks: float = 0.0  # streaks from dense objects, 0 none .. 1 strong
 
     def __post_init__(self) -> None:
         checks = (
@@ -99,15 +115,26 @@ class Acquisition:
             ("noise_hu", 0 <= self.noise_hu <= 300, "in [0, 300]"),
             ("kernel_sharpness", 0 <= self.kernel_sharpness <= 1, "in [0, 1]"),
             ("patient_scale", 0.6 <= self.patient_scale <= 1.5, "in [0.6, 1.5]"),
+            ("contrast", self.contrast in ("none", "venous", "arterial"), "'none', 'venous' or 'arterial'"),
+            ("contrast_level", 0 <= self.contrast_level <= 1, "in [0, 1]"),
+            ("arms", self.arms in ("none", "up", "down"), "'none', 'up' or 'down'"),
+            ("range_below_mm", self.range_below_mm is None or 0 <= self.range_below_mm <= 400, "None or in [0, 400]"),
+            ("range_above_mm", self.range_above_mm is None or 0 <= self.range_above_mm <= 200, "None or in [0, 200]"),
+            ("motion", 0 <= self.motion <= 1, "in [0, 1]"),
+            ("streaks", 0 <= self.streaks <= 1, "in [0, 1]"),
         )
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, not {getattr(self, name)!r}")
 
-    @property
-    def slices(self) -> int:
-        """Number of slices actually produced."""
-        return self.n_slices or max(8, round(300 * self.patient_scale / self.slice_thickness_mm))
+    def slices(self, lung_height_mm: float) -> int:
+        """Number of slices produced for lungs ``lung_height_mm`` high."""
+        if self.n_slices:
+            return self.n_slices
+        if self.range_below_mm is None and self.range_above_mm is None:
+            return max(8, round(300 * self.patient_scale / self.slice_thickness_mm))
+        length = lung_height_mm + (self.range_below_mm or 0.0) + (self.range_above_mm or 0.0)
+        return max(8, round(length / self.slice_thickness_mm))
 
 
 @dataclass(frozen=True)
@@ -162,19 +189,22 @@ class AcquisitionRanges:
     patient_scale: tuple[tuple[float, float], ...]
 
 
+# What real scanners produce (domain randomization): thin to thick slices, fields of view that cut the body,
+# smooth to sharp kernels, low to high dose, adolescent to large patients.
 TRAIN_RANGES = AcquisitionRanges(
-    slice_thickness_mm=((1.5, 3.5),),
-    fov_mm=((330.0, 420.0),),
-    noise_hu=((6.0, 30.0),),
-    kernel_sharpness=((0.15, 0.8),),
-    patient_scale=((0.88, 1.14),),
+    slice_thickness_mm=((0.6, 5.0),),
+    fov_mm=((290.0, 480.0),),
+    noise_hu=((4.0, 45.0),),
+    kernel_sharpness=((0.04, 0.96),),
+    patient_scale=((0.76, 1.3),),
 )
+# Leave-extremes-out: every factor just outside the training ranges (a test of extrapolation, never trained on).
 HELDOUT_RANGES = AcquisitionRanges(
-    slice_thickness_mm=((4.0, 5.0),),
-    fov_mm=((300.0, 330.0), (420.0, 460.0)),
-    noise_hu=((32.0, 50.0),),
-    kernel_sharpness=((0.0, 0.1), (0.9, 1.0)),
-    patient_scale=((0.78, 0.86), (1.16, 1.25)),
+    slice_thickness_mm=((5.0, 6.0),),
+    fov_mm=((260.0, 290.0), (480.0, 500.0)),
+    noise_hu=((45.0, 60.0),),
+    kernel_sharpness=((0.0, 0.04), (0.96, 1.0)),
+    patient_scale=((0.7, 0.76), (1.3, 1.38)),
 )
 
 
@@ -189,7 +219,7 @@ def sample_acquisition(rng: np.random.Generator, *, split: str = "train", matrix
 
     Example:
         >>> acq = sample_acquisition(np.random.default_rng(0), split="heldout")
-        >>> acq.slice_thickness_mm >= 4.0
+        >>> acq.slice_thickness_mm >= 5.0
         True
     """
     ranges = {"train": TRAIN_RANGES, "heldout": HELDOUT_RANGES}.get(split)
@@ -197,13 +227,25 @@ def sample_acquisition(rng: np.random.Generator, *, split: str = "train", matrix
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
     thickness = _draw(rng, ranges.slice_thickness_mm)
     fov = _draw(rng, ranges.fov_mm)
+    noise = round(_draw(rng, ranges.noise_hu), 2)
+    sharpness = round(_draw(rng, ranges.kernel_sharpness), 3)
+    scale = round(_draw(rng, ranges.patient_scale), 3)
+    protocol = rng.random(8)
+    contrast = "none" if protocol[0] < 0.45 else "venous" if protocol[0] < 0.8 else "arterial"
     return Acquisition(
         slice_thickness_mm=round(thickness, 3),
         pixel_spacing_mm=round(fov / matrix, 4),
         matrix=matrix,
-        noise_hu=round(_draw(rng, ranges.noise_hu), 2),
-        kernel_sharpness=round(_draw(rng, ranges.kernel_sharpness), 3),
-        patient_scale=round(_draw(rng, ranges.patient_scale), 3),
+        noise_hu=noise,
+        kernel_sharpness=sharpness,
+        patient_scale=scale,
+        contrast=contrast,
+        contrast_level=round(float(protocol[1]), 3),
+        arms="up" if protocol[2] < 0.55 else "down" if protocol[2] < 0.85 else "none",
+        range_below_mm=round(5 + 155 * float(protocol[3]), 1),  # from the lung bases to the kidneys
+        range_above_mm=round(80 * float(protocol[4]), 1),  # up to the neck
+        motion=round(float(protocol[6]), 3) if protocol[5] < 0.15 else 0.0,
+        streaks=round(0.3 + 0.7 * float(protocol[7]), 3) if protocol[5] > 0.8 else 0.0,
     )
 
 
@@ -214,18 +256,19 @@ def sample_spec(
 
     The draws do not depend on the label (a fixed number of random numbers in
     a fixed order), so acquisition and patient are independent of class.
-    Severity of diseased cases is log-uniform in [0.01, 0.6].
+    Severity of diseased cases is log-uniform in [0.005, 0.75] (the pattern may cap it: a focal
+    pneumonia covers at most 5 % of the lungs, a segmental one 20 %).
 
     Example:
         >>> spec = sample_spec(np.random.default_rng(0), label="covid19")
-        >>> spec.label, 0.01 <= spec.severity <= 0.6
+        >>> spec.label, 0.005 <= spec.severity <= 0.75
         ('covid19', True)
     """
     if label is not None and label not in CLASS_NAMES:
         raise ValueError(f"label must be one of {CLASS_NAMES} or None, not {label!r}")
     drawn = CLASS_NAMES[int(rng.integers(len(CLASS_NAMES)))]
     label = label or drawn
-    severity = float(np.exp(rng.uniform(np.log(0.01), np.log(0.6))))
+    severity = float(np.exp(rng.uniform(np.log(0.005), np.log(0.75))))
     seed = int(rng.integers(2**31 - 1))
     acquisition = sample_acquisition(rng, split=split, matrix=matrix)
     return PhantomSpec(label, 0.0 if label == "normal" else round(severity, 4), seed, acquisition)
@@ -236,8 +279,11 @@ def sample_spec(
 
 def _grid(spec: PhantomSpec, height: float, offset: tuple[float, float, float], n_sub: int) -> tuple[Grid, Grid]:
     acq = spec.acquisition
-    th, ps, m, n = acq.slice_thickness_mm, acq.pixel_spacing_mm, acq.matrix, acq.slices
-    zc = 0.48 * height + offset[2]
+    th, ps, m, n = acq.slice_thickness_mm, acq.pixel_spacing_mm, acq.matrix, acq.slices(height)
+    if acq.range_below_mm is None and acq.range_above_mm is None:
+        zc = 0.48 * height + offset[2]
+    else:  # the drawn range: from range_below under the recess (z = 0) to range_above over the apex
+        zc = (height + (acq.range_above_mm or 0.0) - (acq.range_below_mm or 0.0)) / 2
     z = zc + (np.arange(n) - (n - 1) / 2) * th
     y = 15 * acq.patient_scale + offset[1] + (np.arange(m) - (m - 1) / 2) * ps
     x = offset[0] + (np.arange(m) - (m - 1) / 2) * ps
@@ -308,14 +354,21 @@ def generate(spec: PhantomSpec, *, fast: bool = False) -> Phantom:
     step = max(1.5 * acq.pixel_spacing_mm, 1.5)
     n_sub = int(np.clip(np.ceil(acq.slice_thickness_mm / step - 1e-6), 1, 2 if fast else 4))
     grid, fine = _grid(spec, anat.height, anat.offset, n_sub)
-    img = render_anatomy(anat, fine, np.random.default_rng([spec.seed, 8, n_sub]), z_align=n_sub)
+    img = render_anatomy(
+        anat,
+        fine,
+        np.random.default_rng([spec.seed, 8, n_sub]),
+        z_align=n_sub,
+        enhance=enhancement(anat, acq.contrast, acq.contrast_level),
+        arms=acq.arms,
+    )
     pattern = sample_pattern(spec.label, spec.seed)
     lesions = render_lesions(anat, fine, img, pattern, spec.severity)
 
     lung_hu = apply_confounders(anat, fine, img, img.parenchyma)
     if lesions is not None:
         lung_hu += lesions.fraction * (lesions.hu - lung_hu)
-    for frac, value in ((img.vessel, anat.blood_hu), (img.wall, 30.0), (img.lumen, -1000.0)):
+    for frac, value in ((img.vessel, img.vessel_hu), (img.wall, 30.0), (img.lumen, -1000.0)):
         lung_hu += frac * (np.float32(value) - lung_hu)
     aerated = img.fissure if lesions is None else img.fissure * (1 - lesions.fraction)
     lung_hu += aerated * (np.float32(0.0) - lung_hu)
@@ -341,6 +394,9 @@ def generate(spec: PhantomSpec, *, fast: bool = False) -> Phantom:
         lesion_mask[box] = np.where(inside & (les >= 0.5), label, 0)
     tissue = img.tissue[n_sub // 2 :: n_sub]
 
+    artifact_rng = np.random.default_rng([spec.seed, 11])
+    add_motion(hu, artifact_rng, strength=acq.motion, pixel_mm=acq.pixel_spacing_mm)
+    add_streaks(hu, artifact_rng, strength=acq.streaks, pixel_mm=acq.pixel_spacing_mm)
     hu = _kernel_and_noise(hu, acq, np.random.default_rng([spec.seed, 9]))
     hu_int = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     volume = Volume(
@@ -417,7 +473,7 @@ def _header(spec: PhantomSpec, female: bool) -> dict[str, object]:
         "PatientAge": age,
         "BodyPartExamined": "CHEST",
         "PatientPosition": "FFS",
-        "StudyDescription": "CT CHEST WITHOUT CONTRAST (SYNTHETIC PHANTOM)",
+        "StudyDescription": f"CT CHEST {'WITH' if acq.contrast != 'none' else 'WITHOUT'} CONTRAST (SYNTHETIC PHANTOM)",
         "SeriesDescription": f"Chest {acq.slice_thickness_mm:g}mm {kernel}",
         "ImageComments": "Synthetic phantom generated by medai; not patient data; not for clinical use.",
     }
