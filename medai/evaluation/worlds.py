@@ -1,0 +1,161 @@
+"""Test worlds with exact ground truth: where the model was trained, just outside it, and far from it.
+
+=====================  =================================================================================
+world                  what it is
+=====================  =================================================================================
+``train``              in-distribution: the training generator's ranges (:mod:`medai.phantoms.synthetic`,
+                       ``split="train"``), seeds never trained on
+``heldout``            leave-extremes-out: every acquisition factor just outside the training ranges
+``independent-val``    a second phantom family written independently of the training generator
+                       (:mod:`medai.phantoms.independent`): choices between model variants are made here
+``independent-test``   the same family, other seeds: reported only, never used for a choice
+``real``               the one real patient (:mod:`medai.evaluation.real_ct`): as it is, reconstructed
+                       otherwise, and with inserted lesions
+=====================  =================================================================================
+
+:func:`world_cases` yields :class:`TruthCase` lazily (one volume in memory at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medai.labels import CLASS_NAMES
+from medai.volume import Volume
+
+__all__ = ["WORLDS", "TruthCase", "world_cases"]
+
+WORLDS = ("train", "heldout", "independent-val", "independent-test", "real")
+
+# Seed streams of the synthetic worlds: disjoint from training (0.., 200_000.., 300_000..) and from one another.
+_SEED_BASE = {"train": 7_000_000, "heldout": 8_000_000}
+
+
+@dataclass(frozen=True, eq=False)
+class TruthCase:
+    """One test case and what it truly is.
+
+    Attributes:
+        case_id: unique within its world.
+        world: one of :data:`WORLDS`.
+        label: the true class.
+        volume: the CT.
+        lesion_percent: true opacity volume / lung volume, 0..100.
+        lung_volume_ml: true lung volume.
+        pattern: the disease pattern (``none``, ``covid``, ``lobar``, ``segmental``, ``focal``, ...).
+        factors: acquisition and patient factors, for subgroups.
+    """
+
+    case_id: str
+    world: str
+    label: str
+    volume: Volume
+    lesion_percent: float
+    lung_volume_ml: float
+    pattern: str
+    factors: dict[str, Any] = field(default_factory=dict)
+
+
+def _lung_ml(mask: np.ndarray, volume: Volume) -> float:
+    return float(np.count_nonzero(mask)) * volume.voxel_volume_ml
+
+
+def _synthetic(world: str, n: int, seed: int, matrix: int) -> Iterator[TruthCase]:
+    from medai.phantoms import synthetic
+
+    split = "train" if world == "train" else "heldout"
+    for i in range(n):
+        rng = np.random.default_rng(_SEED_BASE[world] + seed * 10_000 + i)
+        spec = synthetic.sample_spec(rng, label=CLASS_NAMES[i % len(CLASS_NAMES)], split=split, matrix=matrix)
+        ph = synthetic.generate(spec, fast=matrix <= 256)
+        acq = spec.acquisition
+        factors = {
+            "slice_thickness_mm": acq.slice_thickness_mm,
+            "pixel_spacing_mm": acq.pixel_spacing_mm,
+            "noise_hu": acq.noise_hu,
+            "kernel_sharpness": acq.kernel_sharpness,
+            "patient_scale": acq.patient_scale,
+            "contrast": acq.contrast,
+            "arms": acq.arms,
+            "range_below_mm": acq.range_below_mm,
+        }
+        yield TruthCase(
+            f"{world}-s{seed}-{i:04d}",
+            world,
+            spec.label,
+            ph.volume,
+            ph.lesion_percent,
+            _lung_ml(ph.lung_mask, ph.volume),
+            ph.pattern,
+            factors,
+        )
+
+
+def _independent(world: str, n: int, seed: int, matrix: int | None) -> Iterator[TruthCase]:
+    from medai.phantoms.independent import generate_independent, sample_independent_spec
+
+    split = world.split("-", 1)[1]
+    rng = np.random.default_rng([seed, 0 if split == "val" else 1])
+    for i in range(n):
+        spec = sample_independent_spec(rng, label=CLASS_NAMES[i % len(CLASS_NAMES)], split=split, matrix=matrix)
+        ph = generate_independent(spec)
+        yield TruthCase(
+            f"{world}-s{seed}-{i:04d}",
+            world,
+            spec.label,
+            ph.volume,
+            float(ph.lesion_percent),
+            float(ph.lung_volume_ml),
+            spec.pattern,
+            dict(spec.factors),
+        )
+
+
+def _real(n: int | None, seed: int) -> Iterator[TruthCase]:
+    from medai.evaluation.real_ct import real_cases
+
+    for i, case in enumerate(real_cases(seed=seed)):
+        if n is not None and i >= n:
+            return
+        yield TruthCase(
+            f"real-{case.name}",
+            "real",
+            case.label,
+            case.volume,
+            case.lesion_percent,
+            case.lung_volume_ml,
+            str(case.factors.get("kind", "none")),
+            {"variant": case.name, **case.factors},
+        )
+
+
+def world_cases(world: str, n: int | None, *, seed: int = 0, matrix: int | None = 256) -> Iterator[TruthCase]:
+    """The first ``n`` cases of ``world`` (classes in turn), generated lazily.
+
+    Args:
+        world: one of :data:`WORLDS`.
+        n: number of cases (``real`` has 11; None takes them all there).
+        seed: the seed set (a different ``seed`` gives different cases of the same world).
+        matrix: in-plane matrix of the phantoms (None: the independent family draws its own, 256-512).
+
+    Raises:
+        ValueError: unknown world, or no ``n`` for a synthetic world.
+
+    Example:
+        >>> case = next(world_cases("train", 1, matrix=96))
+        >>> case.label, case.world
+        ('normal', 'train')
+    """
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, not {world!r}")
+    if world == "real":
+        return _real(n, seed)
+    if n is None or n < 1:
+        raise ValueError(f"n must be a positive number of cases for world {world!r}, not {n!r}")
+    if world.startswith("independent"):
+        return _independent(world, n, seed, matrix)
+    return _synthetic(world, n, seed, matrix or 256)
