@@ -137,6 +137,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs (default: 8)")
     p.add_argument("--monitor", choices=("val_loss", "val_auc"), default="val_loss", help="early-stopping metric")
     p.add_argument("--grid", type=int, nargs=3, metavar=("Z", "Y", "X"), help="input grid (default: 80 64 96)")
+    p.add_argument(
+        "--lung-margin-mm",
+        type=float,
+        default=10.0,
+        help="the network sees the lungs the quantification finds plus this margin (mm); 0: the whole crop "
+        "(default: 10)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--workers", type=int, default=1, help="data-loader workers per process (default: 1)")
     p.add_argument("--prep-workers", type=int, default=2, help="processes preparing cases (default: 2)")

@@ -8,10 +8,14 @@ Pure numpy/scipy (no torch). Steps:
    permuted and flipped so that, in the result, ``x`` runs to patient Left,
    ``y`` to Posterior and ``z`` to Superior (LPS order; slice 0 is the most
    inferior). Oblique volumes beyond a tolerance are refused.
-2. **Lung mask** on a subsampled copy (:func:`fast_lung_mask`): air below a
-   threshold, minus outside air (connected to the in-plane sides), largest 1-2 parts.
+2. **Lung mask**: the caller's (the quantification's lungs on its coarse grid, when the model was
+   trained with lung-restricted input), else a quick one on a subsampled copy
+   (:func:`fast_lung_mask`): air below a threshold, minus outside air, largest 1-2 parts.
 3. **Crop** a lung-centred box (bounding box + margin) grown to the aspect of
-   the output grid, so output voxels are isotropic.
+   the output grid, so output voxels are isotropic. With ``lung_margin_mm`` set,
+   everything farther than that from the given lungs becomes ``outside_lungs_hu``:
+   the network sees the lungs and their surroundings only, not the heart, the
+   abdomen, contrast or arms, which differ most between scanners and patients.
 4. **Resample** anti-aliased: integer block mean (box filter of about one
    output voxel) over the crop, then trilinear interpolation to the grid.
 5. **Window** (clip) and **normalise**.
@@ -82,6 +86,10 @@ class PreprocessParams:
     mask_spacing_mm: float = 6.0
     # Volumes whose axes are further than this from the patient axes are refused as oblique.
     oblique_tolerance_deg: float = 5.0
+    # Lung-restricted input: 0 keeps the whole crop; > 0 needs the lungs from the caller and replaces everything
+    # farther than this from them by outside_lungs_hu (the pleura and the chest wall's inner layer stay visible).
+    lung_margin_mm: float = 0.0
+    outside_lungs_hu: float = 0.0
 
     def __post_init__(self) -> None:
         grid = tuple(int(n) for n in self.grid_shape)
@@ -126,7 +134,8 @@ class ModelInput:
         index_affine: 4x4 matrix mapping a model-grid index ``(z, y, x, 1)`` to the
             (fractional) index ``(z, y, x, 1)`` of the source ``Volume.hu`` array.
         source_shape: shape of the source array.
-        lung_volume_ml: rough lung volume from the coarse mask (QC: ~0 means no lungs found).
+        lung_volume_ml: aerated lung volume from the quick air mask (QC: ~0 means no lungs found; compared
+            with the quantification's lungs to catch a lung mask that misses most of the lung field).
     """
 
     array: np.ndarray
@@ -332,12 +341,55 @@ def check_hounsfield(volume: Volume) -> None:
         )
 
 
-def to_model_input(volume: Volume, params: PreprocessParams) -> ModelInput:
+def _mask_box(
+    lungs: np.ndarray, factors: tuple[int, int, int], perm: tuple[int, ...], flips: tuple[bool, ...], shape: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box (canonical continuous index edges) of a coarse lung mask given in source array axes."""
+    idx = [np.flatnonzero(lungs.any(axis=tuple(a for a in range(3) if a != n))) for n in range(3)]
+    lo_src = np.array([i[0] * f for i, f in zip(idx, factors, strict=True)], dtype=np.float64) - 0.5
+    hi_src = np.array([(i[-1] + 1) * f for i, f in zip(idx, factors, strict=True)], dtype=np.float64) - 0.5
+    lo, hi = np.empty(3), np.empty(3)
+    for m in range(3):
+        n = perm[m]
+        a, b = lo_src[n], hi_src[n]
+        if flips[m]:
+            a, b = shape[m] - 1 - b, shape[m] - 1 - a
+        lo[m], hi[m] = max(a, -0.5), min(b, shape[m] - 0.5)
+    return lo, hi
+
+
+def _outside_lungs(
+    lungs: np.ndarray, factors: tuple[int, int, int], affine: np.ndarray, grid: np.ndarray, margin_vox: float
+) -> np.ndarray:
+    """Model-grid voxels farther than ``margin_vox`` from the coarse lung mask (nearest-neighbour sampling)."""
+    k = np.indices(tuple(grid), dtype=np.float32).reshape(3, -1)
+    src = affine[:3, :3].astype(np.float32) @ k + affine[:3, 3:4].astype(np.float32)
+    coarse = np.floor((src + 0.5) / np.asarray(factors, np.float32)[:, None]).astype(np.intp)
+    inside = np.all((coarse >= 0) & (coarse < np.asarray(lungs.shape)[:, None]), axis=0)
+    on = np.zeros(k.shape[1], dtype=bool)
+    on[inside] = lungs[tuple(c[inside] for c in coarse)] > 0
+    lung_grid = on.reshape(tuple(grid))
+    if not lung_grid.any():
+        return np.zeros(tuple(grid), dtype=bool)
+    return ndimage.distance_transform_edt(~lung_grid) > margin_vox
+
+
+def to_model_input(
+    volume: Volume,
+    params: PreprocessParams,
+    *,
+    lung_mask: np.ndarray | None = None,
+    lung_mask_factors: tuple[int, int, int] = (1, 1, 1),
+) -> ModelInput:
     """Preprocess a CT volume for the network (see the module docstring for the steps).
 
     Args:
         volume: CT volume in HU.
         params: the preprocessing settings stored with the model.
+        lung_mask: the lungs (non-zero) on a grid of integer blocks of the volume's array (the
+            quantification's coarse grid), in the array's own axes. Needed when ``params.lung_margin_mm`` > 0;
+            then it also sets the crop. Ignored otherwise.
+        lung_mask_factors: the block size of ``lung_mask`` in source voxels, per axis.
 
     Returns:
         The :class:`ModelInput` (array ``(1, *params.grid_shape)`` float32).
@@ -345,6 +397,7 @@ def to_model_input(volume: Volume, params: PreprocessParams) -> ModelInput:
     Raises:
         InvalidSeriesError: the volume is oblique beyond ``params.oblique_tolerance_deg`` or its values are not
             Hounsfield units (:func:`check_hounsfield`).
+        ValueError: lung-restricted parameters without a lung mask.
 
     Example:
         >>> hu = np.full((40, 64, 64), -1000, np.int16)
@@ -363,7 +416,12 @@ def to_model_input(volume: Volume, params: PreprocessParams) -> ModelInput:
     shape = np.asarray(arr.shape)
     grid = np.asarray(params.grid_shape)
 
+    restrict = params.lung_margin_mm > 0
+    if restrict and lung_mask is None:
+        raise ValueError("lung_mask must be given when lung_margin_mm > 0 (a lung-restricted model), not None")
     lo, hi, lung_ml = _lung_box(arr, spacing, params)
+    if restrict and lung_mask is not None and lung_mask.any():
+        lo, hi = _mask_box(lung_mask, lung_mask_factors, perm, flips, shape)
     extent_mm = (hi - lo) * spacing + 2.0 * params.crop_margin_mm
     out_spacing = max(float(np.max(extent_mm / grid)), params.min_spacing_mm)
     step = out_spacing / spacing  # canonical voxels per output voxel
@@ -392,14 +450,6 @@ def to_model_input(volume: Volume, params: PreprocessParams) -> ModelInput:
             index: list[Any] = [slice(None)] * 3
             index[m] = outside
             out[tuple(index)] = low_hu
-    np.clip(out, low_hu, high_hu, out=out)
-    if params.normalization is Normalization.UNIT:
-        out -= low_hu
-        out /= high_hu - low_hu
-    else:
-        out -= out.mean()
-        out /= max(float(out.std()), 1e-6)
-
     # model index k -> canonical c = edge0 + (k + 0.5) * step -> source index (undo flips, permutation)
     affine = np.eye(4)
     affine[:3, :3] = 0.0
@@ -409,6 +459,17 @@ def to_model_input(volume: Volume, params: PreprocessParams) -> ModelInput:
         affine[n, m] = sign * step[m]
         base = edge0[m] + 0.5 * step[m]
         affine[n, 3] = (volume.shape[n] - 1 - base) if flips[m] else base
+    if restrict and lung_mask is not None:
+        out[_outside_lungs(lung_mask, lung_mask_factors, affine, grid, params.lung_margin_mm / out_spacing)] = (
+            params.outside_lungs_hu
+        )
+    np.clip(out, low_hu, high_hu, out=out)
+    if params.normalization is Normalization.UNIT:
+        out -= low_hu
+        out /= high_hu - low_hu
+    else:
+        out -= out.mean()
+        out /= max(float(out.std()), 1e-6)
     return ModelInput(
         array=out[None],
         spacing_mm=(out_spacing, out_spacing, out_spacing),

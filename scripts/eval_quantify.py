@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing", action="store_true", help="also time a 300x512x512 series")
     parser.add_argument("--method", choices=[m.value for m in QuantMethod], default="hybrid", help="quantify method")
     parser.add_argument("--fullres", type=int, default=0, help="also N held-out phantoms at their native 512 matrix")
+    parser.add_argument(
+        "--split", choices=("heldout", "train"), default="heldout", help="acquisition ranges (seeds never trained on)"
+    )
     args = parser.parse_args(argv)
     params = QuantifyParams(method=QuantMethod(args.method))
     rows = []
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'class':16s} {'pattern':16s} {'sev':>5s} " + " ".join(f"{c:>7s}" for c in columns) + " grade")
     for i in range(args.n):
         label = CLASS_NAMES[i % 3]
-        spec = sample_spec(np.random.default_rng(args.seed + i), label=label, split="heldout")
+        spec = sample_spec(np.random.default_rng(args.seed + i), label=label, split=args.split)
         fov = spec.acquisition.matrix * spec.acquisition.pixel_spacing_mm
         acq = replace(spec.acquisition, matrix=args.matrix, pixel_spacing_mm=round(fov / args.matrix, 4))
         severity = 0.0 if label == "normal" else SEVERITIES[(i // 3 * 2 + i % 3) % len(SEVERITIES)]
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     full_rows = []
     for i in range(args.fullres):
         label = CLASS_NAMES[i % 3]
-        spec = sample_spec(np.random.default_rng(args.seed + 100 + i), label=label, split="heldout", matrix=512)
+        spec = sample_spec(np.random.default_rng(args.seed + 100 + i), label=label, split=args.split, matrix=512)
         severity = 0.0 if label == "normal" else SEVERITIES[(5 * i + 1) % len(SEVERITIES)]
         ph = generate(replace(spec, severity=severity))
         full_rows.append(_row(label, ph.pattern, severity, ph, params))

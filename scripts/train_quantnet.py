@@ -71,18 +71,26 @@ def _case(seed: int, index: int, *, matrix: int) -> dict[str, np.ndarray]:
     }
 
 
-def make_cache(folder: Path, *, n: int, seed: int, force: bool = False) -> list[Path]:
+def _write_case(job: tuple[Path, int, int]) -> str:
+    path, seed, index = job
+    matrix = (256, 256, 192)[(index // 3) % 3]
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **_case(seed, index, matrix=matrix))
+    tmp.replace(path)
+    return path.name
+
+
+def make_cache(folder: Path, *, n: int, seed: int, force: bool = False, workers: int = 1) -> list[Path]:
     """Generate (or reuse) ``n`` cached phantoms with seeds ``seed + i``; returns their paths."""
+    from concurrent.futures import ProcessPoolExecutor
+
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths = [folder / f"case{seed + i}.npz" for i in range(n)]
+    jobs = [(path, seed + i, i) for i, path in enumerate(paths) if force or not path.exists()]
     start = time.perf_counter()
-    for i in range(n):
-        path = folder / f"case{seed + i}.npz"
-        if force or not path.exists():
-            matrix = (256, 256, 192)[(i // 3) % 3]
-            np.savez(path, **_case(seed + i, i, matrix=matrix))
-            print(f"cached {path.name} ({i + 1}/{n}, {time.perf_counter() - start:.0f} s)", flush=True)
-        paths.append(path)
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        for done, name in enumerate(pool.map(_write_case, jobs), 1):
+            print(f"cached {name} ({done}/{len(jobs)}, {time.perf_counter() - start:.0f} s)", flush=True)
     return paths
 
 
@@ -219,7 +227,7 @@ def _crop(item: dict, rng: np.random.Generator, size: tuple[int, int, int]) -> t
         frac = np.pad(frac, [(0, 0), *pad], mode="constant")
         frac[0][frac.sum(axis=0) == 0] = 1.0
     lung = frac[1:].sum(axis=0) > 0.5
-    if lung.any() and rng.random() < 0.8:  # centre on a lung voxel
+    if lung.any() and rng.random() < 0.7:  # centre on a lung voxel (else anywhere: neck, abdomen, wall)
         idx = np.argwhere(lung)
         centre = idx[rng.integers(len(idx))]
     else:
@@ -227,6 +235,36 @@ def _crop(item: dict, rng: np.random.Generator, size: tuple[int, int, int]) -> t
     lo = [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, size, hu.shape, strict=True)]
     box = tuple(slice(a, a + s) for a, s in zip(lo, size, strict=True))
     return hu[box], frac[(slice(None), *box)]
+
+
+def load_onnx_weights(model: Any, path: Path) -> None:
+    """Initialise ``model`` from an exported head: BatchNorm was folded into the convolutions at export.
+
+    Each convolution takes the folded weight; its BatchNorm becomes the identity plus the folded bias
+    (running mean 0, variance 1 - eps), so in eval mode the torch model computes what the ONNX file does.
+    """
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    weights = {
+        i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in onnx.load(str(path)).graph.initializer
+    }
+    state = model.state_dict()
+    for name in list(state):
+        if name in weights and weights[name].shape == state[name].shape:
+            state[name] = weights[name]
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            conv_name = module_name.rsplit(".", 1)[0] + ".0.weight"
+            folded = weights.get(conv_name + "_bias")
+            if folded is None:
+                raise ValueError(f"{path} must hold the folded bias {conv_name}_bias of a medai-quant head")
+            state[module_name + ".weight"] = torch.ones_like(folded)
+            state[module_name + ".bias"] = folded
+            state[module_name + ".running_mean"] = torch.zeros_like(folded)
+            state[module_name + ".running_var"] = torch.full_like(folded, 1 - module.eps)
+    model.load_state_dict(state)
 
 
 def _padded(hu: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -307,6 +345,8 @@ def train(
     batch: int,
     lr: float,
     init: Path | None = None,
+    init_onnx: Path | None = None,
+    freeze_bn: bool = False,
     validate_every: int = 400,
     lesion_weight: float = 1.0,
 ) -> tuple[Any, dict[str, float], dict[str, Any]]:
@@ -318,6 +358,20 @@ def train(
     model = build_model()
     if init is not None:
         model.load_state_dict(torch.load(init, map_location="cpu"))
+    if init_onnx is not None:
+        load_onnx_weights(model, init_onnx)
+
+    def train_mode() -> None:
+        model.train()
+        if freeze_bn:
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm3d):
+                    module.eval()
+
+    train_mode()
+    if init is not None or init_onnx is not None:
+        print(f"start {_validate(model, val_cases)}", flush=True)
+        train_mode()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     size = (32, 96, 96)
     class_weights = torch.tensor([1.0, 1.0, lesion_weight, lesion_weight]).reshape(1, 4, 1, 1, 1, 1)
@@ -348,6 +402,7 @@ def train(
         step += 1
         if step % validate_every == 0:
             metrics = _validate(model, val_cases)
+            train_mode()
             elapsed = time.perf_counter() - start
             print(
                 f"step {step} {elapsed:.0f} s loss {np.mean(losses[-validate_every:]):.4f} lr {lr_now:.2e} {metrics}",
@@ -365,13 +420,14 @@ def train(
         score = best[0]
         print(f"kept the best checkpoint {metrics}", flush=True)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    recalibrate_batchnorm(model, train_cases, seed=seed + 1)
-    recalibrated = _validate(model, val_cases)
-    print(f"BatchNorm statistics recalibrated: {recalibrated}", flush=True)
-    if recalibrated["lesion_mae_points"] + 100 * (1 - recalibrated["coarse_lung_dice"]) < score:
-        metrics = recalibrated
-    else:
-        model.load_state_dict(state)
+    if not freeze_bn:
+        recalibrate_batchnorm(model, train_cases, seed=seed + 1)
+        recalibrated = _validate(model, val_cases)
+        print(f"BatchNorm statistics recalibrated: {recalibrated}", flush=True)
+        if recalibrated["lesion_mae_points"] + 100 * (1 - recalibrated["coarse_lung_dice"]) < score:
+            metrics = recalibrated
+        else:
+            model.load_state_dict(state)
     info = {
         "steps": step,
         "batch": batch,
@@ -379,7 +435,8 @@ def train(
         "lr": lr,
         "minutes": minutes,
         "seed": seed,
-        "init": str(init.name) if init else None,
+        "init": str(init.name) if init else (str(init_onnx.name) if init_onnx else None),
+        "freeze_bn": freeze_bn,
         "lesion_weight": lesion_weight,
     }
     return model.eval(), metrics, info
@@ -447,11 +504,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", type=Path, help="start from these weights (a state dict from a previous run)")
     parser.add_argument("--out-dir", type=Path, default=RUN_DIR, help="where the torch weights go")
     parser.add_argument("--cache-only", action="store_true", help="stop after the cache")
+    parser.add_argument("--cache-dir", type=Path, default=RUN_DIR / "cache", help="where the cached phantoms go")
+    parser.add_argument("--workers", type=int, default=1, help="processes generating the cache")
+    parser.add_argument(
+        "--init-from-onnx",
+        type=Path,
+        help="start from an exported head (e.g. models/medai-quant.onnx): its BatchNorm-folded weights",
+    )
+    parser.add_argument(
+        "--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed while training (fine-tuning)"
+    )
     parser.add_argument("--force", action="store_true", help="regenerate the cache")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    train_paths = make_cache(RUN_DIR / "cache", n=args.n_train, seed=args.seed, force=args.force)
-    val_paths = make_cache(RUN_DIR / "cache", n=args.n_val, seed=args.val_seed, force=args.force)
+    train_paths = make_cache(args.cache_dir, n=args.n_train, seed=args.seed, force=args.force, workers=args.workers)
+    val_paths = make_cache(args.cache_dir, n=args.n_val, seed=args.val_seed, force=args.force, workers=args.workers)
     if args.cache_only:
         return 0
     t1 = time.perf_counter()
@@ -464,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         lr=args.lr,
         init=args.init_from,
+        init_onnx=args.init_from_onnx,
+        freeze_bn=args.freeze_bn,
         lesion_weight=args.lesion_weight,
     )
     t2 = time.perf_counter()

@@ -74,6 +74,8 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
         "class_names": list(ckpt["class_names"]),
         "temperature": float(ckpt["temperature"]),
         "decision_rule": ckpt["decision_rule"],
+        "decision_layer": ckpt.get("decision_layer"),
+        "decision_ablation": ckpt.get("decision_ablation"),
         "model_spec": ckpt["model_spec"],
         "preprocess": ckpt["preprocess"],
         "validation": {k: float(v) for k, v in ckpt.get("metrics", {}).items()},
@@ -85,6 +87,104 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
     }
     out.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return out
+
+
+def _served_rows(clf: object, world: str, n: int | None, seed: int) -> list[tuple[object, dict, dict]]:
+    """``(truth case, decision features, measured findings)`` of a world's cases under the base model."""
+    from medai.evaluation.worlds import world_cases
+    from medai.inference.decision import decision_features
+
+    rows = []
+    for case in world_cases(world, n, seed=seed):
+        pred = clf.predict(case.volume)  # type: ignore[attr-defined]
+        measured = {
+            "lesion": pred.lesion_percent,
+            "lung_ml": pred.quantification.lung_volume_ml,
+            "severity": pred.severity.value,
+            "flags": pred.qc_flags,
+        }
+        rows.append((case, decision_features(pred.logits, pred.quantification), measured))
+        print(
+            f"  {case.case_id} {case.label} lesion {case.lesion_percent:.1f} -> {pred.lesion_percent:.1f}", flush=True
+        )
+    return rows
+
+
+def _scored(rows: list, layer: object, rule: DecisionRule) -> list:
+    from medai.evaluation.served import ScoredCase
+    from medai.inference.classifier import UNRELIABLE_FLAGS
+
+    out = []
+    for case, features, measured in rows:
+        probs = layer.probabilities(features)  # type: ignore[attr-defined]
+        label, indeterminate = rule.decide(probs)
+        out.append(
+            ScoredCase(
+                case.case_id, case.world, case.label, case.pattern, case.lesion_percent, case.lung_volume_ml,
+                {c: float(v) for c, v in zip(CLASS_NAMES, probs, strict=True)}, label,
+                bool(indeterminate) or any(f in UNRELIABLE_FLAGS for f in measured["flags"]),
+                measured["lesion"], measured["lung_ml"], measured["severity"], tuple(measured["flags"]),
+            )
+        )  # fmt: skip
+    return out
+
+
+def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int, threads: int | None) -> dict:
+    """Fit the decision layer's three variants, choose one on the out-of-distribution validation worlds.
+
+    Fit: ``n_fit`` training-world phantoms (seed set 1; the in-distribution test uses seed set 0). Choose:
+    the variant with the best mean of (covid19 AUC + normals called normal) / 2 - ECE over the independent
+    phantom family's validation split (when present) and the leave-extremes-out world. Writes the chosen
+    layer and the comparison into the checkpoint.
+    """
+    from medai.evaluation.served import summarize
+    from medai.inference.classifier import Classifier
+    from medai.inference.decision import FEATURE_SETS
+    from medai.training.decision_fit import fit_decision_layer
+    from medai.training.export import export_onnx
+
+    base = out_dir / "base.onnx"
+    export_onnx(checkpoint, base)
+    clf = Classifier.load(base, threads=threads)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    rule = DecisionRule.from_dict(ckpt["decision_rule"])
+    print(f"decision layer: {n_fit} fitting cases (training world, seed set 1)", flush=True)
+    fit_rows = _served_rows(clf, "train", n_fit, 1)
+    selection = {}
+    worlds = ["heldout"]
+    try:
+        import medai.phantoms.independent  # noqa: F401
+
+        worlds.insert(0, "independent-val")
+    except ImportError:
+        print("no independent phantom family here: choosing on the leave-extremes-out world only", flush=True)
+    for world in worlds:
+        print(f"decision layer: {n_select} {world} cases to choose on", flush=True)
+        selection[world] = _served_rows(clf, world, n_select, 0)
+    comparison, layers = {}, {}
+    for name in FEATURE_SETS:
+        layer = fit_decision_layer(
+            [f for _, f, _ in fit_rows],
+            [c.label for c, _, _ in fit_rows],
+            feature_set=name,
+            fitted_on=f"{n_fit} training-world phantoms (medai.evaluation.worlds 'train', seed set 1)",
+        )
+        layers[name] = layer
+        comparison[name] = {w: summarize(_scored(rows, layer, rule), n_bootstrap=200) for w, rows in selection.items()}
+
+    def score(metrics: dict) -> float:
+        return float(
+            np.mean([(m.get("covid19_auc", 0.0) + m["normals_called_normal"]) / 2 - m["ece"] for m in metrics.values()])
+        )
+
+    chosen = max(comparison, key=lambda name: score(comparison[name]))
+    for name, metrics in comparison.items():
+        mark = "  <- chosen" if name == chosen else ""
+        print(f"  {name:9s} score {score(metrics):.3f} " + json.dumps(metrics, default=str)[:600] + mark, flush=True)
+    ckpt["decision_layer"] = layers[chosen].to_dict()
+    ckpt["decision_ablation"] = {"chosen": chosen, "selection_worlds": list(selection), "metrics": comparison}
+    torch.save(ckpt, checkpoint)
+    return ckpt["decision_ablation"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,10 +213,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--finetune-lr", type=float, default=5e-4, help="second-stage peak LR (default: %(default)s)")
     parser.add_argument("--card-only", action="store_true", help="only (re)export the ONNX model and card of --output")
+    parser.add_argument(
+        "--decision-only", action="store_true", help="only fit the decision layer of --output, then export and card"
+    )
+    parser.add_argument("--n-fit", type=int, default=300, help="decision-layer fitting phantoms (default: %(default)s)")
+    parser.add_argument(
+        "--n-select",
+        type=int,
+        default=60,
+        help="cases per world to choose the decision layer on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lung-margin-mm", type=float, default=10.0, help="lung-restricted input margin; 0: whole crop (default: 10)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the decision stage")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 phantoms, 2 epochs, 30 held-out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.card_only:
+        print(f"model card: {write_model_card(args.output)}")
+        return 0
+    if args.decision_only:
+        decision_stage(
+            Path(args.output),
+            out_dir=Path(args.out_dir),
+            n_fit=args.n_fit,
+            n_select=args.n_select,
+            threads=args.threads,
+        )
         print(f"model card: {write_model_card(args.output)}")
         return 0
     if args.quick:
@@ -138,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume=args.resume,
         init_from=args.init_from,
         lr=args.lr,
+        lung_margin_mm=args.lung_margin_mm,
         **({"channels": tuple(args.channels), "strides": tuple(args.strides)} if args.channels else {}),
         **({"pooling": args.pooling} if args.pooling else {}),
         output=str(Path(args.out_dir) / "stage1.pt") if args.finetune_epochs > 0 else args.output,
@@ -218,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         **summary,
     }
     torch.save(ckpt, args.output)
+    t0 = time.perf_counter()
+    decision_stage(
+        Path(args.output), out_dir=Path(args.out_dir), n_fit=args.n_fit, n_select=args.n_select, threads=args.threads
+    )
+    timings["decision layer"] = time.perf_counter() - t0
     card = write_model_card(args.output, timings=timings)
     print(f"model card: {card}")
 

@@ -4,11 +4,14 @@ No torch here (a test checks ``sys.modules``): ingestion, preprocessing,
 onnxruntime, calibration, saliency and quantification are numpy/scipy. One
 call turns a CT :class:`~medai.volume.Volume` into a :class:`Prediction`:
 
-1. preprocessing with the parameters stored in the model (:mod:`medai.preprocess`);
-2. the ONNX graph -> logits and the class activation map;
-3. temperature-scaled probabilities and the stored decision rule ->
-   label and ``indeterminate`` (:mod:`medai.inference.calibration`);
-4. lung / opacity quantification and the severity grade (:mod:`medai.quantify.measure`);
+1. lung / opacity quantification and the severity grade (:mod:`medai.quantify.measure`);
+2. preprocessing with the parameters stored in the model (:mod:`medai.preprocess`), restricted to the
+   lungs the quantification found when the model was trained that way (:mod:`medai.inference.network_input`);
+3. the ONNX graph -> logits and the class activation map;
+4. probabilities from the stored decision layer (logits and measured findings,
+   :mod:`medai.inference.decision`) or, for older models, temperature-scaled logits; the stored decision
+   rule -> label and ``indeterminate`` (:mod:`medai.inference.calibration`), also set when the QC flags
+   say the lungs were not measured reliably;
 5. the saliency map, restricted to the lungs (:mod:`medai.inference.saliency`).
 
 The shipped model is ``models/medai-ref.onnx``; :meth:`Classifier.load`
@@ -32,10 +35,12 @@ import numpy as np
 
 from medai.errors import ModelError
 from medai.inference.calibration import DecisionRule, softmax
+from medai.inference.decision import LOGITS, DecisionLayer, decision_features
+from medai.inference.network_input import network_input
 from medai.inference.saliency import Saliency, lungs_on_model_grid, make_saliency
 from medai.labels import INTENDED_USE, Severity
 from medai.modelcard import verify_model_file
-from medai.preprocess import ModelInput, PreprocessParams, to_model_input
+from medai.preprocess import ModelInput, PreprocessParams
 from medai.quantify.measure import Quantification, quantify
 from medai.volume import Volume
 
@@ -67,6 +72,15 @@ class QCFlag(enum.StrEnum):
     SMALL_LUNGS = "small_lungs"  # under 1.5 l: partial coverage, a child, or collapse
     LUNG_CUT_OFF = "lung_cut_off"  # lung reaches the first or last slice: the scan may not cover the chest
     THICK_SLICES = "thick_slices"  # slices thicker than 5 mm: small lesions are averaged away
+    # The measured lungs are implausible: they miss most of the aerated lung field (collapse of the lung mask,
+    # a field of view or body unlike the training data) or their volume is outside what a chest holds. The
+    # label is then indeterminate: the numbers need a person's look.
+    LUNG_MASK_INCOMPLETE = "lung_mask_incomplete"
+    LUNG_VOLUME_IMPLAUSIBLE = "lung_volume_implausible"
+
+
+#: QC flags that make a prediction indeterminate whatever its probabilities.
+UNRELIABLE_FLAGS = frozenset({QCFlag.NO_LUNGS, QCFlag.LUNG_MASK_INCOMPLETE, QCFlag.LUNG_VOLUME_IMPLAUSIBLE})
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,6 +200,8 @@ class Classifier:
         self.temperature = float(meta["temperature"])
         self.rule = DecisionRule.from_dict(meta["decision_rule"])
         self.preprocess = PreprocessParams.from_dict(meta["preprocess"])
+        layer = meta.get("decision_layer")
+        self.decision_layer = DecisionLayer.from_dict(layer) if isinstance(layer, Mapping) else None
         self.model_id = f"{meta.get('name', path.stem)}@{sha256[:12]}"
         self.providers: list[str] = list(session.get_providers())
 
@@ -265,8 +281,24 @@ class Classifier:
         logits, cam = self._session.run(["logits", "cam"], {"input": batch})
         return np.asarray(logits, np.float32), np.asarray(cam, np.float32)
 
+    @property
+    def needs_quantification(self) -> bool:
+        """Whether the network input or the decision layer reads the quantification."""
+        return self.preprocess.lung_margin_mm > 0 or (
+            self.decision_layer is not None and self.decision_layer.needs_findings
+        )
+
+    def _probabilities(self, logits: np.ndarray, quant: Quantification | None) -> np.ndarray:
+        if self.decision_layer is None:
+            return softmax(logits[None], self.temperature)[0]
+        if quant is None and self.decision_layer.needs_findings:
+            raise ValueError("this model's decision layer needs the quantification, not None")
+        features = decision_features(logits, quant) if quant is not None else dict(zip(LOGITS, logits, strict=True))
+        return self.decision_layer.probabilities(features)
+
     def probabilities(self, volumes: Sequence[Volume], *, batch_size: int = 4) -> np.ndarray:
-        """Calibrated class probabilities ``(n, n_classes)`` only: the network, no saliency or quantification.
+        """Calibrated class probabilities ``(n, n_classes)`` only: no saliency (the quantification runs when
+        the model's input or decision layer needs it).
 
         For evaluations and perturbation tests that need many forward passes.
         """
@@ -274,8 +306,14 @@ class Classifier:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         out = [np.zeros((0, len(self.class_names)), np.float32)]
         for start in range(0, len(volumes), batch_size):
-            batch = np.stack([to_model_input(v, self.preprocess).array for v in volumes[start : start + batch_size]])
-            out.append(softmax(self._run(batch)[0], self.temperature).astype(np.float32))
+            chunk = volumes[start : start + batch_size]
+            quants = [quantify(v) if self.needs_quantification else None for v in chunk]
+            inputs = [
+                network_input(v, self.preprocess, quantification=q)[0] for v, q in zip(chunk, quants, strict=True)
+            ]
+            logits = self._run(np.stack([mi.array for mi in inputs]))[0]
+            probs = [self._probabilities(lg, q) for lg, q in zip(logits, quants, strict=True)]
+            out.append(np.stack(probs).astype(np.float32))
         return np.concatenate(out)
 
     def predict(self, volume: Volume) -> Prediction:
@@ -297,23 +335,37 @@ class Classifier:
         for start in range(0, len(volumes), batch_size):
             chunk = volumes[start : start + batch_size]
             t0 = time.perf_counter()
-            inputs = [to_model_input(v, self.preprocess) for v in chunk]
+            quants = [quantify(v) for v in chunk]
+            tq = time.perf_counter()
+            inputs = [
+                network_input(v, self.preprocess, quantification=q)[0] for v, q in zip(chunk, quants, strict=True)
+            ]
             t1 = time.perf_counter()
             logits, cams = self._run(np.stack([mi.array for mi in inputs]))
             t2 = time.perf_counter()
-            shared = {"preprocess": (t1 - t0) / len(chunk), "inference": (t2 - t1) / len(chunk)}
+            shared = {
+                "quantify": (tq - t0) / len(chunk),
+                "preprocess": (t1 - tq) / len(chunk),
+                "inference": (t2 - t1) / len(chunk),
+            }
             for i, (volume, mi) in enumerate(zip(chunk, inputs, strict=True)):
-                out.append(self._finish(volume, mi, logits[i], cams[i], dict(shared)))
+                out.append(self._finish(volume, mi, quants[i], logits[i], cams[i], dict(shared)))
         return out
 
     def _finish(
-        self, volume: Volume, mi: ModelInput, logits: np.ndarray, cam: np.ndarray, timings: dict[str, float]
+        self,
+        volume: Volume,
+        mi: ModelInput,
+        quant: Quantification,
+        logits: np.ndarray,
+        cam: np.ndarray,
+        timings: dict[str, float],
     ) -> Prediction:
-        t0 = time.perf_counter()
-        quant = quantify(volume)
         t1 = time.perf_counter()
-        probs = softmax(logits[None], self.temperature)[0]
+        probs = self._probabilities(logits, quant)
         label, indeterminate = self.rule.decide(probs)
+        flags = _qc_flags(volume, quant, mi)
+        indeterminate = bool(indeterminate) or any(f in UNRELIABLE_FLAGS for f in flags)
         explained = label if label != "normal" else self.rule.positive_class
         k = self.class_names.index(explained)
         model_shape: tuple[int, int, int] = mi.array.shape[1:]  # type: ignore[assignment]
@@ -322,7 +374,7 @@ class Classifier:
             cam, k, explained, lungs=lungs, index_affine=mi.index_affine, source_shape=volume.shape
         )
         t2 = time.perf_counter()
-        timings.update(quantify=t1 - t0, saliency=t2 - t1)
+        timings.update(saliency=t2 - t1)
         timings["total"] = sum(timings.values())
         return Prediction(
             probabilities={n: float(p) for n, p in zip(self.class_names, probs, strict=True)},
@@ -330,7 +382,7 @@ class Classifier:
             indeterminate=bool(indeterminate),
             saliency=saliency,
             quantification=quant,
-            qc_flags=_qc_flags(volume, quant),
+            qc_flags=flags,
             model_id=self.model_id,
             series_uid=volume.series_uid,
             study_uid=volume.study_uid,
@@ -357,12 +409,22 @@ class Classifier:
         return pred
 
 
-def _qc_flags(volume: Volume, quant: Quantification) -> tuple[str, ...]:
+# The measured lungs must hold at least this share of the aerated lung field the quick air mask finds.
+MIN_AERATED_COVERAGE = 0.6
+# Adult and adolescent lungs at full inspiration hold about 2-8 l; beyond these the mask took in other things.
+MAX_LUNG_VOLUME_ML = 10_000.0
+
+
+def _qc_flags(volume: Volume, quant: Quantification, mi: ModelInput) -> tuple[str, ...]:
     flags: list[str] = []
     if quant.lung_volume_ml < 200.0:
         flags.append(QCFlag.NO_LUNGS)
     elif quant.lung_volume_ml < 1500.0:
         flags.append(QCFlag.SMALL_LUNGS)
+    if mi.lung_volume_ml > 500.0 and quant.lung_volume_ml < MIN_AERATED_COVERAGE * mi.lung_volume_ml:
+        flags.append(QCFlag.LUNG_MASK_INCOMPLETE)
+    if quant.lung_volume_ml > MAX_LUNG_VOLUME_ML:
+        flags.append(QCFlag.LUNG_VOLUME_IMPLAUSIBLE)
     if quant.lung_volume_ml >= 200.0 and _lung_cut_off(quant.lung_mask):
         flags.append(QCFlag.LUNG_CUT_OFF)
     if volume.spacing_mm[0] > 5.0 + 1e-6:

@@ -34,6 +34,9 @@ class TrainConfig:
     prep_workers: int = 2  # processes generating/loading + preprocessing cases
     # preprocessing and model
     grid_shape: tuple[int, int, int] = (80, 64, 96)
+    # > 0: the network sees only the lungs the quantification found and this margin around them (mm); 0: the
+    # whole lung-centred crop (heart, abdomen, arms included)
+    lung_margin_mm: float = 0.0
     channels: tuple[int, ...] = (8, 16, 32, 64, 96)
     strides: tuple[int, ...] = (2, 2, 2, 1, 1)
     norm: str = "batch"
@@ -69,7 +72,7 @@ class TrainConfig:
     output: str | None = None  # also copy the final checkpoint here (e.g. models/medai-ref.pt)
 
     def preprocess_params(self) -> PreprocessParams:
-        return PreprocessParams(grid_shape=self.grid_shape)
+        return PreprocessParams(grid_shape=self.grid_shape, lung_margin_mm=self.lung_margin_mm)
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(

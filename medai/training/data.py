@@ -24,9 +24,10 @@ import torch
 from monai import transforms as mt
 
 from medai.errors import MedaiError
+from medai.inference.network_input import network_input
 from medai.labels import CLASS_NAMES
 from medai.modelcard import file_sha256
-from medai.preprocess import PreprocessParams, to_model_input
+from medai.preprocess import PreprocessParams
 from medai.training.cache import InputCache, path_fingerprint
 from medai.training.manifest import ManifestRow, Split, assign_splits, load_case, read_manifest
 
@@ -77,9 +78,14 @@ def _map(
 
 
 def _synthetic_source_hash() -> str:
-    import medai.phantoms.synthetic
+    """Hash of the phantom world's code: a change to any of its modules makes new phantoms (and cache keys)."""
+    import medai.phantoms
 
-    return hashlib.sha256(Path(medai.phantoms.synthetic.__file__).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    folder = Path(medai.phantoms.__file__).parent
+    for name in ("anatomy", "render", "abdomen", "pathology", "artifacts", "synthetic"):  # the training generator
+        digest.update((folder / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _synthetic_case(job: tuple[Any, dict[str, Any], str | None, str]) -> np.ndarray:
@@ -89,11 +95,20 @@ def _synthetic_case(job: tuple[Any, dict[str, Any], str | None, str]) -> np.ndar
     params = PreprocessParams.from_dict(params_dict)
 
     def compute() -> np.ndarray:
-        return to_model_input(synthetic.generate(spec, fast=True).volume, params).array
+        return network_input(synthetic.generate(spec, fast=True).volume, params)[0].array
 
     if cache_root is None:
         return compute()
-    return InputCache(cache_root).get_or_compute(f"synthetic:{gen_hash}:{spec!r}", params, compute)
+    return InputCache(cache_root).get_or_compute(f"synthetic:{gen_hash}:{spec!r}{_lungs_key(params)}", params, compute)
+
+
+def _lungs_key(params: PreprocessParams) -> str:
+    """A lung-restricted input depends on the quantification head that found the lungs: part of the cache key."""
+    if params.lung_margin_mm <= 0:
+        return ""
+    from medai.quantify.head import shipped_quantnet
+
+    return f":lungs={shipped_quantnet().model_id}"
 
 
 def _cache_root(cache_dir: str | None) -> str | None:
@@ -178,11 +193,12 @@ def _manifest_case(job: tuple[ManifestRow, dict[str, Any], str | None]) -> np.nd
     params = PreprocessParams.from_dict(params_dict)
 
     def compute() -> np.ndarray:
-        return to_model_input(load_case(row), params).array
+        return network_input(load_case(row), params)[0].array
 
     if cache_root is None:
         return compute()
-    return InputCache(cache_root).get_or_compute(f"path:{path_fingerprint(row.path)}", params, compute)
+    key = f"path:{path_fingerprint(row.path)}{_lungs_key(params)}"
+    return InputCache(cache_root).get_or_compute(key, params, compute)
 
 
 def prepare_manifest(

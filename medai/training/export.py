@@ -86,6 +86,7 @@ def _metadata(ckpt: Mapping[str, Any], checkpoint_sha256: str, *, model_name: st
         "class_names": list(ckpt["class_names"]),
         "temperature": float(ckpt.get("temperature", 1.0)),
         "decision_rule": ckpt.get("decision_rule"),
+        "decision_layer": ckpt.get("decision_layer"),
         "preprocess": ckpt["preprocess"],
         "model_spec": ckpt["model_spec"],
         "training_data": description,

@@ -403,6 +403,7 @@ def run_cli(args: Any) -> int:
     )
     if args.grid:
         cfg.grid_shape = tuple(args.grid)
+    cfg.lung_margin_mm = float(getattr(args, "lung_margin_mm", 0.0))
     result = train(cfg)
     if result.checkpoint_path is not None:
         shown = {k: round(v, 4) for k, v in result.metrics.items()}

@@ -1,0 +1,165 @@
+"""The decision layer: class probabilities from the network's logits *and* the measured lung findings.
+
+A network that has only seen one world of images can be confidently wrong in another (a real scan with
+contrast, bowel gas or a different noise texture). The quantification is evidence of another kind: how
+much of the lungs is opaque, where (peripheral, lower, both sides) and how dense. The decision layer is a
+multinomial logistic regression over standardised features of both, fitted on validation cases (never on
+the test worlds) and stored with the model, so a lung without opacities needs very strong image evidence
+to be called sick, and the probabilities stay calibrated.
+
+Feature sets (:data:`FEATURE_SETS`): ``cnn`` (the network's logits only: the classic temperature-scaled
+classifier), ``findings`` (the measured findings only) and ``combined`` (both). Which one ships is an
+evidence-based choice (docs/ood.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from medai.quantify.measure import Quantification, Side, Zone
+
+__all__ = ["FEATURE_SETS", "FINDINGS", "LOGITS", "DecisionLayer", "decision_features"]
+
+LOGITS = ("logit_normal", "logit_covid19", "logit_other_pneumonia")
+FINDINGS = (
+    "log_lesion",  # log(1 + lesion %)
+    "log_ground_glass",
+    "log_consolidation",
+    "consolidation_share",  # consolidation / opacity
+    "log_lesser_side",  # log(1 + lesion % of the less affected lung): bilateral disease
+    "lower_share",  # lower-zone lesion % / mean zone lesion %
+    "peripheral_share",  # opacity within 10 mm of the lung surface / all opacity
+    "log_top_zone",  # log(1 + lesion % of the most affected zone): focal and lobar disease concentrate
+    "zones_involved",  # share of the six zones with at least 1 % opacity
+)
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"cnn": LOGITS, "findings": FINDINGS, "combined": LOGITS + FINDINGS}
+
+# Opacity within this distance of the lung surface counts as peripheral (subpleural).
+PERIPHERAL_MM = 10.0
+
+
+def _peripheral_share(quant: Quantification) -> float:
+    lungs = quant.lung_mask > 0
+    lesion = (quant.lesion_mask > 0) & lungs
+    n = int(np.count_nonzero(lesion))
+    if n == 0:
+        return 0.0
+    depth = ndimage.distance_transform_edt(lungs, sampling=quant.grid.spacing_mm)
+    return float(np.count_nonzero(lesion & (depth <= PERIPHERAL_MM))) / n
+
+
+def decision_features(logits: Sequence[float] | np.ndarray, quant: Quantification) -> dict[str, float]:
+    """Every feature of :data:`LOGITS` and :data:`FINDINGS` for one case.
+
+    Example:
+        >>> import numpy as np
+        >>> from medai.quantify.measure import quantify
+        >>> from medai.volume import Volume
+        >>> hu = np.full((8, 40, 40), -1000, np.int16); hu[:, 4:36, 4:36] = 40
+        >>> hu[:, 10:30, 8:18] = -850; hu[:, 10:30, 22:32] = -850
+        >>> from medai.quantify.params import QuantifyParams
+        >>> q = quantify(Volume(hu, spacing_mm=(2.5, 2.5, 2.5)), params=QuantifyParams(method="classical"))
+        >>> f = decision_features([1.0, -1.0, 0.0], q)
+        >>> f["log_lesion"], f["logit_normal"]
+        (0.0, 1.0)
+    """
+    z = {
+        f"{side.value}_{zone.value}": quant.zone_lesion_percent.get((side, zone), 0.0) for side in Side for zone in Zone
+    }
+    zones = np.array(list(z.values()), dtype=np.float64)
+    lower = np.mean([z[f"{side.value}_{Zone.LOWER.value}"] for side in Side])
+    out = {name: float(v) for name, v in zip(LOGITS, logits, strict=True)}
+    out.update(
+        log_lesion=math.log1p(quant.lesion_percent),
+        log_ground_glass=math.log1p(quant.ggo_percent),
+        log_consolidation=math.log1p(quant.consolidation_percent),
+        consolidation_share=quant.consolidation_percent / (quant.lesion_percent + 0.5),
+        log_lesser_side=math.log1p(min(quant.right_lesion_percent, quant.left_lesion_percent)),
+        lower_share=float(lower / (zones.mean() + 0.5)),
+        peripheral_share=_peripheral_share(quant),
+        log_top_zone=math.log1p(float(zones.max())),
+        zones_involved=float(np.mean(zones >= 1.0)),
+    )
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class DecisionLayer:
+    """Standardised features -> multinomial logistic regression -> class probabilities.
+
+    Attributes:
+        features: the feature names, in the order of ``weights``' columns.
+        mean, scale: standardisation of each feature (fitted on the validation cases).
+        weights: ``(n_classes, n_features)``; bias: ``(n_classes,)``.
+        class_names: the output order.
+        fitted_on: where the coefficients came from (for the model card).
+    """
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+    class_names: tuple[str, ...]
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        k, f = len(self.class_names), len(self.features)
+        for name, value, shape in (
+            ("mean", self.mean, (f,)),
+            ("scale", self.scale, (f,)),
+            ("weights", self.weights, (k, f)),
+            ("bias", self.bias, (k,)),
+        ):
+            if np.shape(value) != shape:
+                raise ValueError(f"{name} must have shape {shape}, not {np.shape(value)}")
+
+    @property
+    def needs_findings(self) -> bool:
+        """Whether the layer reads the quantification (not only the logits)."""
+        return any(f not in LOGITS for f in self.features)
+
+    def probabilities(self, features: Mapping[str, float]) -> np.ndarray:
+        """Class probabilities ``(n_classes,)`` of one case's features."""
+        x = np.array([features[f] for f in self.features], dtype=np.float64)
+        z = self.weights @ ((x - self.mean) / self.scale) + self.bias
+        z -= z.max()
+        p = np.exp(z)
+        return p / p.sum()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": list(self.features),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "weights": self.weights.tolist(),
+            "bias": self.bias.tolist(),
+            "class_names": list(self.class_names),
+            "fitted_on": self.fitted_on,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DecisionLayer:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: missing keys or shapes that do not fit.
+        """
+        try:
+            return cls(
+                features=tuple(data["features"]),
+                mean=np.asarray(data["mean"], np.float64),
+                scale=np.asarray(data["scale"], np.float64),
+                weights=np.asarray(data["weights"], np.float64),
+                bias=np.asarray(data["bias"], np.float64),
+                class_names=tuple(data["class_names"]),
+                fitted_on=str(data.get("fitted_on", "")),
+            )
+        except KeyError as exc:
+            raise ValueError(f"decision layer must have {exc.args[0]!r}") from exc

@@ -1,0 +1,143 @@
+"""The decision layer (logits + measured findings), the lung-restricted input and the QC flags that abstain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from medai.inference.calibration import DecisionRule
+from medai.inference.classifier import Classifier, QCFlag, _qc_flags
+from medai.inference.decision import FEATURE_SETS, FINDINGS, LOGITS, DecisionLayer, decision_features
+from medai.inference.network_input import network_input
+from medai.labels import CLASS_NAMES
+from medai.phantoms import synthetic
+from medai.preprocess import PreprocessParams, to_model_input
+from medai.quantify.measure import quantify
+from medai.training.decision_fit import fit_decision_layer
+from medai.training.export import export_onnx
+from medai.training.network import CHECKPOINT_FORMAT, ModelSpec, build_model
+
+SMALL = synthetic.Acquisition(matrix=96, pixel_spacing_mm=4.0, slice_thickness_mm=5.0, noise_hu=10.0)
+
+
+@pytest.fixture(scope="module")
+def phantoms() -> dict[str, synthetic.Phantom]:
+    return {
+        "normal": synthetic.generate(synthetic.PhantomSpec("normal", 0.0, 21, SMALL), fast=True),
+        "covid19": synthetic.generate(synthetic.PhantomSpec("covid19", 0.3, 22, SMALL), fast=True),
+    }
+
+
+def test_features_read_the_findings(phantoms: dict[str, synthetic.Phantom]) -> None:
+    normal = decision_features([0.0, 0.0, 0.0], quantify(phantoms["normal"].volume))
+    sick = decision_features([0.0, 0.0, 0.0], quantify(phantoms["covid19"].volume))
+    assert set(normal) == set(LOGITS) | set(FINDINGS)
+    assert sick["log_lesion"] > normal["log_lesion"] + 1.0
+    assert sick["zones_involved"] > normal["zones_involved"]
+    assert 0.0 <= sick["peripheral_share"] <= 1.0 and sick["peripheral_share"] > 0.3  # COVID-19 is subpleural
+
+
+def test_layer_round_trip_and_shape_checks() -> None:
+    rows = [{n: float(i + k) for k, n in enumerate(FEATURE_SETS["combined"])} for i in range(12)]
+    labels = [CLASS_NAMES[i % 3] for i in range(12)]
+    layer = fit_decision_layer(rows, labels, feature_set="combined", fitted_on="test")
+    again = DecisionLayer.from_dict(layer.to_dict())
+    np.testing.assert_allclose(again.probabilities(rows[3]), layer.probabilities(rows[3]))
+    assert layer.probabilities(rows[0]).sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        DecisionLayer(LOGITS, np.zeros(3), np.ones(3), np.zeros((2, 3)), np.zeros(3), CLASS_NAMES)
+    with pytest.raises(ValueError, match="feature_set must be one of"):
+        fit_decision_layer(rows, labels, feature_set="magic")
+
+
+def test_a_findings_layer_calls_clear_lungs_normal_whatever_the_network_says() -> None:
+    rng = np.random.default_rng(0)
+    rows, labels = [], []
+    for i in range(90):
+        label = CLASS_NAMES[i % 3]
+        lesion = 0.0 if label == "normal" else rng.uniform(2, 40)
+        row = dict.fromkeys(FEATURE_SETS["combined"], 0.0)
+        row.update(log_lesion=np.log1p(lesion), peripheral_share=0.8 if label == "covid19" else 0.3)
+        row.update(zones_involved=0.0 if label == "normal" else (0.8 if label == "covid19" else 0.2))
+        row.update(logit_covid19=rng.normal())  # an uninformative network
+        rows.append(row)
+        labels.append(label)
+    layer = fit_decision_layer(rows, labels, feature_set="findings")
+    clear = dict.fromkeys(FEATURE_SETS["combined"], 0.0) | {"logit_covid19": 9.0}
+    assert CLASS_NAMES[int(np.argmax(layer.probabilities(clear)))] == "normal"
+
+
+def test_lung_restricted_input_blanks_what_is_far_from_the_lungs(phantoms: dict[str, synthetic.Phantom]) -> None:
+    volume = phantoms["covid19"].volume
+    quant = quantify(volume)
+    params = PreprocessParams(grid_shape=(32, 32, 48), lung_margin_mm=8.0, outside_lungs_hu=0.0)
+    restricted = to_model_input(volume, params, lung_mask=quant.lung_mask, lung_mask_factors=quant.grid.factors)
+    whole = to_model_input(volume, PreprocessParams(grid_shape=(32, 32, 48)))
+    blank = (0.0 - params.window_hu[0]) / (params.window_hu[1] - params.window_hu[0])
+    share_blank = float(np.isclose(restricted.array, blank).mean())
+    assert 0.2 < share_blank < 0.9  # lungs and their rim stay, the rest is one value
+    assert float(np.isclose(whole.array, blank).mean()) < 0.05
+    with pytest.raises(ValueError, match="lung_mask must be given"):
+        to_model_input(volume, params)
+    mi, q = network_input(volume, params)
+    assert q is not None and np.array_equal(mi.array, restricted.array)  # the same lungs, the same input
+
+
+def _checkpoint(path: Path, *, layer: DecisionLayer | None, margin: float) -> Path:
+    spec = ModelSpec(input_shape=(32, 32, 32), channels=(4, 8, 8), strides=(2, 2, 1), dropout=0.0, pooling="mean")
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    names = list(CLASS_NAMES)
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "model_spec": spec.to_dict(),
+        "model_state": model.state_dict(),
+        "preprocess": PreprocessParams(grid_shape=(32, 32, 32), lung_margin_mm=margin).to_dict(),
+        "class_names": names,
+        "temperature": 1.0,
+        "decision_rule": DecisionRule(class_names=tuple(names), positive_class="covid19").to_dict(),
+        "decision_layer": layer.to_dict() if layer is not None else None,
+        "data": {"kind": "test"},
+        "epoch": 0,
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+def test_served_model_uses_its_decision_layer_and_lung_restricted_input(
+    tmp_path: Path, phantoms: dict[str, synthetic.Phantom]
+) -> None:
+    features = dict.fromkeys(FINDINGS, 0.0)
+    layer = DecisionLayer(
+        FINDINGS, np.zeros(len(FINDINGS)), np.ones(len(FINDINGS)),
+        np.vstack([-np.eye(len(FINDINGS))[0], np.eye(len(FINDINGS))[0], np.zeros(len(FINDINGS))]) * 4,
+        np.zeros(3), CLASS_NAMES,
+    )  # fmt: skip
+    assert layer.needs_findings and CLASS_NAMES[int(np.argmax(layer.probabilities(features)))] != "covid19"
+    ckpt = _checkpoint(tmp_path / "m.pt", layer=layer, margin=8.0)
+    onnx = export_onnx(ckpt, tmp_path / "m.onnx", n_random=1, n_phantoms=0).path
+    clf = Classifier.load(onnx)
+    assert clf.needs_quantification and clf.decision_layer is not None
+    sick, clear = clf.predict(phantoms["covid19"].volume), clf.predict(phantoms["normal"].volume)
+    assert sick.probabilities["covid19"] > clear.probabilities["covid19"]  # the findings decide, not the network
+    assert sum(sick.probabilities.values()) == pytest.approx(1.0)
+    assert "quantify" in sick.timings
+    np.testing.assert_allclose(clf.probabilities([phantoms["covid19"].volume])[0], list(sick.probabilities.values()))
+
+
+def test_unreliable_lungs_are_flagged() -> None:
+    volume = SimpleNamespace(spacing_mm=(2.0, 1.0, 1.0))
+    lungs = np.zeros((10, 8, 8), np.uint8)
+    lungs[3:7, 2:6, 2:6] = 1
+
+    def flags(measured_ml: float, aerated_ml: float) -> tuple[str, ...]:
+        quant = SimpleNamespace(lung_volume_ml=measured_ml, lung_mask=lungs)
+        return _qc_flags(volume, quant, SimpleNamespace(lung_volume_ml=aerated_ml))  # type: ignore[arg-type]
+
+    assert QCFlag.LUNG_MASK_INCOMPLETE in flags(900.0, 4000.0)  # the mask missed most of the aerated lung
+    assert QCFlag.LUNG_MASK_INCOMPLETE not in flags(3900.0, 4000.0)
+    assert QCFlag.LUNG_VOLUME_IMPLAUSIBLE in flags(14_000.0, 4000.0)
