@@ -87,17 +87,29 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a checkpoint on labelled cases: AUC with CIs, operating points, calibration, subgroups",
         description=(
-            "Score the cases of a manifest split (or synthetic held-out phantoms) with a checkpoint and write "
+            "Score the cases of a manifest split, synthetic held-out phantoms or a test world with a model and write "
             "report.html (self-contained), metrics.json and predictions.csv. Cases that fail become error rows. "
             "Research use only; not a medical device."
         ),
     )
-    p.add_argument("--model", required=True, help="checkpoint (.pt) written by medai train")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint (.pt) written by medai train, or with --world an exported model (.onnx) served as a "
+        "hospital runs it (quantification and decision layer included)",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="manifest CSV (path,label[,patient_id,split,site,scanner,...])")
     source.add_argument(
         "--synthetic-heldout", type=int, metavar="N", help="evaluate on N synthetic held-out phantoms instead"
     )
+    source.add_argument(
+        "--world",
+        choices=("train", "heldout", "independent-val", "independent-test", "real"),
+        help="a test world with ground truth (docs/ood.md): in-distribution, leave-extremes-out, the independent "
+        "phantom family, or the real patient; adds lesion %%, lung-volume and severity metrics",
+    )
+    p.add_argument("--n", type=int, default=60, help="cases of a synthetic --world (default: 60)")
     p.add_argument("--out", required=True, help="report folder (created)")
     p.add_argument(
         "--split", choices=("train", "val", "test", "all"), default="test", help="manifest split (default: test)"

@@ -23,7 +23,15 @@ import numpy as np
 from medai.errors import MedaiError
 from medai.evaluation.evaluate import CaseError
 
-__all__ = ["CasePredictions", "CaseSource", "manifest_cases", "predict_cases", "run_cli", "synthetic_cases"]
+__all__ = [
+    "CasePredictions",
+    "CaseSource",
+    "manifest_cases",
+    "predict_cases",
+    "run_cli",
+    "run_world",
+    "synthetic_cases",
+]
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +356,8 @@ def run_cli(args: argparse.Namespace) -> int:
     from medai.training.network import load_checkpoint, predict_logits
 
     _check_arguments(args)
+    if getattr(args, "world", None):
+        return run_world(args)
     model_path = Path(args.model)
     model, ckpt = load_checkpoint(model_path, device=args.device)
     class_names = tuple(str(c) for c in ckpt.get("class_names", ()))
@@ -434,5 +444,84 @@ def run_cli(args: argparse.Namespace) -> int:
     )
     model_facts = _model_facts(model_path, ckpt, temperature, rule, notes)
     paths = write_report(result, args.out, model=model_facts, data=data)
+    _print_summary(result, paths)
+    return 0
+
+
+def run_world(args: argparse.Namespace) -> int:
+    """``medai evaluate --world W``: the served model (``.onnx``) on a test world, with the quantification targets.
+
+    Writes the usual report (classification, from the served probabilities) and adds the lesion %, lung
+    volume, CT-0 and severity metrics of :func:`medai.evaluation.served.summarize` to ``metrics.json``.
+
+    Raises:
+        MedaiError: the model is not an exported ``.onnx``, or fewer than two cases scored.
+    """
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from medai.evaluation.evaluate import evaluate_predictions
+    from medai.evaluation.report import write_report
+    from medai.evaluation.served import score_cases, summarize
+    from medai.evaluation.subgroups import subgroups_from_attributes
+    from medai.evaluation.worlds import world_cases
+    from medai.inference.classifier import Classifier
+    from medai.labels import CLASS_NAMES
+    from medai.modelcard import file_sha256
+
+    model_path = Path(args.model)
+    if model_path.suffix != ".onnx":
+        raise MedaiError(f"--world scores the served model: --model must be an exported .onnx, not {model_path.name!r}")
+    clf = Classifier.load(model_path)
+    n = None if args.world == "real" else args.n
+    if n is not None and n < 2:
+        raise MedaiError(f"--n must be at least 2, not {n}")
+    with Progress(
+        TextColumn(f"scoring {args.world}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as progress:
+        task = progress.add_task("", total=n or 11)
+        rows = score_cases(
+            clf, world_cases(args.world, n, seed=args.seed), progress=lambda _: progress.update(task, advance=1)
+        )
+    ok = [r for r in rows if not r.error]
+    if len(ok) < 2:
+        raise MedaiError(f"evaluation needs at least 2 scored cases, not {len(ok)}")
+    probs = np.array([[r.probabilities[c] for c in CLASS_NAMES] for r in ok])
+    result = evaluate_predictions(
+        np.array([CLASS_NAMES.index(r.label) for r in ok]),
+        np.log(np.clip(probs, 1e-12, 1.0)),  # the served probabilities, as logits of temperature 1
+        temperature=1.0,
+        class_names=CLASS_NAMES,
+        subgroups=subgroups_from_attributes([r.factors for r in ok]),
+        prevalence=args.prevalence,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        decision_rule=clf.rule,
+        min_subgroup_size=args.min_subgroup,
+        case_ids=[r.case_id for r in ok],
+        errors=[CaseError(r.case_id, r.error, r.label) for r in rows if r.error],
+    )
+    targets = summarize(rows, n_bootstrap=args.bootstrap, seed=args.seed)
+    model_facts = {
+        "model_id": clf.scoring_id,
+        "model": str(model_path),
+        "sha256": file_sha256(model_path),
+        "decision layer": ", ".join(clf.decision_layer.features)
+        if clf.decision_layer
+        else "none (temperature-scaled logits)",
+        "temperature": "1 (the served probabilities)",
+    }
+    data = {
+        "source": f"test world {args.world!r} (medai.evaluation.worlds), seed set {args.seed}",
+        "cases scored": str(len(ok)),
+        "cases failed": str(len(rows) - len(ok)),
+        **{f"served: {k}": json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in targets.items()},
+    }
+    paths = write_report(result, args.out, model=model_facts, data=data)
+    payload = json.loads(paths["json"].read_text())
+    payload["served_targets"] = targets
+    payload["served_cases"] = [r.to_dict() for r in rows]
+    paths["json"].write_text(json.dumps(payload, indent=2, default=str))
     _print_summary(result, paths)
     return 0

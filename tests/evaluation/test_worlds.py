@@ -1,0 +1,88 @@
+"""Test worlds and the served evaluation: balanced, deterministic, honest about the real patient."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medai.cli import main as cli_main
+from medai.evaluation.real_ct import DEFAULT_FOLDER, real_cases
+from medai.evaluation.served import ScoredCase, score_cases, summarize
+from medai.evaluation.worlds import world_cases
+from medai.inference.classifier import Classifier
+
+needs_real_ct = pytest.mark.skipif(
+    not (DEFAULT_FOLDER / "mask.nii.gz").is_file(),
+    reason="the real CT is fetched by `make real-ct` (make test runs it)",
+)
+
+
+def test_synthetic_worlds_are_balanced_deterministic_and_disjoint() -> None:
+    a = list(world_cases("train", 3, matrix=64))
+    b = list(world_cases("train", 3, matrix=64))
+    held = list(world_cases("heldout", 3, matrix=64))
+    assert [c.label for c in a] == ["normal", "covid19", "other_pneumonia"]
+    assert [c.case_id for c in a] == [c.case_id for c in b]
+    np.testing.assert_array_equal(a[1].volume.hu, b[1].volume.hu)
+    assert all(c.factors["slice_thickness_mm"] <= 5.0 for c in a)
+    assert all(c.factors["slice_thickness_mm"] >= 5.0 for c in held)
+    assert a[0].lesion_percent == 0.0 and a[1].lesion_percent > 0
+    with pytest.raises(ValueError, match="world must be one of"):
+        world_cases("mars", 3)
+
+
+def test_summary_counts_failures_and_measures_the_targets() -> None:
+    p_ok = {"normal": 0.8, "covid19": 0.1, "other_pneumonia": 0.1}
+    rows = [
+        ScoredCase("n1", "w", "normal", "none", 0.0, 4000.0, p_ok, "normal", False, 0.5, 3000.0, "CT-0"),
+        ScoredCase("c1", "w", "covid19", "covid", 30.0, 4000.0, {**p_ok, "normal": 0.1, "covid19": 0.8}, "covid19",
+                   False, 24.0, 4100.0, "CT-1"),
+        ScoredCase("x", "w", "covid19", "covid", 30.0, 4000.0, error="InvalidSeriesError: not axial"),
+    ]  # fmt: skip
+    s = summarize(rows, n_bootstrap=0)
+    assert s["n_cases"] == 3 and s["n_failed"] == 1
+    assert s["lesion_mae_points"] == pytest.approx(3.25)
+    assert s["lung_volume_error_max_percent"] == pytest.approx(25.0)
+    assert s["normals_ct0"] == 1.0 and s["severity_agreement"] == pytest.approx(0.5)
+
+
+@needs_real_ct
+def test_real_patient_world_has_exact_ground_truth() -> None:
+    cases = {c.name: c for c in real_cases()}
+    assert {c.label for c in cases.values()} == {"normal", "covid19", "other_pneumonia"}
+    assert cases["as-is"].lesion_percent == 0.0
+    assert 3000 < cases["as-is"].lung_volume_ml < 5000
+    moderate = cases["covid-moderate"]
+    assert 14.0 < moderate.lesion_percent < 16.0
+    changed = moderate.volume.hu != cases["as-is"].volume.hu
+    assert changed.any() and not (changed & (moderate.lung_mask == 0)).any()  # lesions only inside the lungs
+    assert cases["thick-5mm"].volume.spacing_mm[0] == pytest.approx(5.0)
+    assert abs(cases["thick-5mm"].lung_volume_ml - cases["as-is"].lung_volume_ml) < 0.05 * cases["as-is"].lung_volume_ml
+    lobar = cases["lobar-right_lower"]
+    assert (lobar.lesion_mask == 2).sum() > (lobar.lesion_mask == 1).sum()  # mostly consolidation
+
+
+def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    model = Path(__file__).resolve().parents[2] / "models" / "medai-ref.onnx"
+    code = cli_main(["evaluate", "--model", str(model), "--world", "train", "--n", "3", "--bootstrap", "0",
+                     "--out", str(out)])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["served_targets"]["n_cases"] == 3
+    assert {"lesion_mae_points", "normals_ct0", "lung_volume_error_max_percent"} <= set(metrics["served_targets"])
+    assert len(metrics["served_cases"]) == 3
+    assert "Research use only" in (out / "report.html").read_text()
+    assert cli_main(["evaluate", "--model", str(model.with_suffix(".pt")), "--world", "real", "--out",
+                     str(out)]) == 1  # fmt: skip
+
+
+def test_score_cases_turns_a_failure_into_a_row(shipped_classifier: Classifier) -> None:
+    case = next(world_cases("train", 1, matrix=64))
+    blank = case.volume.with_array(np.zeros_like(case.volume.hu))  # not Hounsfield units: refused by QC
+    broken = type(case)(case.case_id, case.world, case.label, blank, 0.0, 0.0, "none")
+    rows = score_cases(shipped_classifier, [broken])
+    assert "not_hounsfield" in rows[0].error and rows[0].predicted == ""
