@@ -75,6 +75,18 @@ def paint_abdomen(
         kidney = ellipsoid_sdf(x - side * 0.42 * A, y - 0.62 * B, z - kz, 28 * s, 24 * s, 55 * s)
         paint(coverage(kidney, h) * inside, enhance.kidney_hu, Tissue.SOFT_TISSUE, box)
 
+    # muscles beside the spine under the diaphragm: the crura and psoas (widening downwards) and the quadratus
+    # lumborum behind the kidneys. Dense tissue where the posterior lung recesses end: not lung, not opacity.
+    top = max(dome_r, dome_l) - 10 * s
+    depth_below = np.clip((top - z) / (150 * s), 0, 1)
+    for side in (-1, 1):
+        psoas = np.hypot(x - side * (a.spine_radius + 14 * s), y - (a.spine_y - 0.1 * a.spine_radius))
+        psoas = psoas - (7 + 16 * depth_below) * s
+        paint(coverage(np.maximum(psoas, z - top), h) * inside, a.muscle_hu, Tissue.SOFT_TISSUE, box)
+        quadratus = np.hypot((x - side * (a.spine_radius + 48 * s)) / 1.6, y - (a.spine_y + 0.3 * a.spine_radius))
+        quadratus = quadratus - 12 * s * np.clip(depth_below * 2, 0.3, 1)
+        paint(coverage(np.maximum(quadratus, z - top), h) * inside, a.muscle_hu, Tissue.SOFT_TISSUE, box)
+
     lo, hi = np.array([-A, -B, dome_l - 400 * s]), np.array([A, B, max(dome_r, dome_l)])
     mottle = SmoothField(rng, lo, hi, 4.0 * s).on_grid(grid.z[box[0]], grid.y[box[1]], grid.x[box[2]])
 
