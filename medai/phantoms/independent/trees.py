@@ -1,0 +1,563 @@
+"""Airway and vessel trees: space colonisation with random-walk jitter, Murray radii, random-walk twigs.
+
+The visible tree of each lobe is grown by *space colonisation*: attraction
+points are scattered through the lobe; every point pulls on its nearest tree
+node within an influence radius, each pulled node grows one step toward the
+mean direction of its points (plus a random-walk jitter that curves the
+branches), and points are consumed when a node comes close. Branching
+emerges where one node's points lie in different directions. Radii come
+afterwards from the leaves up by Murray's law (``r**3`` of a parent is the
+sum over its children), scaled so the lobar stem has its anatomical size,
+so vessels taper from the hilum to the periphery.
+
+Beyond the leaves, sub-millimetre *twigs* grow as curved random walks that
+split by Murray's law with minimum-work angles; their split plane is chosen
+greedily among random rotations (deepest in the lobe, emptiest in an
+occupancy grid). They carry the fine texture of normal lung.
+
+Airways grow first from the main bronchi; pulmonary arteries start as a copy
+of the airway tree shifted beside it (the bronchovascular bundle) and keep
+colonising beyond the smallest airways; pulmonary veins colonise the same
+lobes from the left atrium's veins with their own attraction points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+__all__ = ["LungMap", "Segments", "grow_lungs"]
+
+
+@dataclass
+class LungMap:
+    """What growth needs to know about the lungs, on a coarse regular grid (z, y, x).
+
+    Attributes:
+        origin: ``(x, y, z)`` mm of voxel ``[0, 0, 0]``.
+        spacing: ``(x, y, z)`` voxel size in mm.
+        lobe: lobe index per voxel (0 outside the lungs, 1..5 RUL RML RLL LUL LLL).
+        depth: distance (mm) to the nearest pleura or fissure, 0 outside.
+        gradient: unit vectors ``(3, z, y, x)`` (x, y, z components) pointing deeper into the lobe.
+        nearest: per voxel, the index arrays of its nearest lung voxel (None when there are no lungs).
+        pleura: distance (mm) to the lungs' outer surface, ignoring fissures (None: use ``depth``).
+    """
+
+    origin: np.ndarray
+    spacing: np.ndarray
+    lobe: np.ndarray
+    depth: np.ndarray
+    gradient: np.ndarray
+    nearest: tuple[np.ndarray, ...] | None = None
+    pleura: np.ndarray | None = None
+    _voxels: dict[tuple[int, float], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def extend(self, field: np.ndarray) -> np.ndarray:
+        """``field`` with every voxel outside the lungs set to the value of its nearest lung voxel.
+
+        Interpolating the result near the pleura then reads lung values only.
+        """
+        if self.nearest is None:
+            return field.astype(np.float32)
+        return field[self.nearest].astype(np.float32)
+
+    def index(self, points: np.ndarray) -> np.ndarray:
+        """Flat voxel index of each point ``(..., 3)`` (clipped to the grid)."""
+        ijk = np.rint((points - self.origin) / self.spacing).astype(np.intp)
+        nz, ny, nx = self.lobe.shape
+        i = np.clip(ijk[..., 0], 0, nx - 1)
+        j = np.clip(ijk[..., 1], 0, ny - 1)
+        k = np.clip(ijk[..., 2], 0, nz - 1)
+        inside = (ijk[..., 0] == i) & (ijk[..., 1] == j) & (ijk[..., 2] == k)
+        flat = (k * ny + j) * nx + i
+        return np.where(inside, flat, -1)
+
+    def lobe_at(self, points: np.ndarray) -> np.ndarray:
+        idx = self.index(points)
+        return np.where(idx >= 0, self.lobe.ravel()[np.maximum(idx, 0)], 0)
+
+    def depth_at(self, points: np.ndarray) -> np.ndarray:
+        idx = self.index(points)
+        return np.where(idx >= 0, self.depth.ravel()[np.maximum(idx, 0)], 0.0)
+
+    def voxels(self, lobe: int, min_depth: float) -> np.ndarray:
+        """Centres ``(n, 3)`` of the voxels of ``lobe`` at least ``min_depth`` mm from its boundary."""
+        key = (lobe, min_depth)
+        if key not in self._voxels:
+            k, j, i = np.nonzero((self.lobe == lobe) & (self.depth > min_depth))
+            self._voxels[key] = self.origin + np.stack([i, j, k], axis=1) * self.spacing
+        return self._voxels[key]
+
+    def inward(self, points: np.ndarray) -> np.ndarray:
+        idx = np.maximum(self.index(points), 0)
+        return np.stack([self.gradient[c].ravel()[idx] for c in range(3)], axis=-1)
+
+
+@dataclass
+class Segments:
+    """Straight pieces of one tree: start and end points ``(n, 3)`` and radii ``(n,)`` (mm)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    ra: np.ndarray
+    rb: np.ndarray
+
+    @staticmethod
+    def empty() -> Segments:
+        z3 = np.zeros((0, 3))
+        return Segments(z3, z3.copy(), np.zeros(0), np.zeros(0))
+
+    @staticmethod
+    def concat(parts: list[Segments]) -> Segments:
+        if not parts:
+            return Segments.empty()
+        return Segments(*(np.concatenate([getattr(s, f) for s in parts]) for f in ("a", "b", "ra", "rb")))
+
+    def __len__(self) -> int:
+        return len(self.ra)
+
+
+@dataclass
+class _Front:
+    p: np.ndarray  # (n, 3)
+    d: np.ndarray  # (n, 3) unit
+    r: np.ndarray  # (n,)
+    lobe: np.ndarray  # (n,)
+    normal: np.ndarray  # (n, 3) unit, perpendicular to d: the last branching plane's normal
+    hilum: np.ndarray  # (n, 3) where the tree enters the lung: branches drift away from it
+
+    def take(self, keep: np.ndarray) -> _Front:
+        return _Front(self.p[keep], self.d[keep], self.r[keep], self.lobe[keep], self.normal[keep], self.hilum[keep])
+
+    @staticmethod
+    def concat(parts: list[_Front]) -> _Front:
+        fields = ("p", "d", "r", "lobe", "normal", "hilum")
+        return _Front(*(np.concatenate([getattr(f, k) for f in parts]) for k in fields))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
+
+
+def _perpendicular(d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=d.shape)
+    return _unit(v - np.sum(v * d, axis=-1, keepdims=True) * d)
+
+
+def _rotate(v: np.ndarray, axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Rodrigues rotation of vectors ``v`` about unit ``axis`` by ``angle`` (broadcast)."""
+    c, s = np.cos(angle)[..., None], np.sin(angle)[..., None]
+    return v * c + np.cross(axis, v) * s + axis * np.sum(axis * v, axis=-1, keepdims=True) * (1 - c)
+
+
+class _Grower:
+    def __init__(self, lungs: LungMap, rng: np.random.Generator, occupancy: np.ndarray) -> None:
+        self.lungs, self.rng, self.occ = lungs, rng, occupancy
+        self.cell_mm3 = float(np.prod(lungs.spacing))
+
+    def walk(self, front: _Front, length: np.ndarray, steps: int, wobble: float) -> tuple[Segments, _Front, np.ndarray]:
+        """Walk every branch ``steps`` steps.
+
+        A step that would leave the lobe is bent inward once; if it still leaves, a thick branch stops
+        where it is (its children carry on) and a thin one dies.
+
+        Returns:
+            The drawn pieces, the new front and which branches survived.
+        """
+        lungs, rng = self.lungs, self.rng
+        p, d = front.p.copy(), front.d.copy()
+        alive = np.ones(len(p), dtype=bool)
+        moving = np.ones(len(p), dtype=bool)
+        step = (length / steps)[:, None]
+        pieces = []
+        r_end = front.r * 0.95
+        prev_cap = np.full(len(p), np.inf)
+        for k in range(steps):
+            ahead = p + d * step * 1.5
+            depth = lungs.depth_at(ahead)
+            near = np.clip(1.0 - depth / (2.0 * front.r + 5.0), 0.0, 1.0) * np.clip(front.r - 0.6, 0.0, 1.0)
+            away = _unit(p - front.hilum)
+            bend = lungs.inward(ahead) * (0.6 * near)[:, None]
+            d = _unit(d + rng.normal(0.0, wobble, d.shape) + bend + away * 0.04)
+            q = p + d * step
+            out = lungs.lobe_at(q) != front.lobe
+            if out.any():
+                d2 = _unit(d + 2.0 * lungs.inward(p))
+                q2 = p + d2 * step
+                fixed = out & (lungs.lobe_at(q2) == front.lobe)
+                q = np.where(fixed[:, None], q2, q)
+                d = np.where(fixed[:, None], d2, d)
+                stuck = out & ~fixed
+                moving &= ~stuck
+                alive &= ~(stuck & (front.r < 1.5))
+            ra = front.r + (r_end - front.r) * (k / steps)
+            rb = front.r + (r_end - front.r) * ((k + 1) / steps)
+            far = np.linalg.norm(q - front.hilum, axis=1) > 35.0
+            cap = np.where(far, 0.3 + 0.12 * lungs.depth_at(q), np.inf)  # vessels thin out toward the pleura
+            if k:
+                ra = np.minimum(ra, prev_cap)
+            rb = np.minimum(rb, cap)
+            prev_cap = cap
+            keep = moving & alive
+            pieces.append(Segments(p[keep], q[keep], ra[keep], rb[keep]))
+            np.add.at(self.occ.ravel(), np.maximum(lungs.index(q[keep]), 0), (np.pi * rb[keep] ** 2) * step[keep, 0])
+            p = np.where(keep[:, None], q, p)
+        new = _Front(p, d, np.minimum(r_end, prev_cap), front.lobe, front.normal, front.hilum)
+        return Segments.concat(pieces), new, alive
+
+    def split(self, front: _Front, candidates: int = 6) -> _Front:
+        """Two children per branch: Murray radii and angles, split plane chosen among random rotations."""
+        rng, lungs = self.rng, self.lungs
+        n = len(front.r)
+        alpha = rng.uniform(0.3, 1.0, n)
+        r1 = front.r / (1.0 + alpha**3) ** (1.0 / 3.0)
+        r2 = alpha * r1
+        x1, x2 = (r1 / front.r) ** 2, (r2 / front.r) ** 2
+        th1 = np.arccos(np.clip((1 + x1**2 - x2**2) / (2 * x1), -1, 1)) + rng.normal(0, 0.08, n)
+        th2 = np.arccos(np.clip((1 + x2**2 - x1**2) / (2 * x2), -1, 1)) + rng.normal(0, 0.1, n)
+        th1, th2 = np.clip(th1, 0.1, 0.9), np.clip(th2, 0.3, 1.25)
+        # candidate split planes: the parent's plane turned by ~90 degrees, then random turns
+        psi = math.pi / 2 + rng.uniform(-math.pi / 2, math.pi / 2, (n, candidates))
+        normal = _rotate(np.repeat(front.normal[:, None], candidates, 1), front.d[:, None], psi)
+        d = np.repeat(front.d[:, None], candidates, 1)
+        c1 = _rotate(d, normal, np.repeat(th1[:, None], candidates, 1))
+        c2 = _rotate(d, normal, -np.repeat(th2[:, None], candidates, 1))
+        score = np.zeros((n, candidates))
+        occ = self.occ.ravel()
+        for c, r in ((c1, r1), (c2, r2)):
+            for reach in (5.0, 10.0, 16.0):
+                q = front.p[:, None] + c * (r * reach + 2.0)[:, None, None]
+                depth = lungs.depth_at(q)
+                same = lungs.lobe_at(q) == front.lobe[:, None]
+                crowd = occ[np.maximum(lungs.index(q), 0)] / self.cell_mm3
+                score += np.minimum(depth, 15.0) * same - 15.0 * ~same - 60.0 * crowd
+        score += rng.normal(0.0, 0.5, score.shape)
+        best = np.argmax(score, axis=1)
+        rows = np.arange(n)
+        nrm = normal[rows, best]
+        return _Front(
+            p=np.concatenate([front.p, front.p]),
+            d=np.concatenate([c1[rows, best], c2[rows, best]]),
+            r=np.concatenate([r1, r2]),
+            lobe=np.concatenate([front.lobe, front.lobe]),
+            normal=np.concatenate([nrm, nrm]),
+            hilum=np.concatenate([front.hilum, front.hilum]),
+        )
+
+    def grow(
+        self,
+        front: _Front,
+        *,
+        r_min: float,
+        length_ratio: tuple[float, float],
+        wobble: float,
+        max_generations: int = 30,
+    ) -> tuple[Segments, _Front]:
+        """Grow until every branch is thinner than ``r_min``; returns the pieces and the ends of the thinnest."""
+        out: list[Segments] = []
+        ends: list[_Front] = []
+        for _ in range(max_generations):
+            if not len(front.r):
+                break
+            length = front.r * self.rng.uniform(*length_ratio, len(front.r))
+            length = np.clip(length, 1.5, 40.0)
+            pieces, front, alive = self.walk(front, length, 4, wobble)
+            out.append(pieces)
+            front = front.take(alive)
+            thin = front.r < r_min * 1.26
+            ends.append(front.take(thin))
+            front = front.take(~thin)
+            if len(front.r):
+                front = self.split(front)
+        return Segments.concat(out), _Front.concat(ends) if ends else front
+
+
+def _entries(lungs: LungMap, root: np.ndarray, lobes: tuple[int, ...]) -> list[tuple[int, np.ndarray, float]]:
+    """Lobes fed from ``root``: (lobe, entry point inside the lobe near the root, share of their volume)."""
+    out = []
+    vols = []
+    for lobe in lobes:
+        xyz = lungs.voxels(lobe, 4.0)
+        if not len(xyz):
+            continue
+        dist = np.linalg.norm(xyz - root, axis=1)
+        entry = xyz[np.argsort(dist)[: max(1, len(dist) // 50)]].mean(axis=0)
+        out.append((lobe, entry + 0.1 * (xyz.mean(axis=0) - entry)))
+        vols.append(len(xyz))
+    total = float(sum(vols)) or 1.0
+    return [(lobe, e, v / total) for (lobe, e), v in zip(out, vols, strict=True)]
+
+
+@dataclass
+class _Tree:
+    """Nodes of a colonised tree: positions, parent index (-1 for roots, parents before children), lobe."""
+
+    nodes: np.ndarray
+    parent: np.ndarray
+    lobe: np.ndarray
+
+    def leaves(self) -> np.ndarray:
+        """Number of leaves below each node (a leaf counts itself)."""
+        n = len(self.parent)
+        count = np.zeros(n)
+        has_child = np.zeros(n, dtype=bool)
+        has_child[self.parent[self.parent >= 0]] = True
+        count[~has_child] = 1.0
+        for i in range(n - 1, -1, -1):  # children come after their parents
+            if self.parent[i] >= 0:
+                count[self.parent[i]] += count[i]
+        return count
+
+    def radii(self, root_radius: dict[int, float]) -> np.ndarray:
+        """Radii from the leaves up: ``r ~ leaves**(1/2.7)`` (Murray-like), scaled per lobe by its stem's radius."""
+        leaves = self.leaves()
+        r = np.zeros(len(leaves))
+        roots = np.flatnonzero(self.parent < 0)
+        for lobe, radius in root_radius.items():
+            mine = self.lobe == lobe
+            top = roots[self.lobe[roots] == lobe]
+            total = float(leaves[top].sum()) if len(top) else 1.0
+            r[mine] = radius * (leaves[mine] / max(total, 1.0)) ** (1.0 / 2.7)
+        return r
+
+    def segments(self, radii: np.ndarray) -> Segments:
+        child = np.flatnonzero(self.parent >= 0)
+        par = self.parent[child]
+        return Segments(self.nodes[par], self.nodes[child], radii[child], radii[child])
+
+
+def _colonise(
+    lungs: LungMap,
+    seeds: _Tree,
+    counts: dict[int, int],
+    rng: np.random.Generator,
+    *,
+    step: float = 3.0,
+    influence: float = 60.0,
+    kill: float = 5.0,
+    jitter: float = 0.25,
+    max_iterations: int = 90,
+) -> _Tree:
+    """Grow ``seeds`` by space colonisation toward ``counts[lobe]`` attraction points per lobe."""
+    pts, lobes = [], []
+    for lobe, count in counts.items():
+        inside = lungs.voxels(lobe, 3.0)
+        if not len(inside) or count <= 0:
+            continue
+        xyz = inside[rng.integers(0, len(inside), count)]
+        pts.append(xyz + rng.uniform(-0.5, 0.5, xyz.shape) * lungs.spacing)
+        lobes.append(np.full(count, lobe))
+    if not pts:
+        return seeds
+    far = 1e5  # lobes live far apart in the fourth coordinate: no pull across a fissure
+
+    def lift(xyz: np.ndarray, lobe: np.ndarray) -> np.ndarray:
+        return np.concatenate([xyz, (lobe * far)[:, None]], axis=1)
+
+    points = lift(np.concatenate(pts), np.concatenate(lobes))
+    nodes = [seeds.nodes]
+    parent = [seeds.parent]
+    node_lobe = [seeds.lobe]
+    n_nodes = len(seeds.nodes)
+    best_d = np.full(len(points), np.inf)
+    best_i = np.zeros(len(points), dtype=np.intp)
+    alive = np.ones(len(points), dtype=bool)
+    new_xyz, new_lobe, new_first = seeds.nodes, seeds.lobe, 0
+    all_xyz = seeds.nodes
+    all_lobe = seeds.lobe
+    for _ in range(max_iterations):
+        if len(new_xyz):
+            tree = cKDTree(lift(new_xyz, new_lobe))
+            d, i = tree.query(points, distance_upper_bound=influence)
+            closer = d < best_d
+            best_d[closer] = d[closer]
+            best_i[closer] = i[closer] + new_first
+            gone, _ = tree.query(points, distance_upper_bound=kill)
+            alive &= ~np.isfinite(gone)
+        pulled = alive & np.isfinite(best_d)
+        if not pulled.any():
+            break
+        who = best_i[pulled]
+        pull = points[pulled, :3] - all_xyz[who]
+        pull /= np.maximum(np.linalg.norm(pull, axis=1, keepdims=True), 1e-9)
+        total = np.zeros((n_nodes, 3))
+        np.add.at(total, who, pull)
+        growing = np.unique(who)
+        direction = _unit(total[growing] + rng.normal(0.0, jitter, (len(growing), 3)))
+        cand = all_xyz[growing] + step * direction
+        ok = lungs.lobe_at(cand) == all_lobe[growing]
+        growing, cand = growing[ok], cand[ok]
+        if not len(growing):
+            break
+        new_xyz, new_lobe, new_first = cand, all_lobe[growing], n_nodes
+        nodes.append(cand)
+        parent.append(growing)
+        node_lobe.append(new_lobe)
+        n_nodes += len(cand)
+        all_xyz = np.concatenate([all_xyz, cand])
+        all_lobe = np.concatenate([all_lobe, new_lobe])
+    return _Tree(np.concatenate(nodes), np.concatenate(parent), np.concatenate(node_lobe))
+
+
+def _stems(lungs: LungMap, root: np.ndarray, root_r: float, lobes: tuple[int, ...]) -> tuple[_Tree, dict[int, float]]:
+    """One seed node per lobe at its entry (parent: -1) and the lobar stem radius."""
+    nodes, lobe_ids, radius = [], [], {}
+    for lobe, entry, share in _entries(lungs, root, lobes):
+        nodes.append(entry)
+        lobe_ids.append(lobe)
+        radius[lobe] = max(root_r * share ** (1.0 / 3.0), 1.5)
+    if not nodes:
+        return _Tree(np.zeros((0, 3)), np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)), radius
+    return _Tree(np.array(nodes), np.full(len(nodes), -1, dtype=np.intp), np.array(lobe_ids)), radius
+
+
+def _merge(trees: list[_Tree]) -> _Tree:
+    out_nodes, out_parent, out_lobe, offset = [], [], [], 0
+    for t in trees:
+        out_nodes.append(t.nodes)
+        out_parent.append(np.where(t.parent >= 0, t.parent + offset, -1))
+        out_lobe.append(t.lobe)
+        offset += len(t.nodes)
+    return _Tree(np.concatenate(out_nodes), np.concatenate(out_parent), np.concatenate(out_lobe))
+
+
+def _hilar(tree: _Tree, roots: list[np.ndarray], radii: np.ndarray, root_r: float) -> Segments:
+    """Segments from the hilar root to each lobe's first node."""
+    first = np.flatnonzero(tree.parent < 0)
+    a = np.array([roots[0] if tree.lobe[i] <= 3 else roots[1] for i in first])
+    return Segments(a, tree.nodes[first], np.full(len(first), root_r), radii[first])
+
+
+def _twigs(grower: _Grower, tree: _Tree, radii: np.ndarray, hilum: np.ndarray, rng: np.random.Generator) -> Segments:
+    """Random-walk twigs from every leaf down to 0.25 mm."""
+    has_child = np.zeros(len(tree.parent), dtype=bool)
+    has_child[tree.parent[tree.parent >= 0]] = True
+    leaf = np.flatnonzero(~has_child & (tree.parent >= 0))
+    if not len(leaf):
+        return Segments.empty()
+    d = _unit(tree.nodes[leaf] - tree.nodes[tree.parent[leaf]])
+    front = _Front(
+        tree.nodes[leaf], d, radii[leaf], tree.lobe[leaf], _perpendicular(d, rng), np.repeat(hilum[None], len(leaf), 0)
+    )
+    pieces, _ = grower.grow(grower.split(front), r_min=0.25, length_ratio=(5.0, 8.0), wobble=0.1, max_generations=3)
+    return pieces
+
+
+def grow_lungs(
+    lungs: LungMap,
+    roots: dict[str, tuple[np.ndarray, np.ndarray, float]],
+    rng: np.random.Generator,
+    *,
+    density: float = 1.0,
+) -> dict[str, tuple[Segments, Segments]]:
+    """Grow airways, arteries and veins for both lungs.
+
+    Args:
+        lungs: the coarse lung map.
+        roots: hilar start points, directions and radii by name (``airway_R``, ``artery_L``,
+            ``vein_RS``, ...) from :func:`~medai.phantoms.independent.organs.build_organs`.
+        rng: randomness of the growth.
+        density: scales the number of attraction points (fewer for coarse images).
+
+    Returns:
+        ``{"airway": (outer wall, lumen), "artery": (vessels, empty), "vein": (vessels, empty)}``.
+    """
+    occupancy = np.zeros(lungs.lobe.shape, dtype=np.float32)
+    grower = _Grower(lungs, rng, occupancy)
+    volume = np.bincount(lungs.lobe.ravel(), minlength=6)[1:].astype(float)
+
+    def counts(per_litre: float) -> dict[int, int]:
+        litres = volume * float(np.prod(lungs.spacing)) / 1e6
+        return {k + 1: round(per_litre * density * litres[k]) for k in range(5) if volume[k] > 0}
+
+    # airways
+    seeds, aw_radius, hila = [], {}, []
+    for side, lobes in (("R", (1, 2, 3)), ("L", (4, 5))):
+        root_p, _, root_r = roots[f"airway_{side}"]
+        tree, radius = _stems(lungs, root_p, root_r * 1.1, lobes)
+        seeds.append(tree)
+        aw_radius.update(radius)
+        hila.append(root_p)
+    airway = _colonise(lungs, _merge(seeds), counts(90.0), rng, step=3.0, influence=50.0, kill=7.0, jitter=0.2)
+    r_aw = airway.radii(aw_radius)
+    keep = r_aw >= 0.7
+    keep[airway.parent < 0] = True
+    lumen = Segments.concat([_hilar(airway, hila, r_aw, 6.0), _prune(airway, r_aw, keep)])
+    thickness = 0.15 * lumen.ra + 0.3
+    walls = Segments(lumen.a, lumen.b, lumen.ra + thickness, lumen.rb + thickness)
+    # arteries: the airway tree shifted beside itself, then colonising on
+    art_radius, art_hila = {}, []
+    for side, lobes in (("R", (1, 2, 3)), ("L", (4, 5))):
+        root_p, _, root_r = roots[f"artery_{side}"]
+        _, radius = _stems(lungs, root_p, root_r, lobes)
+        art_radius.update(radius)
+        art_hila.append(root_p)
+    shift = _bundle_offsets(airway, r_aw, rng)
+    art_seed = _Tree(airway.nodes + shift, airway.parent.copy(), airway.lobe.copy())
+    arteries = _colonise(lungs, art_seed, counts(350.0), rng, step=3.0, influence=40.0, kill=4.5, jitter=0.18)
+    r_art = arteries.radii(art_radius)
+    art = Segments.concat([_hilar(arteries, art_hila, r_art, roots["artery_R"][2]), arteries.segments(r_art)])
+    # veins
+    vein_trees, vein_radius = [], {}
+    for name, lobes in {"vein_RS": (1, 2), "vein_RI": (3,), "vein_LS": (4,), "vein_LI": (5,)}.items():
+        root_p, _, root_r = roots[name]
+        tree, radius = _stems(lungs, root_p, root_r * 1.25, lobes)
+        vein_trees.append((tree, root_p, root_r))
+        vein_radius.update(radius)
+    veins = _colonise(
+        lungs,
+        _merge([t for t, _, _ in vein_trees]),
+        counts(350.0),
+        rng,
+        step=3.0,
+        influence=40.0,
+        kill=4.5,
+        jitter=0.18,
+    )
+    r_vein = veins.radii(vein_radius)
+    first = np.flatnonzero(veins.parent < 0)
+    starts = np.concatenate([np.repeat(p[None], len(t.nodes), 0) for t, p, _ in vein_trees])
+    vein_stems = Segments(
+        starts, veins.nodes[first], np.concatenate([np.full(len(t.nodes), r) for t, _, r in vein_trees]), r_vein[first]
+    )
+    vein = Segments.concat([vein_stems, veins.segments(r_vein)])
+    # twigs (and the occupancy they avoid)
+    for seg in (art, vein):
+        mid = 0.5 * (seg.a + seg.b)
+        np.add.at(
+            occupancy.ravel(),
+            np.maximum(lungs.index(mid), 0),
+            np.pi * seg.ra**2 * np.linalg.norm(seg.b - seg.a, axis=1),
+        )
+    hilum = 0.5 * (hila[0] + hila[1])
+    art = Segments.concat([art, _twigs(grower, arteries, r_art, hilum, rng)])
+    vein = Segments.concat([vein, _twigs(grower, veins, r_vein, hilum, rng)])
+    empty = Segments.empty()
+    return {"airway": (walls, lumen), "artery": (art, empty), "vein": (vein, empty)}
+
+
+def _prune(tree: _Tree, radii: np.ndarray, keep: np.ndarray) -> Segments:
+    child = np.flatnonzero((tree.parent >= 0) & keep)
+    return Segments(tree.nodes[tree.parent[child]], tree.nodes[child], radii[child], radii[child])
+
+
+def _bundle_offsets(tree: _Tree, radii: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per node, the shift that puts an artery beside its airway (one side per lobe, turning slowly)."""
+    offsets = np.zeros_like(tree.nodes)
+    direction = np.zeros_like(tree.nodes)
+    has = tree.parent >= 0
+    direction[has] = _unit(tree.nodes[has] - tree.nodes[tree.parent[has]])
+    roots = np.flatnonzero(~has)
+    direction[roots] = _unit(rng.normal(size=(len(roots), 3)))
+    side = _perpendicular(direction, rng)
+    for i in range(len(tree.parent)):  # inherit the parent's side, kept perpendicular to the branch
+        p = tree.parent[i]
+        if p >= 0:
+            v = side[p] - (side[p] @ direction[i]) * direction[i]
+            side[i] = v / max(np.linalg.norm(v), 1e-9)
+    gap = radii * 2.3 + 0.8
+    offsets = side * gap[:, None]
+    return offsets
