@@ -39,6 +39,7 @@ __all__ = ["CONSOLIDATION", "GGO", "Lesions"]
 GGO = 1
 CONSOLIDATION = 2
 _LOBE_INDEX = {name: k + 1 for k, name in enumerate(LOBES)}
+_OUTSIDE = -1e6  # field value outside the lobe of a lobe-bound pattern
 
 
 def _noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -108,7 +109,7 @@ class Lesions:
                 field = cos + 0.02 * _noise(shape, 1.5, rng) - 2.0 * near
             else:
                 field = self._focal(f, lungs, in_lobe, grid, rng)
-            field = np.where(in_lobe, field, -10.0).astype(np.float32)
+            field = np.where(in_lobe, field, _OUTSIDE).astype(np.float32)
             order = field
         values = field[lung]
         n_lesion = round(spec.lesion_fraction * values.size)
@@ -123,7 +124,11 @@ class Lesions:
         if n_cons > 0:
             self.t_consolidation = float(np.partition(ranked, ranked.size - n_cons)[ranked.size - n_cons])
         self.order_offset = lungs.extend((order - field).astype(np.float32)) if spec.pattern == "covid" else None
-        self.field = lungs.extend(field)
+        if self.lobe_target:  # read back only the target lobe's values near its fissures
+            _, nearest = ndimage.distance_transform_edt(lungs.lobe != self.lobe_target, return_indices=True)
+            self.field = field[tuple(nearest)].astype(np.float32)
+        else:
+            self.field = lungs.extend(field)
         if spec.pattern == "covid" and f.get("crazy_paving"):
             band = _noise(shape, 1.0, rng) - _noise(shape, 2.2, rng)
             self.crazy_paving = (band / max(float(band.std()), 1e-6)).astype(np.float32)
@@ -158,7 +163,7 @@ class Lesions:
             k, j, i = np.unravel_index(idx, shape)
             c = grid.origin + np.array([i, j, k]) * grid.spacing
             normal = lungs.gradient[:, k, j, i].astype(np.float64)
-            normal /= max(np.linalg.norm(normal), 1e-6)
+            normal /= max(float(np.linalg.norm(normal)), 1e-6)
             s_t = float(rng.uniform(10.0, 30.0)) * (1.0 + 1.5 * fraction)
             s_n = float(rng.uniform(6.0, 16.0)) * (1.0 + 1.0 * fraction)
             reach = 3.0 * s_t

@@ -65,6 +65,7 @@ class Organs:
     humerus_heads: list[Blob] = field(default_factory=list)
     arms: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (z, x, y, rx, ry) knots per arm
     septum_mm: float = 3.0
+    septum_below: float = -1e9
     roots: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
 
 
@@ -126,8 +127,8 @@ def build_organs(patient: Patient, rng: np.random.Generator) -> Organs:
     # ---- heart
     a1, a2, a3 = 70.0 * s, 47.0 * s, 40.0 * s
     big = float(rng.uniform(0.93, 1.1)) * (1.12 if rng.random() < 0.1 else 1.0)
-    heart_axes = _axes((0.55 + j(0.05), -0.55 + j(0.05), -0.6 + j(0.05)), (0.6, 0.8, 0.0))
-    center = np.array([27.0 * w + j(3.0), -14.0 * d + j(3.0), p.z_heart])
+    heart_axes = _axes((0.62 + j(0.05), -0.62 + j(0.05), -0.48 + j(0.05)), (0.6, 0.8, 0.0))
+    center = np.array([31.0 * w + j(3.0), -14.0 * d + j(3.0), p.z_heart])
     o.pericardial_fat_mm = float(np.clip(3.0 + 0.08 * max(age - 30, 0) + 0.08 * p.fat_mm + j(1.5), 2.0, 14.0))
     o.heart = Blob(center, heart_axes, np.array([a1, a2, a3]) * big, taper=0.28, reach_mm=o.pericardial_fat_mm)
 
@@ -226,6 +227,7 @@ def build_organs(patient: Patient, rng: np.random.Generator) -> Organs:
         node = Blob(c, _EYE, np.full(3, float(rng.uniform(3.0, 6.5))), reach_mm=1.0)
         o.mediastinum.append(Painted(node, Label.NODE, 1.0, over=frozenset({Label.FAT, Label.LUNG_R, Label.LUNG_L})))
     o.septum_mm = float(rng.uniform(2.0, 5.0))
+    o.septum_below = float(center[2] + 0.45 * o.heart.radii[0])
 
     # ---- neck
     for side in (-1, 1):
@@ -277,8 +279,8 @@ def build_organs(patient: Patient, rng: np.random.Generator) -> Organs:
     portal = [np.array([pt(0, 25, zdr - 150), pt(-15, 15, zdr - 120), porta])]
     portal += [np.array([porta, pt(-85, -5, zdr - 75)]), np.array([porta, pt(10, -45, zdr - 70)])]
     for k, path in enumerate(portal):
-        tube = Tube(path, [7.0, 5.5, 6.0][: len(path)] if k == 0 else [5.0, 2.5])
-        o.abdomen.append(Painted(tube, Label.BLOOD_PORTAL, over=frozenset({Label.LIVER, Label.FAT})))
+        vessel_tube = Tube(path, [7.0, 5.5, 6.0][: len(path)] if k == 0 else [5.0, 2.5])
+        o.abdomen.append(Painted(vessel_tube, Label.BLOOD_PORTAL, over=frozenset({Label.LIVER, Label.FAT})))
 
     # ---- skeleton
     o.ribs, heads = _ribs(p, rng)

@@ -6,7 +6,8 @@ lungs, lesions, fissures and trees, and kept only as long as a reconstructed
 slice still needs them; each slice is the profile-weighted sum of its planes,
 then the kernel's blur, streaks and the kernel's noise are applied in-plane.
 Ground truth takes the same weights: a voxel is lung (lesion) when at least
-half of its profile is lung (lesion).
+half of its profile is lung (lesion), and never lung when a fifth of its
+profile is gas in the stomach or bowel.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from medai.phantoms.independent.parenchyma import Parenchyma
 from medai.phantoms.independent.patient import Patient
 from medai.phantoms.independent.raster import TreeRaster
 from medai.phantoms.independent.scanner import Kernel, NoiseBank, slice_weights
+from medai.phantoms.independent.shapes import Tube
 from medai.phantoms.independent.spec import IndependentSpec
 from medai.phantoms.independent.tissue import Label, attenuation_table
-from medai.phantoms.independent.trees import grow_lungs
+from medai.phantoms.independent.trees import Segments, grow_lungs
 from medai.phantoms.independent.voxelize import Voxelizer
 from medai.volume import Volume
 
@@ -50,6 +52,8 @@ for _label, _amp in {
     Label.MYOCARDIUM: 4.0,
 }.items():
     _TEXTURE_HU[_label] = _amp
+_GUT_GAS = 3  # marks gut gas in the per-plane side array
+_GAS_VETO = 0.2  # a voxel whose profile is this much gut gas is never lung, whatever the rest
 _TREE_OVER = np.zeros(len(Label), dtype=bool)
 _TREE_OVER[[Label.LUNG_R, Label.LUNG_L, Label.FAT, Label.NODE, Label.THYMUS]] = True
 
@@ -178,14 +182,18 @@ class _Renderer:
         self.lung_z = (float(lo[2]), float(hi[2]))
         shape = (self.win[0].stop - self.win[0].start, self.win[1].stop - self.win[1].start)
         origin = {"x0": float(self.xs[self.win[1].start]), "y0": float(self.ys[self.win[0].start])}
-        common = {"pixel_mm": self.px, "dz_mm": self.dz, "shape": shape, **origin}
         walls, lumen = self.trees["airway"]
+
+        def raster(segments: Segments, splat: bool) -> TreeRaster:
+            x0, y0 = origin["x0"], origin["y0"]
+            return TreeRaster(segments, x0=x0, y0=y0, pixel_mm=self.px, dz_mm=self.dz, shape=shape, splat=splat)
+
         self.rasters = {
-            "artery": TreeRaster(self.trees["artery"][0], **common),
-            "vein": TreeRaster(self.trees["vein"][0], **common),
-            "wall": TreeRaster(walls, splat=False, **common),
-            "lumen": TreeRaster(lumen, splat=False, **common),
-            "holes": TreeRaster(self.parenchyma.holes, splat=False, **common),
+            "artery": raster(self.trees["artery"][0], True),
+            "vein": raster(self.trees["vein"][0], True),
+            "wall": raster(walls, False),
+            "lumen": raster(lumen, False),
+            "holes": raster(self.parenchyma.holes, False),
         }
         fis = self.voxelizer.fissures
         self.sheets = {}
@@ -211,7 +219,10 @@ class _Renderer:
     # ------------------------------------------------------------------ fine planes
 
     def _plane(self, z: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """HU, lung side (0/1/2) and lesion class of the fine plane ``z``."""
+        """HU of the fine plane ``z``; on the lung window, its lung side or gut gas and its lesion class.
+
+        The side array holds 0 (neither), 1 (right lung), 2 (left lung) or :data:`_GUT_GAS`.
+        """
         lab = self.voxelizer.plane(z)
         hu = np.take(self.table, lab)
         tex = self.texture_grid.plane(self.texture, z)
@@ -223,6 +234,7 @@ class _Renderer:
         sub = lab[self.win]
         side = np.zeros(sub.shape, dtype=np.uint8)
         cls = np.zeros(sub.shape, dtype=np.uint8)
+        side[sub == Label.GAS] = _GUT_GAS
         if not self.lung_z[0] <= z <= self.lung_z[1]:
             return hu, side, cls
         lung_r = sub == Label.LUNG_R
@@ -293,6 +305,7 @@ class _Renderer:
             wshape = cache[int(idx[0])][1].shape
             r_frac = np.zeros(wshape, dtype=np.float32)
             l_frac = np.zeros(wshape, dtype=np.float32)
+            gas = np.zeros(wshape, dtype=np.float32)
             les = np.zeros(wshape, dtype=np.float32)
             con = np.zeros(wshape, dtype=np.float32)
             for j, wj in zip(idx, w, strict=True):
@@ -301,10 +314,11 @@ class _Renderer:
                 if side.any():
                     r_frac += wj * (side == 1)
                     l_frac += wj * (side == 2)
+                    gas += wj * (side == _GUT_GAS)
                     if cls.any():
                         les += wj * (cls > 0)
                         con += wj * (cls == CONSOLIDATION)
-            lung = (r_frac + l_frac) >= 0.5
+            lung = ((r_frac + l_frac) >= 0.5) & (gas < _GAS_VETO)
             lung_mask[k][self.win] = np.where(lung, np.where(r_frac >= l_frac, 1, 2), 0)
             lesion = lung & (les >= 0.5)
             lesion_mask[k][self.win] = np.where(lesion, np.where(con >= les - con, 2, 1), 0)
@@ -417,7 +431,8 @@ class _Artifacts:
         return self._lines(0.0, y0, angles, amps, 400.0)
 
     def _contrast_streaks(self, z: float) -> np.ndarray:
-        assert self.svc is not None
+        if not isinstance(self.svc, Tube):
+            return np.zeros((len(self.r.ys), len(self.r.xs)), dtype=np.float32)
         pts = self.svc.points
         lo, hi = pts[:, 2].min(), pts[:, 2].max()
         if not lo < z < hi:

@@ -65,7 +65,7 @@ def slice_weights(
     def profile(center: float) -> tuple[np.ndarray, np.ndarray]:
         lo = np.searchsorted(z_fine, center - half - 4 * sigma - dz)
         hi = np.searchsorted(z_fine, center + half + 4 * sigma + dz)
-        idx = np.arange(max(lo, 0), min(hi, len(z_fine)))
+        idx = np.arange(max(int(lo), 0), min(int(hi), len(z_fine)))
         u = z_fine[idx, None] + sub[None, :] - center
         s = special.ndtr((u + half) / sigma) - special.ndtr((u - half) / sigma)
         return idx, s.sum(axis=1)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["Blob", "Tube", "bbox_slices"]
 
@@ -35,38 +36,21 @@ def bbox_slices(xs: np.ndarray, ys: np.ndarray, x0: float, x1: float, y0: float,
     return slice(r0, r1), slice(c0, c1)
 
 
-@dataclass
 class Tube:
     """A tube swept along a polyline with a radius per vertex (truncated-cone segments).
 
-    Attributes:
-        points: vertices ``(n, 3)`` as ``(x, y, z)`` mm.
-        radii: radius (mm) per vertex.
+    Args:
+        points: vertices ``(n, 3)`` as ``(x, y, z)`` mm, ``n >= 2``.
+        radii: radius (mm) per vertex, or one for all.
         reach_mm: extra distance around the tube that callers ask about (fat margins).
     """
 
-    points: np.ndarray
-    radii: np.ndarray
-    reach_mm: float = 0.0
-    _a: np.ndarray = field(init=False, repr=False)
-    _u: np.ndarray = field(init=False, repr=False)
-    _zlo: np.ndarray = field(init=False, repr=False)
-    _zhi: np.ndarray = field(init=False, repr=False)
-    z_min: float = field(init=False, repr=False)
-    z_max: float = field(init=False, repr=False)
-    _lo: np.ndarray = field(init=False, repr=False)
-    _hi: np.ndarray = field(init=False, repr=False)
-    _a32: np.ndarray = field(init=False, repr=False)
-    _u32: np.ndarray = field(init=False, repr=False)
-    _inv: np.ndarray = field(init=False, repr=False)
-    _r0: np.ndarray = field(init=False, repr=False)
-    _dr: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.points = np.asarray(self.points, dtype=np.float64)
-        self.radii = np.broadcast_to(np.asarray(self.radii, dtype=np.float64), (len(self.points),)).copy()
+    def __init__(self, points: ArrayLike, radii: ArrayLike, reach_mm: float = 0.0) -> None:
+        self.points = np.asarray(points, dtype=np.float64)
         if self.points.ndim != 2 or self.points.shape[1] != 3 or len(self.points) < 2:
             raise ValueError(f"points must be an (n >= 2, 3) array, not shape {self.points.shape}")
+        self.radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(self.points),)).copy()
+        self.reach_mm = float(reach_mm)
         self._a = self.points[:-1]
         self._u = self.points[1:] - self.points[:-1]
         reach = np.maximum(self.radii[:-1], self.radii[1:]) + self.reach_mm

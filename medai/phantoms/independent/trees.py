@@ -501,10 +501,12 @@ def grow_lungs(
     r_art = arteries.radii(art_radius)
     art = Segments.concat([_hilar(arteries, art_hila, r_art, roots["artery_R"][2]), arteries.segments(r_art)])
     # veins
-    vein_trees, vein_radius = [], {}
-    for name, lobes in {"vein_RS": (1, 2), "vein_RI": (3,), "vein_LS": (4,), "vein_LI": (5,)}.items():
+    vein_trees: list[tuple[_Tree, np.ndarray, float]] = []
+    vein_radius: dict[int, float] = {}
+    vein_lobes: dict[str, tuple[int, ...]] = {"vein_RS": (1, 2), "vein_RI": (3,), "vein_LS": (4,), "vein_LI": (5,)}
+    for name, fed in vein_lobes.items():
         root_p, _, root_r = roots[name]
-        tree, radius = _stems(lungs, root_p, root_r * 1.25, lobes)
+        tree, radius = _stems(lungs, root_p, root_r * 1.25, fed)
         vein_trees.append((tree, root_p, root_r))
         vein_radius.update(radius)
     veins = _colonise(

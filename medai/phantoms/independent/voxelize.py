@@ -110,7 +110,7 @@ class Voxelizer:
         lab[abdomen] = Label.FAT
         half = self.o.septum_mm
         box = self._box(-half - 2.0, half + 2.0, -200.0, 200.0)
-        if box is not None:
+        if box is not None and z > self.o.septum_below:  # the anterior junction, above the heart
             sub = lab[box]
             near = np.abs(self.X[:, box[1]]) < half
             sub[near & ((sub == Label.LUNG_R) | (sub == Label.LUNG_L))] = Label.FAT
@@ -223,7 +223,9 @@ class Voxelizer:
             a = np.clip((self.theta_deg[box] - th1) / (th2 - th1), 0.0, 1.0)
             zf = math.sin(math.pi * (z - z_bot) / (z_top - z_bot)) ** 0.6
             depth = np.take(cavity_table, self.bins[box]) - self.rho[box]
-            spleen = abdomen[box] & (depth < thick * zf * np.sin(math.pi * a) ** 0.7) & (a > 0) & (a < 1)
+            spleen = (
+                abdomen[box] & (depth < thick * zf * np.clip(np.sin(math.pi * a), 0.0, 1.0) ** 0.7) & (a > 0) & (a < 1)
+            )
             lab[box][spleen] = Label.SPLEEN
         if o.stomach is not None:
             cut = o.stomach.cut(z, self.xs, self.ys)
