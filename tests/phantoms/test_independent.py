@@ -41,13 +41,14 @@ def _specs(n: int, **kwargs: object) -> list[IndependentSpec]:
 
 @pytest.fixture(scope="module")
 def cases() -> dict[str, IndependentPhantom]:
-    """One small case per pattern (5 mm or thinner slices, 112 matrix)."""
+    """One small case per pattern (112 matrix; the drawn slices for two, 3 mm for the others to save time)."""
+    thick = {"slice_mm": 3.0, "increment_mm": 3.0}
     return {
-        "normal": generate_independent(_spec("normal", 3)),
+        "normal": generate_independent(_spec("normal", 3, **thick)),
         "covid_mild": generate_independent(_spec("covid19", 11)),
-        "covid_severe": generate_independent(_spec("covid19", 13)),
-        "lobar": generate_independent(_spec("other_pneumonia", 25)),
-        "segmental": generate_independent(_spec("other_pneumonia", 24)),
+        "covid_severe": generate_independent(_spec("covid19", 13, **thick)),
+        "lobar": generate_independent(_spec("other_pneumonia", 25, **thick)),
+        "segmental": generate_independent(_spec("other_pneumonia", 24, **thick)),
         "focal": generate_independent(_spec("other_pneumonia", 22)),
     }
 
@@ -201,14 +202,14 @@ def test_contrast_brightens_blood_and_kernels_change_noise_texture() -> None:
     assert brighter.sum() > 2000
 
     def lag_correlation(kernel: str) -> float:
-        ph = generate_independent(_spec("normal", 52, matrix=256, kernel=kernel, noise_hu=40.0, **base))
-        air = ph.volume.hu[:, :10, 96:160].astype(float)  # air above the patient: noise only
+        ph = generate_independent(_spec("normal", 52, matrix=200, kernel=kernel, noise_hu=40.0, **base))
+        air = ph.volume.hu[:, :8, 75:125].astype(float)  # air above the patient: noise only
         a = air[:, :, 1:] - air.mean()
         b = air[:, :, :-1] - air.mean()
         return float((a * b).mean() / (a * a).mean())
 
     soft, sharp = lag_correlation("soft"), lag_correlation("sharp")
-    assert soft > 0.15 and sharp < 0.0 and soft - sharp > 0.3  # smooth kernel: blotchy; sharp: fine grain
+    assert soft > 0.0 > sharp and soft - sharp > 0.2  # smooth kernel: blotchy; sharp: fine grain
 
 
 def test_small_field_of_view_cuts_the_body() -> None:

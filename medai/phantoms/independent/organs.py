@@ -298,35 +298,43 @@ def build_organs(patient: Patient, rng: np.random.Generator) -> Organs:
     for side in (-1, 1):
         con = p.contours(-25.0 * h, flatten=False)
         lateral = float(con.muscle[0 if side < 0 else N_THETA // 2])
+        knots, rows = _arm_path(p, side)
         if p.arms_down:
             head = np.array([side * (lateral - 28.0 * s), -4.0 * d, -28.0 * h])
-            shaft = head + np.array(
-                [[0.0, 0.0, 0.0], [side * 12.0 * s, 2.0, -60.0 * h], [side * 24.0 * s, 6.0, -330.0 * h]]
-            )
+            below = knots < -55.0 * h
+            axis = np.column_stack([rows[below, 0] - side * 0.15 * rows[below, 2], rows[below, 1] + 3.0, knots[below]])
         else:
             head = np.array([side * (lateral - 34.0 * s), -6.0 * d, -10.0 * h])
-            shaft = head + np.array([[0.0, 0.0, 0.0], [side * 2.0, -8.0, 60.0 * h], [side * -10.0, -20.0, 260.0 * h]])
+            above = knots > 5.0 * h
+            axis = np.column_stack([rows[above, 0], rows[above, 1], knots[above]])
+        shaft = np.concatenate([head[None], axis])
         o.humerus_heads.append(Blob(head, _EYE, np.full(3, 23.0 * s)))
-        shaft_tube = Tube(shaft, [11.0 * s, 11.0 * s, 9.0 * s])
+        shaft_tube = Tube(shaft, 10.0 * s)
         o.bones.append(Painted(shaft_tube, Label.BONE_MARROW, wall_mm=3.5 * s, wall_label=Label.BONE_CORTEX))
-        o.arms.append(_arm_path(p, side, float(lateral)))
+        o.arms.append((knots, rows))
     return o
 
 
-def _arm_path(p: Patient, side: int, lateral: float) -> tuple[np.ndarray, np.ndarray]:
-    """Knots ``z`` and rows ``(x, y, rx, ry)`` of one arm's axial cross-section along the body axis."""
+def _arm_path(p: Patient, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Knots ``z`` and rows ``(x, y, rx, ry)`` of one arm's axial cross-section along the body axis.
+
+    Arms down hang beside the trunk, a few millimetres to a few centimetres from it; arms up leave the
+    shoulder upward and run beside the neck and head.
+    """
     h, w = p.h, p.w
     r = 40.0 * w + 0.8 * p.fat_mm
+    rng = np.random.default_rng([p.rng_seed, 12, side + 1])
+    lateral_bin = 0 if side < 0 else N_THETA // 2
     if p.arms_down:
-        z = np.array([-20.0, -60.0, -120.0, -250.0, -330.0, -600.0]) * h
-        x = side * np.array(
-            [lateral - 0.2 * r, lateral + 0.5 * r, lateral + 8 + r, lateral + 10 + r, lateral + 14 + r, 0]
-        )
-        x[-1] = x[-2]
-        y = np.array([-5.0, -5.0, -2.0, 5.0, 10.0, 10.0])
-        rx = np.array([0.8, 0.95, 1.0, 0.95, 0.8, 0.8]) * r
+        z = np.array([-20.0, -60.0, -120.0, -190.0, -260.0, -330.0, -600.0]) * h
+        gap = float(rng.uniform(-4.0, 30.0))
+        trunk = np.array([float(p.contours(float(zk), flatten=False).trunk[lateral_bin]) for zk in z])
+        x = side * (trunk + gap + r * np.array([-0.3, 0.55, 0.95, 1.0, 1.0, 0.95, 0.95]))
+        y = np.array([-5.0, -5.0, -2.0, 5.0, 10.0, 12.0, 12.0]) + float(rng.uniform(-15.0, 15.0))
+        rx = np.array([0.8, 0.92, 1.0, 0.95, 0.85, 0.75, 0.75]) * r
         ry = rx * 1.12
     else:
+        lateral = float(p.contours(-25.0 * h, flatten=False).muscle[lateral_bin])
         z = np.array([-30.0, 10.0, 60.0, 140.0, 300.0]) * h
         x = side * np.array([lateral - 0.6 * r, lateral + 0.2 * r, lateral + 0.55 * r - 10.0, 130.0 * w, 110.0 * w])
         y = np.array([-5.0, -10.0, -16.0, -22.0, -30.0])

@@ -43,9 +43,9 @@ class Parenchyma:
         self.p, self.grid = patient, grid
         expiration = factors["lung_state"] == "expiration"
         emphysema = str(factors["emphysema"])
-        self.base_hu = float(rng.uniform(-700.0, -620.0) if expiration else rng.uniform(-885.0, -835.0))
+        self.base_hu = float(rng.uniform(-700.0, -620.0) if expiration else rng.uniform(-920.0, -870.0))
         self.base_hu -= {"none": 0.0, "mild": 15.0, "moderate": 35.0}[emphysema]
-        self.gradient_hu = float(rng.uniform(90.0, 150.0) if expiration else rng.uniform(35.0, 90.0))
+        self.gradient_hu = float(rng.uniform(90.0, 150.0) if expiration else rng.uniform(30.0, 80.0))
         self.texture_hu = float(rng.uniform(3.0, 8.0))
         _, y, z = grid.points()
         lung = lungs.lobe > 0
@@ -93,7 +93,7 @@ class Parenchyma:
             dz_mm: plane spacing.
         """
         out = np.zeros(right.shape, dtype=np.float32)
-        area = 0.35 * 880.0  # sheet thickness (mm) x contrast (HU)
+        area = 0.2 * 880.0  # sheet thickness (mm) x contrast (HU)
         for name, side in (("R_oblique", True), ("L_oblique", False), ("R_horizontal", True)):
             height, nz = sheets[name]
             dist = (z - height) * nz

@@ -143,7 +143,7 @@ class Patient:
         self._bump_breast = _bump(-90.0 - 40.0 - jitter(3.0), 24.0) + _bump(-90.0 + 40.0 + jitter(3.0), 24.0)
         harmonics = np.zeros(N_THETA, dtype=np.float32)
         for k in range(2, 6):
-            harmonics += np.float32(rng.normal(0.0, 0.012 / k)) * np.cos(k * _THETA + np.float32(rng.uniform(0, 6.3)))
+            harmonics += np.float32(rng.normal(0.0, 0.025 / k)) * np.cos(k * _THETA + np.float32(rng.uniform(0, 6.3)))
         self._harmonics = 1.0 + harmonics
         # landmarks along z
         self.exp_shift = 40.0 * h if self.expiration else 0.0

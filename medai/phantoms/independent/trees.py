@@ -323,6 +323,21 @@ class _Tree:
             r[mine] = radius * (leaves[mine] / max(total, 1.0)) ** (1.0 / 2.7)
         return r
 
+    def smoothed(self, iterations: int = 3) -> _Tree:
+        """The tree with its zig-zags relaxed: every inner node moves halfway to the mean of its neighbours."""
+        nodes = self.nodes.copy()
+        has_parent = self.parent >= 0
+        child = np.flatnonzero(has_parent)
+        n_children = np.bincount(self.parent[child], minlength=len(nodes))
+        inner = has_parent & (n_children > 0)
+        for _ in range(iterations):
+            child_sum = np.zeros_like(nodes)
+            np.add.at(child_sum, self.parent[child], nodes[child])
+            mean_child = child_sum / np.maximum(n_children, 1)[:, None]
+            target = 0.5 * (nodes[np.maximum(self.parent, 0)] + mean_child)
+            nodes[inner] = 0.5 * nodes[inner] + 0.5 * target[inner]
+        return _Tree(nodes, self.parent, self.lobe)
+
     def segments(self, radii: np.ndarray) -> Segments:
         child = np.flatnonzero(self.parent >= 0)
         par = self.parent[child]
@@ -339,9 +354,14 @@ def _colonise(
     influence: float = 60.0,
     kill: float = 5.0,
     jitter: float = 0.25,
+    radial: float = 0.35,
     max_iterations: int = 90,
 ) -> _Tree:
-    """Grow ``seeds`` by space colonisation toward ``counts[lobe]`` attraction points per lobe."""
+    """Grow ``seeds`` by space colonisation toward ``counts[lobe]`` attraction points per lobe.
+
+    Each growth step follows the mean pull of the node's attraction points, plus ``radial`` times the
+    direction away from its lobe's first node (vessels fan out from the hilum) and a random-walk jitter.
+    """
     pts, lobes = [], []
     for lobe, count in counts.items():
         inside = lungs.voxels(lobe, 3.0)
@@ -358,6 +378,9 @@ def _colonise(
         return np.concatenate([xyz, (lobe * far)[:, None]], axis=1)
 
     points = lift(np.concatenate(pts), np.concatenate(lobes))
+    hilum = np.zeros((8, 3))
+    roots = np.flatnonzero(seeds.parent < 0)
+    hilum[seeds.lobe[roots]] = seeds.nodes[roots]
     nodes = [seeds.nodes]
     parent = [seeds.parent]
     node_lobe = [seeds.lobe]
@@ -386,7 +409,9 @@ def _colonise(
         total = np.zeros((n_nodes, 3))
         np.add.at(total, who, pull)
         growing = np.unique(who)
-        direction = _unit(total[growing] + rng.normal(0.0, jitter, (len(growing), 3)))
+        pull = total[growing] / np.maximum(np.linalg.norm(total[growing], axis=1, keepdims=True), 1e-9)
+        away = _unit(all_xyz[growing] - hilum[all_lobe[growing]])
+        direction = _unit(pull + radial * away + rng.normal(0.0, jitter, (len(growing), 3)))
         cand = all_xyz[growing] + step * direction
         ok = lungs.lobe_at(cand) == all_lobe[growing]
         growing, cand = growing[ok], cand[ok]
@@ -482,6 +507,7 @@ def grow_lungs(
         aw_radius.update(radius)
         hila.append(root_p)
     airway = _colonise(lungs, _merge(seeds), counts(90.0), rng, step=3.0, influence=50.0, kill=7.0, jitter=0.2)
+    airway = airway.smoothed()
     r_aw = airway.radii(aw_radius)
     keep = r_aw >= 0.7
     keep[airway.parent < 0] = True
@@ -492,12 +518,13 @@ def grow_lungs(
     art_radius, art_hila = {}, []
     for side, lobes in (("R", (1, 2, 3)), ("L", (4, 5))):
         root_p, _, root_r = roots[f"artery_{side}"]
-        _, radius = _stems(lungs, root_p, root_r, lobes)
+        _, radius = _stems(lungs, root_p, 0.75 * root_r, lobes)
         art_radius.update(radius)
         art_hila.append(root_p)
     shift = _bundle_offsets(airway, r_aw, rng)
     art_seed = _Tree(airway.nodes + shift, airway.parent.copy(), airway.lobe.copy())
-    arteries = _colonise(lungs, art_seed, counts(350.0), rng, step=3.0, influence=40.0, kill=4.5, jitter=0.18)
+    arteries = _colonise(lungs, art_seed, counts(500.0), rng, step=3.0, influence=35.0, kill=4.0, jitter=0.07)
+    arteries = arteries.smoothed()
     r_art = arteries.radii(art_radius)
     art = Segments.concat([_hilar(arteries, art_hila, r_art, roots["artery_R"][2]), arteries.segments(r_art)])
     # veins
@@ -506,19 +533,20 @@ def grow_lungs(
     vein_lobes: dict[str, tuple[int, ...]] = {"vein_RS": (1, 2), "vein_RI": (3,), "vein_LS": (4,), "vein_LI": (5,)}
     for name, fed in vein_lobes.items():
         root_p, _, root_r = roots[name]
-        tree, radius = _stems(lungs, root_p, root_r * 1.25, fed)
+        tree, radius = _stems(lungs, root_p, 0.9 * root_r, fed)
         vein_trees.append((tree, root_p, root_r))
         vein_radius.update(radius)
     veins = _colonise(
         lungs,
         _merge([t for t, _, _ in vein_trees]),
-        counts(350.0),
+        counts(500.0),
         rng,
         step=3.0,
         influence=40.0,
         kill=4.5,
-        jitter=0.18,
+        jitter=0.07,
     )
+    veins = veins.smoothed()
     r_vein = veins.radii(vein_radius)
     first = np.flatnonzero(veins.parent < 0)
     starts = np.concatenate([np.repeat(p[None], len(t.nodes), 0) for t, p, _ in vein_trees])

@@ -26,6 +26,9 @@ _NOT_BONE = np.ones(len(Label), dtype=bool)
 _NOT_BONE[[Label.BONE_CORTEX, Label.BONE_MARROW, Label.CARTILAGE, Label.DISC, Label.CANAL]] = False
 _BONE_OVER = np.ones(len(Label), dtype=bool)
 _BONE_OVER[[Label.LUNG_R, Label.LUNG_L, Label.AIR, Label.AIRWAY_LUMEN]] = False
+_THETA = (np.arange(N_THETA) + 0.5) * (2.0 * math.pi / N_THETA) - math.pi
+_COS = np.cos(_THETA).astype(np.float32)
+_SIN = np.sin(_THETA).astype(np.float32)
 
 
 class Voxelizer:
@@ -85,29 +88,34 @@ class Voxelizer:
         """Tissue labels (uint8 :class:`Label`) of the plane at height ``z``."""
         p = self.p
         con = p.contours(z)
-        rho = self.rho
-        lab = np.zeros(rho.shape, dtype=np.uint8)
-        r_body = np.take(con.body, self.bins)
+        lab = np.zeros(self.rho.shape, dtype=np.uint8)
+        body_box = self._body_box(con.body)
+        if body_box is None:
+            self._arms(z, lab)
+            return self._with_table(lab)
+        rho, bins, body = self.rho[body_box], self.bins[body_box], lab[body_box]
+        r_body = np.take(con.body, bins)
         inside = rho < r_body
-        lab[inside] = Label.FAT
+        body[inside] = Label.FAT
         if p.breast_mm:
-            r_trunk = np.take(con.trunk, self.bins)
+            r_trunk = np.take(con.trunk, bins)
             gland = inside & (rho > r_trunk + 3.0) & (rho < r_trunk + 0.62 * (r_body - r_trunk))
-            lab[gland] = Label.GLAND
-        lab[inside & (rho > r_body - 1.6)] = Label.SKIN
-        r_muscle = np.take(con.muscle, self.bins)
-        r_cavity = np.take(con.cavity, self.bins)
-        lab[rho < r_muscle] = Label.MUSCLE
+            body[gland] = Label.GLAND
+        body[inside & (rho > r_body - 1.6)] = Label.SKIN
+        r_muscle = np.take(con.muscle, bins)
+        r_cavity = np.take(con.cavity, bins)
+        body[rho < r_muscle] = Label.MUSCLE
         cavity = rho < r_cavity
-        thorax = cavity & (self.diaphragm < z - 2.0)
-        abdomen = cavity & (self.diaphragm > z + 3.0)
-        lab[cavity] = Label.MUSCLE  # the diaphragm band keeps this
-        lab[thorax] = Label.FAT if z < 8.0 * p.h else Label.MUSCLE  # the neck's visceral space is mostly muscle
+        dia = self.diaphragm[body_box]
+        thorax = cavity & (dia < z - 2.0)
+        abdomen_box = cavity & (dia > z + 3.0)
+        body[cavity] = Label.MUSCLE  # the diaphragm band keeps this
+        body[thorax] = Label.FAT if z < 8.0 * p.h else Label.MUSCLE  # the neck's visceral space is mostly muscle
         if not self.lungs_only:
-            self._fat_planes(lab, r_cavity, r_muscle)
-        lung = thorax & (self.apex > z)
-        lab[lung] = self.side[lung]
-        lab[abdomen] = Label.FAT
+            self._fat_planes(body, rho, r_cavity, r_muscle, bins)
+        lung = thorax & (self.apex[body_box] > z)
+        body[lung] = self.side[body_box][lung]
+        body[abdomen_box] = Label.FAT
         half = self.o.septum_mm
         box = self._box(-half - 2.0, half + 2.0, -200.0, 200.0)
         if box is not None and z > self.o.septum_below:  # the anterior junction, above the heart
@@ -122,13 +130,15 @@ class Voxelizer:
         if z > -10.0 * p.h:
             for item in self._active("neck", z):
                 self._paint(item, z, lab)
-        if abdomen.any():
+        if abdomen_box.any():
+            abdomen = np.zeros(lab.shape, dtype=bool)
+            abdomen[body_box] = abdomen_box
             self._abdomen(z, lab, abdomen, con.cavity)
         self._arms(z, lab)
         self._spine(z, lab)
         self._sternum(z, lab, float(con.cavity[N_THETA // 4]))
-        self._scapulae(z, lab, con.cavity)
-        self._ribs(z, lab)
+        self._scapulae(z, lab, con.cavity, body_box)
+        self._ribs(z, lab, body_box)
         for item in self._active("bones", z):
             self._paint(item, z, lab)
         for head in self.o.humerus_heads:
@@ -138,10 +148,19 @@ class Voxelizer:
                 sub = lab[box]
                 sub[(sd < 0) & _BONE_OVER[sub]] = Label.BONE_CORTEX
                 sub[(sd < -2.0) & _BONE_OVER[sub]] = Label.BONE_MARROW
+        return self._with_table(lab)
+
+    def _with_table(self, lab: np.ndarray) -> np.ndarray:
         if self.table is not None:
             air = lab == Label.AIR
             lab[air] = self.table[air]
         return lab
+
+    def _body_box(self, body: np.ndarray) -> tuple[slice, slice] | None:
+        """Rows and columns that the body contour can reach."""
+        x = body * _COS
+        y = body * _SIN
+        return self._box(float(x.min()) - 2.0, float(x.max()) + 2.0, float(y.min()) - 2.0, float(y.max()) + 2.0)
 
     def lobes(self, z: float, right: np.ndarray, window: tuple[slice, slice] | None = None) -> np.ndarray:
         """Lobe index (1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL) of every point of the plane (or window), by side ``right``."""
@@ -189,7 +208,9 @@ class Voxelizer:
         sub = lab[box]
         above = self.diaphragm[box] < z - 2.0
         lungish = (sub == Label.LUNG_R) | (sub == Label.LUNG_L)
-        sub[(sd < self.o.pericardial_fat_mm) & lungish] = Label.FAT
+        # pericardial fat: thick over the front and the apex, thin behind
+        front = 1.0 / (1.0 + np.exp((self.Y[box[0]] - (heart.center[1] - 10.0)) / 12.0))
+        sub[(sd < self.o.pericardial_fat_mm * (0.35 + 1.3 * front)) & lungish] = Label.FAT
         heart_in = (sd < 0) & above & (sub != Label.MUSCLE)
         sub[heart_in] = Label.MYOCARDIUM
         shrunk = heart_in & (sd < -3.0)
@@ -253,11 +274,11 @@ class Voxelizer:
             self._paint(item, z, lab)
         lab[~abdomen & (lab == Label.GAS)] = Label.MUSCLE  # never: gut gas only below the diaphragm
 
-    def _fat_planes(self, lab: np.ndarray, rc: np.ndarray, rm: np.ndarray) -> None:
+    def _fat_planes(self, lab: np.ndarray, rho: np.ndarray, rc: np.ndarray, rm: np.ndarray, bins: np.ndarray) -> None:
         """Thin fat planes between the layers of the thick chest wall muscles (pectorals, back)."""
         depth = rm - rc
-        target = rc + np.take(self._plane_frac, self.bins) * depth
-        plane = (np.abs(self.rho - target) < 1.1) & (depth > 18.0)
+        target = rc + np.take(self._plane_frac, bins) * depth
+        plane = (np.abs(rho - target) < 1.1) & (depth > 18.0)
         lab[plane & (lab == Label.MUSCLE)] = Label.FAT
 
     def _arms(self, z: float, lab: np.ndarray) -> None:
@@ -313,7 +334,7 @@ class Voxelizer:
             sub[spinous & ~body & (np.abs(X) < 1.5 * s + 1.0 * (tip - Y) / (30.0 * s))] = Label.BONE_MARROW
         sub[dc < rc] = Label.CANAL
 
-    def _ribs(self, z: float, lab: np.ndarray) -> None:
+    def _ribs(self, z: float, full: np.ndarray, body_box: tuple[slice, slice]) -> None:
         cage = self.o.ribs
         if cage is None:
             return
@@ -328,17 +349,16 @@ class Voxelizer:
         half = np.where(qk < 1.0, cage.half_thickness[k] * np.sqrt(np.maximum(1.0 - qk * qk, 0.0)), 0.0)
         center = np.where(qk < 1.0, cage.rho[k, cols], 0.0).astype(np.float32)
         is_bone = cage.label[k] == Label.BONE_MARROW
-        rows = np.flatnonzero((self.ys > -250) & (self.ys < 250))
-        d = np.abs(self.rho - np.take(center, self.bins))
-        hp = np.take(half.astype(np.float32), self.bins)
+        lab, bins = full[body_box], self.bins[body_box]
+        d = np.abs(self.rho[body_box] - np.take(center, bins))
+        hp = np.take(half.astype(np.float32), bins)
         band = (d < hp) & _BONE_OVER[lab]
         if not band.any():
             return
-        bone = np.take(is_bone, self.bins)
+        bone = np.take(is_bone, bins)
         lab[band & ~bone] = Label.CARTILAGE
         lab[band & bone] = Label.BONE_CORTEX
         lab[band & bone & (d < hp - 1.3)] = Label.BONE_MARROW
-        del rows
 
     def _sternum(self, z: float, lab: np.ndarray, front_radius: float) -> None:
         p = self.p
@@ -360,7 +380,7 @@ class Voxelizer:
         sub[(q < 1.0) & _BONE_OVER[sub]] = Label.BONE_CORTEX
         sub[(q < 0.55) & _BONE_OVER[sub]] = Label.BONE_MARROW
 
-    def _scapulae(self, z: float, lab: np.ndarray, cavity_table: np.ndarray) -> None:
+    def _scapulae(self, z: float, lab: np.ndarray, cavity_table: np.ndarray, body_box: tuple[slice, slice]) -> None:
         p = self.p
         z_top, z_bot = 8.0 * p.h, -145.0 * p.h
         if not z_bot < z < z_top:
@@ -369,11 +389,11 @@ class Voxelizer:
         half = 26.0 * t**0.55
         center = 42.0 + 8.0 * (1.0 - t)
         off = 12.0 * p.m + 9.0
-        rows = self.ys > 0
-        if not rows.any():
+        rows, cols = body_box
+        r0 = max(int(np.searchsorted(self.ys, 0.0)), rows.start)
+        if r0 >= rows.stop:
             return
-        r0 = int(np.argmax(rows))
-        sl = (slice(r0, len(self.ys)), slice(0, len(self.xs)))
+        sl = (slice(r0, rows.stop), cols)
         th = self.theta_deg[sl]
         depth = self.rho[sl] - np.take(cavity_table, self.bins[sl])
         sub = lab[sl]
