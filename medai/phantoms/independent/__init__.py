@@ -7,7 +7,8 @@ measured on a world it never saw. Never train on it.
 * :mod:`.spec`: :class:`IndependentSpec` and :func:`sample_independent_spec` (every drawn factor).
 * :mod:`.patient`: the shape model (nested star-shaped contours, domes, fissure height fields).
 * :mod:`.organs`, :mod:`.shapes`, :mod:`.voxelize`: organs as swept tubes and deformed blobs, labelled per plane.
-* :mod:`.coarse`, :mod:`.trees`, :mod:`.raster`: planning grid, space-colonised airway and vessel trees, rasterised.
+* :mod:`.coarse`, :mod:`.lungmap`: the planning grid and what it knows about the lungs.
+* :mod:`.trees`, :mod:`.twigs`, :mod:`.raster`: space-colonised airway and vessel trees, random-walk twigs, voxels.
 * :mod:`.parenchyma`, :mod:`.lesions`: lung density, fissures, emphysema; pneumonia as ranked fields.
 * :mod:`.scanner`, :mod:`.header`, :mod:`.phantom`: slice profile, kernels, noise, artifacts, header, assembly.
 

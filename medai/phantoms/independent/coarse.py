@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medai.phantoms.independent.trees import LungMap
+from medai.phantoms.independent.lungmap import LungMap
 from medai.phantoms.independent.voxelize import Voxelizer
 
 __all__ = ["CoarseGrid", "interpolation_matrix", "lung_map"]

@@ -30,9 +30,9 @@ import numpy as np
 from scipy import ndimage
 
 from medai.phantoms.independent.coarse import CoarseGrid
+from medai.phantoms.independent.lungmap import LungMap
 from medai.phantoms.independent.patient import Patient
 from medai.phantoms.independent.spec import LOBES, IndependentSpec
-from medai.phantoms.independent.trees import LungMap
 
 __all__ = ["CONSOLIDATION", "GGO", "Lesions"]
 

@@ -125,7 +125,7 @@ def build_organs(patient: Patient, rng: np.random.Generator) -> Organs:
     o.mediastinum.append(Painted(Tube(eso, 8.0 * s, 3.0), Label.ESOPHAGUS, 3.0))
 
     # ---- heart
-    a1, a2, a3 = 70.0 * s, 47.0 * s, 40.0 * s
+    a1, a2, a3 = 72.0 * s, 43.0 * s, 37.0 * s
     big = float(rng.uniform(0.93, 1.1)) * (1.12 if rng.random() < 0.1 else 1.0)
     heart_axes = _axes((0.62 + j(0.05), -0.62 + j(0.05), -0.48 + j(0.05)), (0.6, 0.8, 0.0))
     center = np.array([31.0 * w + j(3.0), -14.0 * d + j(3.0), p.z_heart])

@@ -20,8 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 from medai.phantoms.independent.coarse import CoarseGrid
+from medai.phantoms.independent.lungmap import LungMap, Segments
 from medai.phantoms.independent.patient import Patient
-from medai.phantoms.independent.trees import LungMap, Segments
 
 __all__ = ["Parenchyma"]
 

@@ -140,7 +140,7 @@ class Patient:
         self._bump_scap = _bump(35.0, 28.0) + _bump(145.0, 28.0)
         self._bump_trap = _bump(90.0, 75.0)
         self._bump_flank = _bump(15.0, 45.0) + _bump(165.0, 45.0) + 0.6 * _bump(-90.0, 40.0)
-        self._bump_breast = _bump(-90.0 - 40.0 - jitter(3.0), 24.0) + _bump(-90.0 + 40.0 + jitter(3.0), 24.0)
+        self._bump_breast = 0.75 * (_bump(-90.0 - 45.0 - jitter(3.0), 22.0) + _bump(-90.0 + 45.0 + jitter(3.0), 22.0))
         harmonics = np.zeros(N_THETA, dtype=np.float32)
         for k in range(2, 6):
             harmonics += np.float32(rng.normal(0.0, 0.025 / k)) * np.cos(k * _THETA + np.float32(rng.uniform(0, 6.3)))
@@ -267,16 +267,6 @@ class Patient:
             return (z0 + slope * (y + 40.0) - 0.06 * (np.abs(x) - 60.0) + warp).astype(np.float32)
         strike = self.fissure_strike[name] * (np.abs(x) - 45.0 * self.w)
         return (z0 + slope * (y + strike) + warp).astype(np.float32)
-
-    def lobe(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | float, right: np.ndarray) -> np.ndarray:
-        """Lobe index per point of a lung: 1 RUL, 2 RML, 3 RLL (``right``), 4 LUL, 5 LLL."""
-        zr = self.fissure_height("R_oblique", x, y)
-        zl = self.fissure_height("L_oblique", x, y)
-        zh = self.fissure_height("R_horizontal", x, y)
-        upper_r = np.where(z > zh, 1, 2)
-        lobe_r = np.where(z > zr, upper_r, 3)
-        lobe_l = np.where(z > zl, 4, 5)
-        return np.where(right, lobe_r, lobe_l).astype(np.uint8)
 
 
 def _window(z: float, center: float, half: float) -> float:

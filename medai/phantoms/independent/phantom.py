@@ -20,6 +20,7 @@ import numpy as np
 from medai.phantoms.independent.coarse import CoarseGrid, lung_map
 from medai.phantoms.independent.header import ct_header, series_uids
 from medai.phantoms.independent.lesions import CONSOLIDATION, GGO, Lesions
+from medai.phantoms.independent.lungmap import Segments
 from medai.phantoms.independent.organs import Organs, build_organs
 from medai.phantoms.independent.parenchyma import Parenchyma
 from medai.phantoms.independent.patient import Patient
@@ -28,7 +29,7 @@ from medai.phantoms.independent.scanner import Kernel, NoiseBank, slice_weights
 from medai.phantoms.independent.shapes import Tube
 from medai.phantoms.independent.spec import IndependentSpec
 from medai.phantoms.independent.tissue import Label, attenuation_table
-from medai.phantoms.independent.trees import Segments, grow_lungs
+from medai.phantoms.independent.trees import grow_lungs
 from medai.phantoms.independent.voxelize import Voxelizer
 from medai.volume import Volume
 

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from medai.phantoms.independent.trees import Segments
+from medai.phantoms.independent.lungmap import Segments
 
 __all__ = ["TreeRaster"]
 

@@ -211,9 +211,10 @@ def _draw_acquisition(r: np.random.Generator, patient: dict[str, Any], matrix: i
         fov = 2.0 * (132.0 * body["width_scale"] + float(r.uniform(0.0, 30.0)))
     elif fov_mode == "wide":  # the whole patient, arms included
         fov = 2.0 * (half + float(r.uniform(5.0, 30.0)))
-    else:
+    else:  # the trunk, front to back and side to side (breasts included)
         chest_half = 142.0 * body["width_scale"] + 14.0 * body["muscle_scale"] + 1.05 * body["fat_mm"]
-        fov = 2.0 * (chest_half + float(r.uniform(-5.0, 45.0)))
+        front = 95.0 * body["depth_scale"] + 25.0 * body["muscle_scale"] + body["fat_mm"] + patient["breast_mm"]
+        fov = 2.0 * (max(chest_half, front + 15.0) + float(r.uniform(-5.0, 45.0)))
     fov = float(np.clip(fov, 250.0, 500.0))
     if matrix is None:
         allowed = [m for m in _MATRICES if 0.6 <= fov / m <= 0.98]
@@ -288,7 +289,7 @@ def _draw_disease(r: np.random.Generator, label: str, factors: dict[str, Any]) -
         halo = _uniform(r, 3.0, 10.0, 1) if r.random() < 0.4 else 0.0
         volume = math.pi / 6.0 * (diameter + 2.0 * halo) ** 3 / 1000.0
         fraction = volume / expected_lung_volume_ml(factors)
-        lesion = {"diameter_mm": round(diameter, 1), "halo_mm": halo, "lobulation": _uniform(r, 0.0, 0.25)}
+        lesion = {"diameter_mm": round(diameter, 1), "halo_mm": halo, "lobulation": _uniform(r, 0.1, 0.35)}
         return pattern, round(fraction, 6), lesion
     lobe = str(r.choice(tuple(LOBES), p=(0.17, 0.1, 0.3, 0.18, 0.25)))
     if pattern == "lobar":

@@ -5,15 +5,16 @@ points are scattered through the lobe; every point pulls on its nearest tree
 node within an influence radius, each pulled node grows one step toward the
 mean direction of its points (plus a random-walk jitter that curves the
 branches), and points are consumed when a node comes close. Branching
-emerges where one node's points lie in different directions. Radii come
-afterwards from the leaves up by Murray's law (``r**3`` of a parent is the
-sum over its children), scaled so the lobar stem has its anatomical size,
-so vessels taper from the hilum to the periphery.
+emerges where one node's points lie in different directions. Growth also
+drifts away from the lobe's hilar entry, so vessels fan out, and the node
+positions are relaxed afterwards (no zig-zags). Radii come from the leaves
+up by a Murray-like law (``r**2.7`` of a parent is the sum over its
+children), scaled so the lobar stem has its anatomical size, so vessels
+taper from the hilum to the periphery.
 
 Beyond the leaves, sub-millimetre *twigs* grow as curved random walks that
-split by Murray's law with minimum-work angles; their split plane is chosen
-greedily among random rotations (deepest in the lobe, emptiest in an
-occupancy grid). They carry the fine texture of normal lung.
+split by Murray's law (:mod:`~medai.phantoms.independent.twigs`). They carry
+the fine texture of normal lung.
 
 Airways grow first from the main bronchi; pulmonary arteries start as a copy
 of the airway tree shifted beside it (the bronchovascular bundle) and keep
@@ -23,256 +24,15 @@ lobes from the left atrium's veins with their own attraction points.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["LungMap", "Segments", "grow_lungs"]
+from medai.phantoms.independent.lungmap import LungMap, Segments
+from medai.phantoms.independent.twigs import Front, Grower, perpendicular, unit
 
-
-@dataclass
-class LungMap:
-    """What growth needs to know about the lungs, on a coarse regular grid (z, y, x).
-
-    Attributes:
-        origin: ``(x, y, z)`` mm of voxel ``[0, 0, 0]``.
-        spacing: ``(x, y, z)`` voxel size in mm.
-        lobe: lobe index per voxel (0 outside the lungs, 1..5 RUL RML RLL LUL LLL).
-        depth: distance (mm) to the nearest pleura or fissure, 0 outside.
-        gradient: unit vectors ``(3, z, y, x)`` (x, y, z components) pointing deeper into the lobe.
-        nearest: per voxel, the index arrays of its nearest lung voxel (None when there are no lungs).
-        pleura: distance (mm) to the lungs' outer surface, ignoring fissures (None: use ``depth``).
-    """
-
-    origin: np.ndarray
-    spacing: np.ndarray
-    lobe: np.ndarray
-    depth: np.ndarray
-    gradient: np.ndarray
-    nearest: tuple[np.ndarray, ...] | None = None
-    pleura: np.ndarray | None = None
-    _voxels: dict[tuple[int, float], np.ndarray] = field(default_factory=dict, repr=False)
-
-    def extend(self, field: np.ndarray) -> np.ndarray:
-        """``field`` with every voxel outside the lungs set to the value of its nearest lung voxel.
-
-        Interpolating the result near the pleura then reads lung values only.
-        """
-        if self.nearest is None:
-            return field.astype(np.float32)
-        return field[self.nearest].astype(np.float32)
-
-    def index(self, points: np.ndarray) -> np.ndarray:
-        """Flat voxel index of each point ``(..., 3)`` (clipped to the grid)."""
-        ijk = np.rint((points - self.origin) / self.spacing).astype(np.intp)
-        nz, ny, nx = self.lobe.shape
-        i = np.clip(ijk[..., 0], 0, nx - 1)
-        j = np.clip(ijk[..., 1], 0, ny - 1)
-        k = np.clip(ijk[..., 2], 0, nz - 1)
-        inside = (ijk[..., 0] == i) & (ijk[..., 1] == j) & (ijk[..., 2] == k)
-        flat = (k * ny + j) * nx + i
-        return np.where(inside, flat, -1)
-
-    def lobe_at(self, points: np.ndarray) -> np.ndarray:
-        idx = self.index(points)
-        return np.where(idx >= 0, self.lobe.ravel()[np.maximum(idx, 0)], 0)
-
-    def depth_at(self, points: np.ndarray) -> np.ndarray:
-        idx = self.index(points)
-        return np.where(idx >= 0, self.depth.ravel()[np.maximum(idx, 0)], 0.0)
-
-    def voxels(self, lobe: int, min_depth: float) -> np.ndarray:
-        """Centres ``(n, 3)`` of the voxels of ``lobe`` at least ``min_depth`` mm from its boundary."""
-        key = (lobe, min_depth)
-        if key not in self._voxels:
-            k, j, i = np.nonzero((self.lobe == lobe) & (self.depth > min_depth))
-            self._voxels[key] = self.origin + np.stack([i, j, k], axis=1) * self.spacing
-        return self._voxels[key]
-
-    def inward(self, points: np.ndarray) -> np.ndarray:
-        idx = np.maximum(self.index(points), 0)
-        return np.stack([self.gradient[c].ravel()[idx] for c in range(3)], axis=-1)
-
-
-@dataclass
-class Segments:
-    """Straight pieces of one tree: start and end points ``(n, 3)`` and radii ``(n,)`` (mm)."""
-
-    a: np.ndarray
-    b: np.ndarray
-    ra: np.ndarray
-    rb: np.ndarray
-
-    @staticmethod
-    def empty() -> Segments:
-        z3 = np.zeros((0, 3))
-        return Segments(z3, z3.copy(), np.zeros(0), np.zeros(0))
-
-    @staticmethod
-    def concat(parts: list[Segments]) -> Segments:
-        if not parts:
-            return Segments.empty()
-        return Segments(*(np.concatenate([getattr(s, f) for s in parts]) for f in ("a", "b", "ra", "rb")))
-
-    def __len__(self) -> int:
-        return len(self.ra)
-
-
-@dataclass
-class _Front:
-    p: np.ndarray  # (n, 3)
-    d: np.ndarray  # (n, 3) unit
-    r: np.ndarray  # (n,)
-    lobe: np.ndarray  # (n,)
-    normal: np.ndarray  # (n, 3) unit, perpendicular to d: the last branching plane's normal
-    hilum: np.ndarray  # (n, 3) where the tree enters the lung: branches drift away from it
-
-    def take(self, keep: np.ndarray) -> _Front:
-        return _Front(self.p[keep], self.d[keep], self.r[keep], self.lobe[keep], self.normal[keep], self.hilum[keep])
-
-    @staticmethod
-    def concat(parts: list[_Front]) -> _Front:
-        fields = ("p", "d", "r", "lobe", "normal", "hilum")
-        return _Front(*(np.concatenate([getattr(f, k) for f in parts]) for k in fields))
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
-
-
-def _perpendicular(d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    v = rng.normal(size=d.shape)
-    return _unit(v - np.sum(v * d, axis=-1, keepdims=True) * d)
-
-
-def _rotate(v: np.ndarray, axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rodrigues rotation of vectors ``v`` about unit ``axis`` by ``angle`` (broadcast)."""
-    c, s = np.cos(angle)[..., None], np.sin(angle)[..., None]
-    return v * c + np.cross(axis, v) * s + axis * np.sum(axis * v, axis=-1, keepdims=True) * (1 - c)
-
-
-class _Grower:
-    def __init__(self, lungs: LungMap, rng: np.random.Generator, occupancy: np.ndarray) -> None:
-        self.lungs, self.rng, self.occ = lungs, rng, occupancy
-        self.cell_mm3 = float(np.prod(lungs.spacing))
-
-    def walk(self, front: _Front, length: np.ndarray, steps: int, wobble: float) -> tuple[Segments, _Front, np.ndarray]:
-        """Walk every branch ``steps`` steps.
-
-        A step that would leave the lobe is bent inward once; if it still leaves, a thick branch stops
-        where it is (its children carry on) and a thin one dies.
-
-        Returns:
-            The drawn pieces, the new front and which branches survived.
-        """
-        lungs, rng = self.lungs, self.rng
-        p, d = front.p.copy(), front.d.copy()
-        alive = np.ones(len(p), dtype=bool)
-        moving = np.ones(len(p), dtype=bool)
-        step = (length / steps)[:, None]
-        pieces = []
-        r_end = front.r * 0.95
-        prev_cap = np.full(len(p), np.inf)
-        for k in range(steps):
-            ahead = p + d * step * 1.5
-            depth = lungs.depth_at(ahead)
-            near = np.clip(1.0 - depth / (2.0 * front.r + 5.0), 0.0, 1.0) * np.clip(front.r - 0.6, 0.0, 1.0)
-            away = _unit(p - front.hilum)
-            bend = lungs.inward(ahead) * (0.6 * near)[:, None]
-            d = _unit(d + rng.normal(0.0, wobble, d.shape) + bend + away * 0.04)
-            q = p + d * step
-            out = lungs.lobe_at(q) != front.lobe
-            if out.any():
-                d2 = _unit(d + 2.0 * lungs.inward(p))
-                q2 = p + d2 * step
-                fixed = out & (lungs.lobe_at(q2) == front.lobe)
-                q = np.where(fixed[:, None], q2, q)
-                d = np.where(fixed[:, None], d2, d)
-                stuck = out & ~fixed
-                moving &= ~stuck
-                alive &= ~(stuck & (front.r < 1.5))
-            ra = front.r + (r_end - front.r) * (k / steps)
-            rb = front.r + (r_end - front.r) * ((k + 1) / steps)
-            far = np.linalg.norm(q - front.hilum, axis=1) > 35.0
-            cap = np.where(far, 0.3 + 0.12 * lungs.depth_at(q), np.inf)  # vessels thin out toward the pleura
-            if k:
-                ra = np.minimum(ra, prev_cap)
-            rb = np.minimum(rb, cap)
-            prev_cap = cap
-            keep = moving & alive
-            pieces.append(Segments(p[keep], q[keep], ra[keep], rb[keep]))
-            np.add.at(self.occ.ravel(), np.maximum(lungs.index(q[keep]), 0), (np.pi * rb[keep] ** 2) * step[keep, 0])
-            p = np.where(keep[:, None], q, p)
-        new = _Front(p, d, np.minimum(r_end, prev_cap), front.lobe, front.normal, front.hilum)
-        return Segments.concat(pieces), new, alive
-
-    def split(self, front: _Front, candidates: int = 6) -> _Front:
-        """Two children per branch: Murray radii and angles, split plane chosen among random rotations."""
-        rng, lungs = self.rng, self.lungs
-        n = len(front.r)
-        alpha = rng.uniform(0.3, 1.0, n)
-        r1 = front.r / (1.0 + alpha**3) ** (1.0 / 3.0)
-        r2 = alpha * r1
-        x1, x2 = (r1 / front.r) ** 2, (r2 / front.r) ** 2
-        th1 = np.arccos(np.clip((1 + x1**2 - x2**2) / (2 * x1), -1, 1)) + rng.normal(0, 0.08, n)
-        th2 = np.arccos(np.clip((1 + x2**2 - x1**2) / (2 * x2), -1, 1)) + rng.normal(0, 0.1, n)
-        th1, th2 = np.clip(th1, 0.1, 0.9), np.clip(th2, 0.3, 1.25)
-        # candidate split planes: the parent's plane turned by ~90 degrees, then random turns
-        psi = math.pi / 2 + rng.uniform(-math.pi / 2, math.pi / 2, (n, candidates))
-        normal = _rotate(np.repeat(front.normal[:, None], candidates, 1), front.d[:, None], psi)
-        d = np.repeat(front.d[:, None], candidates, 1)
-        c1 = _rotate(d, normal, np.repeat(th1[:, None], candidates, 1))
-        c2 = _rotate(d, normal, -np.repeat(th2[:, None], candidates, 1))
-        score = np.zeros((n, candidates))
-        occ = self.occ.ravel()
-        for c, r in ((c1, r1), (c2, r2)):
-            for reach in (5.0, 10.0, 16.0):
-                q = front.p[:, None] + c * (r * reach + 2.0)[:, None, None]
-                depth = lungs.depth_at(q)
-                same = lungs.lobe_at(q) == front.lobe[:, None]
-                crowd = occ[np.maximum(lungs.index(q), 0)] / self.cell_mm3
-                score += np.minimum(depth, 15.0) * same - 15.0 * ~same - 60.0 * crowd
-        score += rng.normal(0.0, 0.5, score.shape)
-        best = np.argmax(score, axis=1)
-        rows = np.arange(n)
-        nrm = normal[rows, best]
-        return _Front(
-            p=np.concatenate([front.p, front.p]),
-            d=np.concatenate([c1[rows, best], c2[rows, best]]),
-            r=np.concatenate([r1, r2]),
-            lobe=np.concatenate([front.lobe, front.lobe]),
-            normal=np.concatenate([nrm, nrm]),
-            hilum=np.concatenate([front.hilum, front.hilum]),
-        )
-
-    def grow(
-        self,
-        front: _Front,
-        *,
-        r_min: float,
-        length_ratio: tuple[float, float],
-        wobble: float,
-        max_generations: int = 30,
-    ) -> tuple[Segments, _Front]:
-        """Grow until every branch is thinner than ``r_min``; returns the pieces and the ends of the thinnest."""
-        out: list[Segments] = []
-        ends: list[_Front] = []
-        for _ in range(max_generations):
-            if not len(front.r):
-                break
-            length = front.r * self.rng.uniform(*length_ratio, len(front.r))
-            length = np.clip(length, 1.5, 40.0)
-            pieces, front, alive = self.walk(front, length, 4, wobble)
-            out.append(pieces)
-            front = front.take(alive)
-            thin = front.r < r_min * 1.26
-            ends.append(front.take(thin))
-            front = front.take(~thin)
-            if len(front.r):
-                front = self.split(front)
-        return Segments.concat(out), _Front.concat(ends) if ends else front
+__all__ = ["grow_lungs"]
 
 
 def _entries(lungs: LungMap, root: np.ndarray, lobes: tuple[int, ...]) -> list[tuple[int, np.ndarray, float]]:
@@ -410,8 +170,8 @@ def _colonise(
         np.add.at(total, who, pull)
         growing = np.unique(who)
         pull = total[growing] / np.maximum(np.linalg.norm(total[growing], axis=1, keepdims=True), 1e-9)
-        away = _unit(all_xyz[growing] - hilum[all_lobe[growing]])
-        direction = _unit(pull + radial * away + rng.normal(0.0, jitter, (len(growing), 3)))
+        away = unit(all_xyz[growing] - hilum[all_lobe[growing]])
+        direction = unit(pull + radial * away + rng.normal(0.0, jitter, (len(growing), 3)))
         cand = all_xyz[growing] + step * direction
         ok = lungs.lobe_at(cand) == all_lobe[growing]
         growing, cand = growing[ok], cand[ok]
@@ -456,16 +216,16 @@ def _hilar(tree: _Tree, roots: list[np.ndarray], radii: np.ndarray, root_r: floa
     return Segments(a, tree.nodes[first], np.full(len(first), root_r), radii[first])
 
 
-def _twigs(grower: _Grower, tree: _Tree, radii: np.ndarray, hilum: np.ndarray, rng: np.random.Generator) -> Segments:
+def _twigs(grower: Grower, tree: _Tree, radii: np.ndarray, hilum: np.ndarray, rng: np.random.Generator) -> Segments:
     """Random-walk twigs from every leaf down to 0.25 mm."""
     has_child = np.zeros(len(tree.parent), dtype=bool)
     has_child[tree.parent[tree.parent >= 0]] = True
     leaf = np.flatnonzero(~has_child & (tree.parent >= 0))
     if not len(leaf):
         return Segments.empty()
-    d = _unit(tree.nodes[leaf] - tree.nodes[tree.parent[leaf]])
-    front = _Front(
-        tree.nodes[leaf], d, radii[leaf], tree.lobe[leaf], _perpendicular(d, rng), np.repeat(hilum[None], len(leaf), 0)
+    d = unit(tree.nodes[leaf] - tree.nodes[tree.parent[leaf]])
+    front = Front(
+        tree.nodes[leaf], d, radii[leaf], tree.lobe[leaf], perpendicular(d, rng), np.repeat(hilum[None], len(leaf), 0)
     )
     pieces, _ = grower.grow(grower.split(front), r_min=0.25, length_ratio=(5.0, 8.0), wobble=0.1, max_generations=3)
     return pieces
@@ -491,7 +251,7 @@ def grow_lungs(
         ``{"airway": (outer wall, lumen), "artery": (vessels, empty), "vein": (vessels, empty)}``.
     """
     occupancy = np.zeros(lungs.lobe.shape, dtype=np.float32)
-    grower = _Grower(lungs, rng, occupancy)
+    grower = Grower(lungs, rng, occupancy)
     volume = np.bincount(lungs.lobe.ravel(), minlength=6)[1:].astype(float)
 
     def counts(per_litre: float) -> dict[int, int]:
@@ -506,10 +266,10 @@ def grow_lungs(
         seeds.append(tree)
         aw_radius.update(radius)
         hila.append(root_p)
-    airway = _colonise(lungs, _merge(seeds), counts(90.0), rng, step=3.0, influence=50.0, kill=7.0, jitter=0.2)
+    airway = _colonise(lungs, _merge(seeds), counts(160.0), rng, step=3.0, influence=45.0, kill=6.0, jitter=0.12)
     airway = airway.smoothed()
     r_aw = airway.radii(aw_radius)
-    keep = r_aw >= 0.7
+    keep = r_aw >= 0.6
     keep[airway.parent < 0] = True
     lumen = Segments.concat([_hilar(airway, hila, r_aw, 6.0), _prune(airway, r_aw, keep)])
     thickness = 0.15 * lumen.ra + 0.3
@@ -579,10 +339,10 @@ def _bundle_offsets(tree: _Tree, radii: np.ndarray, rng: np.random.Generator) ->
     offsets = np.zeros_like(tree.nodes)
     direction = np.zeros_like(tree.nodes)
     has = tree.parent >= 0
-    direction[has] = _unit(tree.nodes[has] - tree.nodes[tree.parent[has]])
+    direction[has] = unit(tree.nodes[has] - tree.nodes[tree.parent[has]])
     roots = np.flatnonzero(~has)
-    direction[roots] = _unit(rng.normal(size=(len(roots), 3)))
-    side = _perpendicular(direction, rng)
+    direction[roots] = unit(rng.normal(size=(len(roots), 3)))
+    side = perpendicular(direction, rng)
     for i in range(len(tree.parent)):  # inherit the parent's side, kept perpendicular to the branch
         p = tree.parent[i]
         if p >= 0:
