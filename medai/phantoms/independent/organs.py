@@ -55,8 +55,7 @@ class Organs:
     stomach: Blob | None = None
     stomach_gas_y: float = 0.0
     stomach_food: bool = False
-    colon: Tube | None = None
-    colon_gas_y: float = 0.0
+    gut: list[tuple[Tube, float, float]] = field(default_factory=list)  # (tube, gas level y, wall mm): colon, bowel
     liver_edge: tuple[float, float, float] = (0.0, 0.0, 0.0)
     liver_bottom: tuple[float, float] = (0.0, 0.0)
     spleen: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
@@ -257,8 +256,18 @@ def build_organs(patient: Patient, rng: np.random.Generator) -> Organs:
             pt(100, 34, -520),
         ]
     )
-    o.colon = Tube(colon, 21.0 * s * float(rng.uniform(0.85, 1.2)), 0.0)
-    o.colon_gas_y = float(rng.uniform(-40.0, 30.0)) * d
+    o.gut.append((Tube(colon, 21.0 * s * float(rng.uniform(0.85, 1.2))), float(rng.uniform(-40.0, 30.0)) * d, 2.5))
+    for _ in range(int(rng.integers(2, 6))):  # small-bowel loops in the left upper quadrant, below the stomach
+        start = np.array(
+            pt(float(rng.uniform(-10, 80)), float(rng.uniform(-60, 10)), zdl - float(rng.uniform(95, 160)))
+        )
+        heading = rng.normal(size=3) * np.array([1.0, 1.0, 0.4])
+        loop = [start]
+        for _ in range(5):
+            heading = heading + rng.normal(size=3) * np.array([0.8, 0.8, 0.3])
+            loop.append(loop[-1] + 18.0 * s * heading / max(float(np.linalg.norm(heading)), 1e-6))
+        gas_y = float(rng.uniform(-80.0, 0.0)) * d if rng.random() < 0.6 else -1e3  # some loops hold only fluid
+        o.gut.append((Tube(np.array(loop), float(rng.uniform(9.0, 14.0)) * s), gas_y, 1.8))
     for side in (-1, 1):
         kz = (zdr - 95 - (0 if side < 0 else -12)) + j(8.0)
         c = np.array(pt(side * 72, 58, kz))

@@ -214,7 +214,8 @@ def _draw_acquisition(r: np.random.Generator, patient: dict[str, Any], matrix: i
     else:  # the trunk, front to back and side to side (breasts included)
         chest_half = 142.0 * body["width_scale"] + 14.0 * body["muscle_scale"] + 1.05 * body["fat_mm"]
         front = 95.0 * body["depth_scale"] + 25.0 * body["muscle_scale"] + body["fat_mm"] + patient["breast_mm"]
-        fov = 2.0 * (max(chest_half, front + 15.0) + float(r.uniform(-5.0, 45.0)))
+        back = 92.0 * body["depth_scale"] + 40.0 * body["muscle_scale"] + 0.7 * body["fat_mm"]
+        fov = 2.0 * (max(chest_half, front + 15.0, back + 25.0) + float(r.uniform(-5.0, 45.0)))
     fov = float(np.clip(fov, 250.0, 500.0))
     if matrix is None:
         allowed = [m for m in _MATRICES if 0.6 <= fov / m <= 0.98]

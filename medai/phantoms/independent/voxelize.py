@@ -261,15 +261,15 @@ class Voxelizer:
                 gas_b = np.broadcast_to(gas, sub.shape)
                 sub[inner & gas_b] = Label.GAS
                 sub[inner & ~gas_b] = content
-        if o.colon is not None:
-            for box, sd in o.colon.cuts(z, self.xs, self.ys):
+        for gut, gas_y, wall in o.gut:
+            for box, sd in gut.cuts(z, self.xs, self.ys):
                 sub = lab[box]
                 ok = abdomen[box] & (sd < 0) & (sub != Label.GAS)
                 sub[ok] = Label.GUT_WALL
-                inner = ok & (sd < -2.5)
-                gas = np.broadcast_to(self.Y[box[0]] < o.colon_gas_y, sub.shape)
+                inner = ok & (sd < -wall)
+                gas = np.broadcast_to(self.Y[box[0]] < gas_y, sub.shape)
                 sub[inner & gas] = Label.GAS
-                sub[inner & ~gas] = Label.CHYME
+                sub[inner & ~gas] = Label.CHYME if wall > 2.0 else Label.FLUID
         for item in self._active("abdomen", z):
             self._paint(item, z, lab)
         lab[~abdomen & (lab == Label.GAS)] = Label.MUSCLE  # never: gut gas only below the diaphragm
