@@ -285,6 +285,14 @@ class _Renderer:
             h += cov * (np.float32(-1000.0) - h)
         return hu, side, cls
 
+    @staticmethod
+    def _truth(hu: np.ndarray, side: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """A fine plane as kept until its slices are done: HU, and its ground-truth indicators (None if empty)."""
+        if not side.any():
+            return hu, None
+        truth = np.stack([side == 1, side == 2, side == _GUT_GAS, cls > 0, cls == CONSOLIDATION]).astype(np.float32)
+        return hu, truth
+
     # ------------------------------------------------------------------ slices
 
     def run(self) -> IndependentPhantom:
@@ -294,36 +302,29 @@ class _Renderer:
         out = np.empty((n_out, rows, cols), dtype=np.int16)
         lung_mask = np.zeros((n_out, rows, cols), dtype=np.uint8)
         lesion_mask = np.zeros((n_out, rows, cols), dtype=np.uint8)
-        cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         rng = _rng(spec, 10)
         artifacts = _Artifacts(self, rng)
+        win_shape = (self.win[0].stop - self.win[0].start, self.win[1].stop - self.win[1].start)
+        tmp = np.empty((rows, cols), dtype=np.float32)
         for k in range(n_out):
             idx, w = self.weights[k]
             for j in idx:
                 if j not in cache:
-                    cache[int(j)] = self._plane(float(self.z_fine[j]))
+                    cache[int(j)] = self._truth(*self._plane(float(self.z_fine[j])))
             hu = np.zeros((rows, cols), dtype=np.float32)
-            wshape = cache[int(idx[0])][1].shape
-            r_frac = np.zeros(wshape, dtype=np.float32)
-            l_frac = np.zeros(wshape, dtype=np.float32)
-            gas = np.zeros(wshape, dtype=np.float32)
-            les = np.zeros(wshape, dtype=np.float32)
-            con = np.zeros(wshape, dtype=np.float32)
+            frac = np.zeros((5, *win_shape), dtype=np.float32)  # right, left, gut gas, lesion, consolidation
             for j, wj in zip(idx, w, strict=True):
-                plane, side, cls = cache[int(j)]
-                hu += wj * plane
-                if side.any():
-                    r_frac += wj * (side == 1)
-                    l_frac += wj * (side == 2)
-                    gas += wj * (side == _GUT_GAS)
-                    if cls.any():
-                        les += wj * (cls > 0)
-                        con += wj * (cls == CONSOLIDATION)
+                plane, truth = cache[int(j)]
+                hu += np.multiply(plane, wj, out=tmp)
+                if truth is not None:
+                    frac += wj * truth
+            r_frac, l_frac, gas, les, con = frac
             lung = ((r_frac + l_frac) >= 0.5) & (gas < _GAS_VETO)
             lung_mask[k][self.win] = np.where(lung, np.where(r_frac >= l_frac, 1, 2), 0)
             lesion = lung & (les >= 0.5)
             lesion_mask[k][self.win] = np.where(lesion, np.where(con >= les - con, 2, 1), 0)
-            out[k] = artifacts.finish(k, hu, cache[int(idx[len(idx) // 2])])
+            out[k] = artifacts.finish(k, hu)
             nxt = self.weights[k + 1][0].min() if k + 1 < n_out else len(self.z_fine)
             for j in [j for j in cache if j < nxt]:
                 del cache[j]
@@ -359,7 +360,7 @@ class _Artifacts:
         self.outside = (dx * dx + dy * dy) > (fov / 2.0) ** 2 if f["fov_circle"] else None
         self.svc = next((item.shape for item in r.organs.mediastinum if item.label == Label.BLOOD_SVC), None)
 
-    def finish(self, k: int, hu: np.ndarray, center: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    def finish(self, k: int, hu: np.ndarray) -> np.ndarray:
         r = self.r
         z = float(r.z_out[k])
         if self.cardiac:

@@ -80,7 +80,7 @@ def slice_weights(
             total[np.searchsorted(merged, idx)] += (1.0 - mix[k]) * w / w.sum()
             total[np.searchsorted(merged, idx2)] += mix[k] * w2 / w2.sum()
             idx, w = merged, total
-        keep = w > 1e-4 * w.max()
+        keep = w > 5e-3 * w.max()  # tails below half a percent change nothing visible
         idx, w = idx[keep], w[keep]
         out.append((idx, (w / w.sum()).astype(np.float32)))
     return out
