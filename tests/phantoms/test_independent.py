@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def test_specs_have_valid_labels_patterns_and_disjoint_split_seeds() -> None:
     assert not {s.seed for s in test} & {s.seed for s in val}
     covid = [s.lesion_fraction for s in test if s.label == "covid19"]
     assert min(covid) < 0.01 and max(covid) > 0.5  # all severities
+    for spec in test[:50]:  # plain JSON: a spec written out rebuilds the same case
+        assert json.loads(json.dumps(spec.factors)) == spec.factors
     forced = sample_independent_spec(np.random.default_rng(0), label="covid19", matrix=160)
     assert forced.label == "covid19" and forced.factors["matrix"] == 160
     assert forced.factors["pixel_mm"] == pytest.approx(forced.factors["fov_mm"] / 160, rel=1e-4)
