@@ -198,7 +198,9 @@ def _groups(prediction: Prediction) -> list[hd.sr.MeasurementsAndQualitativeEval
             finding_type=MedaiCode.OPACITY,
             measurements=[
                 _measure(MedaiCode.OPACITY_PERCENT, quant.lesion_percent, MedaiCode.PERCENT, MedaiCode.LUNG),
-                _measure(MedaiCode.OPACITY_PERCENT, quant.right_lesion_percent, MedaiCode.PERCENT, MedaiCode.RIGHT_LUNG),
+                _measure(
+                    MedaiCode.OPACITY_PERCENT, quant.right_lesion_percent, MedaiCode.PERCENT, MedaiCode.RIGHT_LUNG
+                ),
                 _measure(MedaiCode.OPACITY_PERCENT, quant.left_lesion_percent, MedaiCode.PERCENT, MedaiCode.LEFT_LUNG),
                 _measure(MedaiCode.VOLUME, quant.lung_volume_ml, MedaiCode.MILLILITER, MedaiCode.LUNG),
                 _measure(MedaiCode.VOLUME, quant.right_lung_volume_ml, MedaiCode.MILLILITER, MedaiCode.RIGHT_LUNG),
@@ -223,7 +225,9 @@ def _encode(
         observation_context=_observation_context(model_name),
         procedure_reported=MedaiCode.PROCEDURE,
         imaging_measurements=list(groups),
-        referenced_images=list(sources[:1]),  # the image library (TID 1600): the series; the evidence lists every instance
+        referenced_images=list(
+            sources[:1]
+        ),  # the image library (TID 1600): the series; the evidence lists every instance
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(sources),
@@ -270,9 +274,7 @@ def build_sr(
     _check_sources(sources)
     source_series = str(sources[0].SeriesInstanceUID)
     if prediction.series_uid and prediction.series_uid != source_series:
-        raise ValueError(
-            f"sources must be of the scored series {prediction.series_uid}, not of series {source_series}"
-        )
+        raise ValueError(f"sources must be of the scored series {prediction.series_uid}, not of series {source_series}")
     model_name = prediction.model_id.split("@", 1)[0] or "medai"
     sr = _encode(_groups(prediction), sources, model_name=model_name, series_number=series_number)
     log.info("SR for series %s: %s, model %s", source_series, prediction.label, prediction.model_id)
@@ -298,7 +300,7 @@ def build_failure_sr(
         series_number: SeriesNumber of the new SR series.
 
     Example:
-        >>> sr = build_failure_sr("too_few_slices", "12 slices, at least 16 needed", headers, model_id=m)  # doctest: +SKIP
+        >>> sr = build_failure_sr("too_few_slices", "12 slices", headers, model_id=m)  # doctest: +SKIP
     """
     _check_sources(sources)
     if not reason:

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from medai.report.dicom_sr import MANUFACTURER
 from medai.labels import INTENDED_USE
+from medai.report.dicom_sr import MANUFACTURER
 from medai.report.keyimages import key_image_array
 from medai.volume import Volume
 
@@ -82,7 +82,7 @@ def build_secondary_capture(
     if n_slices < 1:
         raise ValueError(f"n_slices must be >= 1, not {n_slices}")
     series_uid = generate_uid()
-    images = []
+    images: list[pydicom.Dataset] = []
     for number, z in enumerate(prediction.saliency.top_slices(n_slices), start=1):
         pixels = np.ascontiguousarray(key_image_array(volume, prediction, slices=[z], tile_px=tile_px))
         sc = hd.sc.SCImage.from_ref_dataset(
