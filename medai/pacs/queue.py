@@ -269,6 +269,9 @@ class JobQueue:
     def claim_ready(self, idle_seconds: float, *, now: float | None = None) -> Job | None:
         """Move the oldest complete series (no instance for ``idle_seconds``) to ``scoring`` and return it."""
         now = time.time() if now is None else now
+        ready = self.next_ready_at(idle_seconds)
+        if ready is None or ready > now:  # a read, not a write lock: the listener is never held up by polling
+            return None
         with self._transaction() as db:
             row = db.execute(
                 "SELECT * FROM jobs WHERE state = ? AND last_received_at <= ? ORDER BY last_received_at LIMIT 1",
@@ -282,6 +285,11 @@ class JobQueue:
             )
             claimed = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return _job(claimed)
+
+    def next_ready_at(self, idle_seconds: float) -> float | None:
+        """When the next receiving series becomes complete (``None`` when none is receiving)."""
+        rows = self._query("SELECT MIN(last_received_at) FROM jobs WHERE state = ?", (JobState.RECEIVING,))
+        return None if rows[0][0] is None else float(rows[0][0]) + idle_seconds
 
     def series_files(self, series_uid: str) -> list[Path]:
         """Every stored (not purged) instance of a series, in the order received."""
@@ -368,7 +376,7 @@ class JobQueue:
 
     def outputs(self, job_id: int) -> list[OutputRecord]:
         rows = self._query(
-            "SELECT kind, sop_class_uid, sop_uid, path FROM outputs WHERE job_id = ? ORDER BY kind, path", (job_id,)
+            "SELECT kind, sop_class_uid, sop_uid, path FROM outputs WHERE job_id = ? ORDER BY rowid", (job_id,)
         )
         return [OutputRecord(r[0], r[1], r[2], r[3]) for r in rows]
 

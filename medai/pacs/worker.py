@@ -104,18 +104,20 @@ class Worker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        poll = min(0.5, max(0.05, self.config.idle_seconds / 4))
         while not self._stop.is_set():
+            wait = 1.0
             try:
                 job = self.queue.claim_ready(self.config.idle_seconds)
                 if job is not None:
                     self.process(job)
                     continue
                 self._retention()
+                ready = self.queue.next_ready_at(self.config.idle_seconds)
+                if ready is not None:  # sleep until the next series completes, not a fixed poll
+                    wait = min(1.0, max(0.01, ready - time.time() + 0.005))
             except Exception:  # the loop must survive anything, a full disk or a locked database included
                 log.exception("worker loop error; retrying in a second")
-                self._stop.wait(1.0)
-            self._wake.wait(poll)
+            self._wake.wait(wait)
             self._wake.clear()
 
     def _retention(self) -> None:
