@@ -16,7 +16,6 @@ a failure status), the object is decompressed and sent in Explicit VR Little End
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from medai.pacs.audit import AuditLog
+from medai.pacs.background import BackgroundLoop
 from medai.pacs.config import Destination, PacsConfig, StowDestination
 from medai.pacs.dicom_status import is_success, is_transient
 from medai.pacs.failpoint import failpoint
@@ -156,7 +156,7 @@ def send_stow(stow: StowDestination, outputs: Sequence[OutputRecord]) -> Attempt
     return Attempt(False, f"{stow.name} stored only part of the request (HTTP {code})")
 
 
-class Sender:
+class Sender(BackgroundLoop):
     """The delivery thread."""
 
     def __init__(
@@ -173,22 +173,7 @@ class Sender:
         self._on_finished = on_finished or (lambda job_id, state: None)
         self._destinations: dict[str, Destination | StowDestination] = {d.name: d for d in config.destinations}
         self._destinations.update({s.name: s for s in config.stow})
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="medai-pacs-sender", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().__init__("medai-pacs-sender")
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -14,7 +14,6 @@ Like ``medai score``, the worker never dies of one series: every failure becomes
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import pydicom
 
 from medai.errors import InvalidSeriesError, MedaiError, QCReason
 from medai.pacs.audit import AuditLog
+from medai.pacs.background import BackgroundLoop
 from medai.pacs.config import ImageSyntax, PacsConfig
 from medai.pacs.failpoint import failpoint
 from medai.pacs.queue import Job, JobOutcome, JobQueue, OutputRecord
@@ -59,7 +59,7 @@ def _headers(files: Sequence[Path]) -> list[pydicom.Dataset]:
     return headers
 
 
-class Worker:
+class Worker(BackgroundLoop):
     """The scoring thread.
 
     Args:
@@ -85,23 +85,8 @@ class Worker:
         self.audit = audit
         self.classifier = classifier
         self._on_scored = on_scored or (lambda: None)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._next_retention = 0.0
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="medai-pacs-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().__init__("medai-pacs-worker")
 
     def _run(self) -> None:
         while not self._stop.is_set():
