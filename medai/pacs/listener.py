@@ -234,7 +234,10 @@ class Listener:
             return status, reason, series_uid if is_uid(series_uid) else ""
         data = event.encoded_dataset(include_meta=True)
         sop_uid = str(ds.SOPInstanceUID)
-        path = self.spool.write_instance(series_uid, sop_uid, data)
+        if self.queue.is_known(sop_uid):  # a resend: acknowledged before, nothing to write
+            path = self.spool.instance_path(series_uid, sop_uid)
+        else:
+            path = self.spool.write_instance(series_uid, sop_uid, data)
         new = self.queue.record_instance(
             series_uid=series_uid,
             study_uid=str(ds.StudyInstanceUID),

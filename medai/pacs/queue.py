@@ -264,6 +264,10 @@ class JobQueue:
             )
         return True
 
+    def is_known(self, sop_uid: str) -> bool:
+        """Whether an instance with this SOP Instance UID was already recorded (a resend)."""
+        return bool(self._query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
+
     # ------------------------------------------------------------ scoring
 
     def claim_ready(self, idle_seconds: float, *, now: float | None = None) -> Job | None:

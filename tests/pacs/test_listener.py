@@ -109,11 +109,14 @@ def test_bad_datasets_get_named_failures_and_the_server_goes_on(
     traversal = pydicom.dcmread(sorted(folder.iterdir())[1])
     with pytest.warns(UserWarning, match="Invalid value for VR UI"):
         traversal.SeriesInstanceUID = "../../evil"
+    cut_file = tmp_path / "cut.dcm"  # a file cut in half, sent as it is (the stream ends inside the pixel data)
+    cut_file.write_bytes(sorted(folder.iterdir())[1].read_bytes()[:15000])
     assoc = _client(service.config.port)
     assert assoc.is_established  # type: ignore[attr-defined]
-    statuses = [int(assoc.send_c_store(ds).Status) for ds in (truncated, no_uid, traversal, good)]  # type: ignore[attr-defined]
+    sent = (truncated, cut_file, no_uid, traversal, good)
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in sent]  # type: ignore[attr-defined]
     assoc.release()  # type: ignore[attr-defined]
-    assert statuses == [StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS] * 3 + [StoreStatus.SUCCESS]
+    assert statuses == [StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS] * 4 + [StoreStatus.SUCCESS]
     assert "truncated" in caplog.text and "SeriesInstanceUID is missing" in caplog.text
     assert not list((spool / "instances").rglob("*evil*"))
     assert [r["received"] for r in jobs(spool)] == [1]
