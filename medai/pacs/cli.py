@@ -50,7 +50,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: one per core)")
     p.add_argument("--seg", action="store_true", default=None, help="also send a DICOM SEG of lungs and opacities")
     p.add_argument("--key-slices", type=int, help="Secondary Capture key images per series (default: 4)")
-    p.add_argument("--image-syntax", choices=ImageSyntax.ALL, help="key images' transfer syntax (default: explicit)")
+    p.add_argument(
+        "--image-syntax", choices=[s.value for s in ImageSyntax], help="key images' transfer syntax (default: explicit)"
+    )
 
 
 def add_status_arguments(p: argparse.ArgumentParser) -> None:

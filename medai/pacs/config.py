@@ -31,6 +31,7 @@ Flags (``--ae-title``, ``--destination AE@HOST:PORT``, ...) override the file; s
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -150,12 +151,11 @@ class TlsSettings:
     ca_certificates: Path | None = None
 
 
-class ImageSyntax:
+class ImageSyntax(enum.StrEnum):
     """Transfer syntaxes for the Secondary Capture images."""
 
-    EXPLICIT = "explicit"
-    RLE = "rle"
-    ALL = (EXPLICIT, RLE)
+    EXPLICIT = "explicit"  # Explicit VR Little Endian: every PACS takes it
+    RLE = "rle"  # RLE Lossless: about a third of the size; falls back to explicit where refused
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,10 @@ class PacsConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, not {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be an integer >= 1, not {self.threads!r}")
-        if self.image_syntax not in ImageSyntax.ALL:
-            raise ConfigError(f"image_syntax must be one of {list(ImageSyntax.ALL)}, not {self.image_syntax!r}")
+        if self.image_syntax not in {s.value for s in ImageSyntax}:
+            raise ConfigError(
+                f"image_syntax must be one of {[s.value for s in ImageSyntax]}, not {self.image_syntax!r}"
+            )
         if not self.allow_ae:
             raise ConfigError(
                 "allow_ae must list the calling AE titles medai accepts (e.g. --allow-ae CT01,ORTHANC), "

@@ -90,6 +90,7 @@ def _client(port: int, *, tls: ssl.SSLContext | None = None) -> object:
     return ae.associate("127.0.0.1", port, ae_title="MEDAI", tls_args=(tls, "127.0.0.1") if tls else None)
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom, in medai's listener thread, on '../../evil'
 def test_bad_datasets_get_named_failures_and_the_server_goes_on(
     pacs_service: Callable[..., PacsService],
     write_series: Callable[..., Path],

@@ -135,3 +135,16 @@ def test_config_from_file_with_flags_over_it(tmp_path: Path) -> None:
 def test_config_errors_say_what_is_wrong(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config(values)
+
+
+def test_cli_refuses_a_bad_config_with_one_line_and_status_needs_a_spool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medai.cli import main
+
+    assert main(["pacs", "serve", "--port", "11112", "--destination", "PACS@127.0.0.1:104"]) == 1
+    assert "allow_ae must list the calling AE titles" in capsys.readouterr().err
+    assert main(["pacs", "serve", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert "config must be an existing TOML file" in capsys.readouterr().err
+    assert main(["pacs", "status", "--spool", str(tmp_path)]) == 1
+    assert "spool must be the folder of a medai pacs service" in capsys.readouterr().err
