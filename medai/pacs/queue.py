@@ -295,13 +295,19 @@ class JobQueue:
         rows = self._query("SELECT MIN(last_received_at) FROM jobs WHERE state = ?", (JobState.RECEIVING,))
         return None if rows[0][0] is None else float(rows[0][0]) + idle_seconds
 
-    def series_files(self, series_uid: str) -> list[Path]:
-        """Every stored (not purged) instance of a series, in the order received."""
+    def series_instances(self, series_uid: str) -> list[tuple[Path, str, str]]:
+        """``(path, SOP Instance UID, SOP Class UID)`` of every stored (not purged) instance of a series, in the
+        order received."""
         rows = self._query(
-            "SELECT path FROM instances WHERE series_uid = ? AND purged = 0 ORDER BY received_at, sop_uid",
+            "SELECT path, sop_uid, sop_class_uid FROM instances WHERE series_uid = ? AND purged = 0 "
+            "ORDER BY received_at, sop_uid",
             (series_uid,),
         )
-        return [Path(r["path"]) for r in rows]
+        return [(Path(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def series_files(self, series_uid: str) -> list[Path]:
+        """Every stored (not purged) instance of a series, in the order received."""
+        return [path for path, _, _ in self.series_instances(series_uid)]
 
     def finish_scoring(
         self,

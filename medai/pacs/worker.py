@@ -49,9 +49,18 @@ def destination_names(config: PacsConfig) -> list[str]:
     return [d.name for d in config.destinations] + [s.name for s in config.stow]
 
 
-def _headers(files: Sequence[Path]) -> list[pydicom.Dataset]:
+def _headers(instances: Sequence[tuple[Path, str, str]], *, every: bool) -> list[pydicom.Dataset]:
+    """The series' headers for the encoders: read from every file when ``every`` (the SEG needs each slice's
+    geometry), else the first readable file in full and, for the others, the UIDs the queue already holds
+    (the SR's evidence needs no more; that saves reading hundreds of files before the SR can go out)."""
     headers: list[pydicom.Dataset] = []
-    for path in files:
+    for path, sop_uid, sop_class_uid in instances:
+        if headers and not every:
+            stub = pydicom.Dataset()
+            stub.SOPClassUID, stub.SOPInstanceUID = sop_class_uid, sop_uid
+            stub.StudyInstanceUID, stub.SeriesInstanceUID = headers[0].StudyInstanceUID, headers[0].SeriesInstanceUID
+            headers.append(stub)
+            continue
         try:
             headers.append(pydicom.dcmread(path, stop_before_pixels=True))
         except Exception as exc:  # pydicom raises many types for a damaged file
@@ -127,8 +136,9 @@ class Worker(BackgroundLoop):
             return
         started = time.perf_counter()
         self.spool.clear_results(job.id)
-        files = self.queue.series_files(job.series_uid)
-        headers = _headers(files)
+        instances = self.queue.series_instances(job.series_uid)
+        files = [path for path, _, _ in instances]
+        headers = _headers(instances, every=self.config.seg)
         if not headers:
             self.queue.fail_job(job.id, reason=QCReason.UNREADABLE, message="no readable instance in the series")
             self.audit.sync(self.queue)

@@ -90,6 +90,9 @@ def test_orthanc_forwards_a_study_and_the_results_come_back(
     wait_for(lambda: all_finished(spool, 1), what="the forwarded study to be scored and sent")
     found = orthanc_results(orthanc, study)
     assert len(found["CT"]) == chest_volume.shape[0] and len(found["SR"]) == 1 and len(found["OT"]) == 4
+    path = tmp_path / "sr.dcm"  # built from the queue's UIDs and one full header (no SEG asked)
+    path.write_bytes(instance_bytes(orthanc, found["SR"][0]))
+    assert _dciodvfy_errors(path) == []
 
 
 def test_stow_rs_and_the_fallback_to_explicit_little_endian(
@@ -147,4 +150,5 @@ def test_a_series_the_qc_gate_refuses_gets_a_failure_sr(
     path.write_bytes(instance_bytes(orthanc, found["SR"][0]))
     dump = subprocess.run([dcmtk("dsrdump"), str(path)], capture_output=True, text=True, check=True).stdout
     assert "Not scored: too few slices" in dump
+    assert _dciodvfy_errors(path) == []
     assert "not_scored: too_few_slices" in format_status(read_status(spool))

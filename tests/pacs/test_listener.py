@@ -165,3 +165,6 @@ def test_tls_listener_serves_tls_peers_only(pacs_service: Callable[..., PacsServ
     assert int(assoc.send_c_echo().Status) == StoreStatus.SUCCESS  # type: ignore[attr-defined]
     assoc.release()  # type: ignore[attr-defined]
     assert echo(service.config.port).returncode != 0  # plain TCP gets nowhere
+    again = _client(service.config.port, tls=client)  # and the server outlived the failed handshake
+    assert again.is_established  # type: ignore[attr-defined]
+    again.release()  # type: ignore[attr-defined]
