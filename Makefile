@@ -11,8 +11,8 @@ TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip
 DEMO   ?= demo
 # Debian packages the tests use for real: a PACS (Orthanc + DICOMweb), dcmtk as the modality and SR reader,
-# dicom3tools' IOD validator, and a headless browser with its driver for the viewer.
-SYSTEM_PACKAGES ?= orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver
+# dicom3tools' IOD validator, a headless browser with its driver for the viewer, openssl for the PACS TLS test.
+SYSTEM_PACKAGES ?= orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver openssl
 
 .PHONY: demo test lint typecheck venv dev system real-ct clean
 

@@ -265,6 +265,44 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return score_cli.run_cli(args)
 
 
+# ---------------------------------------------------------------- medai pacs (the PACS hook, medai/pacs/)
+
+
+def _add_pacs(sub: argparse._SubParsersAction) -> None:
+    from medai.pacs.cli import add_serve_arguments, add_status_arguments
+
+    p = sub.add_parser(
+        "pacs",
+        help="the PACS hook: receive CT series by DICOM, score them, send SR and key images back",
+        description="Research use only; not a medical device, not for diagnosis.",
+    )
+    pacs = p.add_subparsers(title="pacs commands", metavar="PACS_COMMAND")
+    serve = pacs.add_parser(
+        "serve",
+        help="run the DICOM listener, scorer and sender until stopped",
+        description="Listen for C-STORE of CT series; when a series has been idle for --idle-seconds, score it and "
+        "send a DICOM SR (TID 1500), Secondary Capture key images and optionally a SEG to the destinations. "
+        "Every acknowledged instance is in the durable spool; a restart resumes. Research use only.",
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_cmd_pacs_serve)
+    status = pacs.add_parser("status", help="show the queue of a spool: received, scoring, sent, failed")
+    add_status_arguments(status)
+    status.set_defaults(func=_cmd_pacs_status)
+
+
+def _cmd_pacs_serve(args: argparse.Namespace) -> int:
+    from medai.pacs import cli as pacs_cli
+
+    return pacs_cli.run_serve_cli(args)
+
+
+def _cmd_pacs_status(args: argparse.Namespace) -> int:
+    from medai.pacs import cli as pacs_cli
+
+    return pacs_cli.run_status_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medai",
@@ -280,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_predict(sub)
     _add_score(sub)
+    _add_pacs(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "ConfigError",
     "InvalidSeriesError",
     "ManifestError",
     "MedaiError",
@@ -93,4 +94,12 @@ class ModelError(MedaiError):
 
     Re-download or re-export the model; never score with a model whose
     checksum does not match.
+    """
+
+
+class ConfigError(MedaiError):
+    """A configuration file or command-line option is invalid (for example ``medai pacs serve``'s).
+
+    The message names the setting, what it must be and what it was; fix the file or the option and start
+    again.
     """

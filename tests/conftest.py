@@ -100,14 +100,23 @@ class OrthancServer:
 
 
 def start_orthanc(
-    folder: Path, *, aet: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None
+    folder: Path,
+    *,
+    aet: str = "ORTHANC",
+    modalities: dict[str, list[Any]] | None = None,
+    dicom_port: int | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> OrthancServer:
-    """Start Orthanc with its DICOMweb plugin on free loopback ports and wait until its REST API answers."""
+    """Start Orthanc with its DICOMweb plugin on free loopback ports and wait until its REST API answers.
+
+    ``dicom_port`` fixes the DICOM port (e.g. to start a destination that a client already retries);
+    ``extra_config`` adds or overrides Orthanc settings (e.g. ``{"AcceptedTransferSyntaxes": [...]}``).
+    """
     executable = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     if not Path(executable).is_file():
         pytest.fail("Orthanc is not installed: `make test` installs the Debian packages orthanc and orthanc-dicomweb")
     folder.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     plugins = [p for p in ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",) if Path(p).is_file()]
     config = {
         "Name": "medai-test",
@@ -125,6 +134,7 @@ def start_orthanc(
         "OverwriteInstances": True,
         "Plugins": plugins,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+        **(extra_config or {}),
     }
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=1))

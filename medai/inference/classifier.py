@@ -99,6 +99,7 @@ class Prediction:
         series_uid, study_uid: of the scored volume.
         timings: seconds per stage (``preprocess``, ``inference``, ``quantify``, ``saliency``,
             ``total``; ``load`` for :meth:`Classifier.predict_path`).
+        model_sha256: the full sha256 of the ONNX model file (result objects such as the DICOM SR cite it).
     """
 
     probabilities: Mapping[str, float]
@@ -112,6 +113,7 @@ class Prediction:
     study_uid: str
     logits: tuple[float, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    model_sha256: str = ""
 
     @property
     def lung_mask(self) -> np.ndarray:
@@ -139,6 +141,7 @@ class Prediction:
             "series_uid": self.series_uid,
             "study_uid": self.study_uid,
             "model_id": self.model_id,
+            "model_sha256": self.model_sha256,
             "label": self.label,
             "indeterminate": self.indeterminate,
             "probabilities": dict(self.probabilities),
@@ -388,6 +391,7 @@ class Classifier:
             study_uid=volume.study_uid,
             logits=tuple(float(x) for x in logits),
             timings=timings,
+            model_sha256=self.sha256,
         )
 
     def predict_path(self, path: str | Path) -> Prediction:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 LUNG_WINDOW_HU = (-600.0, 1500.0)
 #: Printed on every key image.
 RESEARCH_NOTICE = "Research use only — not for diagnosis"
-_CAPTION_PX = 62
+_CAPTION_PX = 82  # four caption lines of 19 px
 _LABEL_PX = 16
 
 
@@ -123,6 +124,7 @@ def key_image_array(
     n_slices: int = 4,
     tile_px: int = 320,
     alpha: float = 0.55,
+    slices: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The key-image montage as an RGB uint8 array ``(height, width, 3)``.
 
@@ -132,13 +134,14 @@ def key_image_array(
         n_slices: most salient slices to show (fewer when the map has fewer distinct peaks).
         tile_px: size of each square tile in pixels.
         alpha: largest opacity of the saliency overlay.
+        slices: the source slices to show (array indices along ``z``) instead of the ``n_slices`` most salient.
 
     Raises:
         ValueError: ``prediction`` does not belong to ``volume`` (other shape) or bad options.
 
     Example:
         >>> key_image_array(volume, prediction).shape  # doctest: +SKIP
-        (702, 640, 3)
+        (722, 640, 3)
     """
     from PIL import Image, ImageDraw
 
@@ -151,7 +154,10 @@ def key_image_array(
             f"prediction must belong to the volume: saliency shape {prediction.saliency.source_shape} "
             f"must be {volume.shape}"
         )
-    slices = prediction.saliency.top_slices(n_slices)
+    if slices is None:
+        slices = prediction.saliency.top_slices(n_slices)
+    elif not slices or not all(0 <= z < volume.shape[0] for z in slices):
+        raise ValueError(f"slices must be indices in [0, {volume.shape[0]}), not {list(slices)}")
     columns = min(len(slices), 2 if len(slices) <= 4 else 3)
     rows = math.ceil(len(slices) / columns)
     width = max(columns * tile_px, 560)
