@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from medai.batch.pseudonym import Pseudonymizer
-from medai.batch.results import RowStatus, ScoreReason
 from medai.errors import MedaiError, QCReason
 from medai.ingest.discovery import find_series, read_header
-from medai.ingest.nifti import is_nifti_name, nifti_stem
+from medai.ingest.nifti import is_mask_beside_case, is_nifti_name
 from medai.ingest.qc import DEFAULT_RULES, SelectionRules, select_per_study
 from medai.ingest.sources import DicomSource, SeriesInfo, SeriesList, SkippedFile
+from medai.report.results import RowStatus, ScoreReason
 
 __all__ = [
     "MapUnordered",
@@ -257,14 +257,7 @@ def _discover(paths: Sequence[Path], map_unordered: MapUnordered) -> dict[int, S
 
 def _scorable_nifti(source: DicomSource) -> bool:
     """A plain NIfTI file, and not one of the ``<case>_lung`` / ``<case>_lesion`` masks beside a phantom."""
-    if source.member is not None or not is_nifti_name(source.path):
-        return False
-    stem = nifti_stem(source.path)
-    suffix = source.path.name[len(stem) :]
-    for mask in ("_lung", "_lesion"):
-        if stem.endswith(mask) and (source.path.parent / f"{stem[: -len(mask)]}{suffix}").is_file():
-            return False
-    return True
+    return source.member is None and is_nifti_name(source.path) and not is_mask_beside_case(source.path)
 
 
 def plan_inputs(
