@@ -11,12 +11,14 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "DicomWebError",
     "InvalidSeriesError",
     "ManifestError",
     "MedaiError",
     "ModelError",
     "NoSeriesError",
     "QCReason",
+    "UnsafeUploadError",
 ]
 
 
@@ -93,4 +95,22 @@ class ModelError(MedaiError):
 
     Re-download or re-export the model; never score with a model whose
     checksum does not match.
+    """
+
+
+class UnsafeUploadError(MedaiError):
+    """An uploaded file or zip archive was refused before anything was written.
+
+    Raised for a member path that would leave the target folder (``../``, an absolute path, a drive letter),
+    a link, an encrypted member, too many files or bytes, or a compression ratio typical of a zip bomb. Check
+    where the archive comes from; a genuine study larger than the limits can be opened from a folder instead
+    (``medai app --data DIR``).
+    """
+
+
+class DicomWebError(MedaiError):
+    """A DICOMweb server could not be reached, refused a request, or answered with something that is not DICOMweb.
+
+    Check the URL (the DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``), that the server runs and that
+    it accepts requests from this machine.
     """
