@@ -46,8 +46,8 @@ demo: $(VENV)/.stamp-base
 	@echo "results: $(DEMO)/results.csv   key images: $(DEMO)/saliency/   (research use only, not for diagnosis)"
 
 lint: $(VENV)/.stamp-dev
-	$(BIN)/ruff check medai tests scripts
-	$(BIN)/ruff format --check medai tests scripts
+	$(BIN)/ruff check medai app tests scripts
+	$(BIN)/ruff format --check medai app tests scripts
 	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.stamp-dev

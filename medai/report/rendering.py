@@ -509,7 +509,7 @@ def _annotate(base: np.ndarray, plane: Plane, crosshair: tuple[float, float] | N
             rgb[line] = (0.35 * rgb[line] + 0.65 * colour + 0.5).astype(np.uint8)
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
-    face, _ = font(max(11, min(height, width) // 28))
+    face, _ = font(max(14, min(height, width) // 26))
     top, bottom, left, right = plane.edge_letters
     margin = 4
     for text, anchor, xy in (

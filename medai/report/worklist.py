@@ -327,6 +327,7 @@ class Worklist:
         self._cached_cases = cached_cases
         self._cached_predictions = cached_predictions
         self._thread: threading.Thread | None = None
+        self._scored: set[str] = set()
 
     # ------------------------------------------------ reading
 
@@ -351,6 +352,11 @@ class Worklist:
         with self._lock:
             done = sum(1 for e in self._entries.values() if e.status in (RowStatus.OK, RowStatus.ERROR))
             return done, len(self._entries)
+
+    def scored_here(self, key: str) -> bool:
+        """Whether this worklist ran the model on the study (its row is not one read from a results file)."""
+        with self._lock:
+            return key in self._scored
 
     def add(self, entries: Iterable[WorklistEntry]) -> list[str]:
         """Add studies (an upload); an entry already listed keeps its row. Returns the keys added."""
@@ -442,6 +448,7 @@ class Worklist:
                 self._changed.notify_all()
         with self._lock:
             if prediction is not None:
+                self._scored.add(key)
                 self._remember(self._predictions, key, prediction, self._cached_predictions)
                 if score and entry.row.get("model_id") != self.classifier.scoring_id:
                     entry.row.update(
