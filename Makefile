@@ -44,6 +44,7 @@ demo: $(VENV)/.stamp-base
 	$(BIN)/medai inspect $(DEMO)/studies
 	$(BIN)/medai score $(DEMO)/studies --out $(DEMO)/results.csv --saliency-dir $(DEMO)/saliency
 	@echo "results: $(DEMO)/results.csv   key images: $(DEMO)/saliency/   (research use only, not for diagnosis)"
+	@echo "open the demo studies in the viewer (needs the viewer extra, e.g. after make test):  $(BIN)/medai app --data $(DEMO)/studies"
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check medai app tests scripts
