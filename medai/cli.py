@@ -288,19 +288,18 @@ def app_command(args: argparse.Namespace) -> list[str]:
 
 def _cmd_app(args: argparse.Namespace) -> int:
     import importlib.util
-    import subprocess
+    import os
 
     if importlib.util.find_spec("streamlit") is None:
         raise MedaiError("the viewer needs Streamlit: pip install 'medai[viewer]'")
     for name in ("data", "results"):
         value = getattr(args, name)
-        if value and not __import__("os").path.exists(value):
+        if value and not os.path.exists(value):
             raise MedaiError(f"--{name} must be an existing path, not {value!r}")
+    command = app_command(args)
     print(f"medai viewer on http://{args.host}:{args.port}  (research use only, not for diagnosis; Ctrl-C stops it)")
-    try:
-        return subprocess.call(app_command(args))
-    except KeyboardInterrupt:
-        return 0
+    sys.stdout.flush()
+    os.execv(command[0], command)  # streamlit replaces this process: signals and the exit code are its own
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ axial image carries the saliency overlay, and saves a screenshot.
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,7 +66,7 @@ def viewer_server(
     port = free_port()
     log = (tmp_path / "app.log").open("wb")
     command = [sys.executable, "-m", "medai.cli", "app", "--data", str(tmp_path / "data"), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -80,11 +82,11 @@ def viewer_server(
             time.sleep(0.3)
         yield url, tmp_path, covid
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # the server and anything it started
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
 
