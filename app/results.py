@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from medai.errors import MedaiError
 from medai.inference.classifier import Classifier, Prediction
 from medai.labels import CLASS_NAMES, INTENDED_USE
 from medai.report.case_report import case_report_html
@@ -126,29 +128,30 @@ def _result_json(row: Mapping[str, Any], prediction: Prediction | None) -> dict[
     return {**{k: v for k, v in row.items() if v is not None}, "intended_use": INTENDED_USE}
 
 
+def sr_bytes(case: Case, prediction: Prediction) -> bytes:
+    """The DICOM SR (TID 1500) of a scored DICOM study as a Part 10 file, from the SR encoder in medai.report."""
+    from medai.ingest.discovery import read_header
+
+    if dicom_sr is None:
+        raise MedaiError("the DICOM SR encoder (medai.report.dicom_sr) is not installed in this build")
+    sources = [read_header(source) for source in case.sources]  # headers suffice
+    dataset = dicom_sr.build_sr(prediction, sources)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def _sr_button(case: Case, prediction: Prediction | None, stem: str) -> None:
-    """The DICOM SR (TID 1500) of the study, from :func:`medai.report.dicom_sr.build_sr`."""
+    """The DICOM SR (TID 1500) download, built only when clicked."""
     if dicom_sr is None:
         st.caption("DICOM SR export: the SR encoder (medai.report.dicom_sr) is not installed in this build.")
         return
     if prediction is None or not case.sources:
         st.caption("DICOM SR export needs a scored DICOM series (not a NIfTI file or a results row).")
         return
-
-    def sr_bytes() -> bytes:
-        import io
-
-        from medai.ingest.discovery import read_header
-
-        sources = [read_header(source) for source in case.sources]
-        dataset = dicom_sr.build_sr(prediction, sources)
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
-
     st.download_button(
         "DICOM SR (TID 1500)",
-        data=sr_bytes,
+        data=lambda: sr_bytes(case, prediction),
         file_name=f"{stem}_sr.dcm",
         mime="application/dicom",
         key="export_sr",

@@ -17,6 +17,7 @@ series UIDs and counts, never a patient.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import os
 import threading
@@ -48,6 +49,7 @@ __all__ = [
     "entries_from_dicomweb",
     "entries_from_folder",
     "entries_from_results",
+    "loggable",
     "merge_results",
     "triage_group",
     "triage_rank",
@@ -280,6 +282,20 @@ def _load(ref: StudyRef, cache_dir: Path) -> tuple[Volume, tuple[DicomSource, ..
     raise NoSeriesError(f"series {ref.series_uid} must be under {source!r} to be opened, but it is not there any more")
 
 
+def loggable(key: str) -> str:
+    """A worklist key fit for a log line: a UID as it is, a file path (whose folders may be named after a
+    patient) as a short hash.
+
+    Example:
+        >>> loggable("1.2.840.1"), loggable("/data/Smith_John/ct.nii.gz")[:5]
+        ('1.2.840.1', 'file ')
+    """
+    uid = key.removeprefix("dicomweb:")
+    if uid and all(c.isdigit() or c == "." for c in uid):
+        return key
+    return "file " + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
 def _error_row(exc: MedaiError) -> dict[str, Any]:
     reason = exc.reason.value if isinstance(exc, InvalidSeriesError) else QCReason.UNREADABLE.value
     if isinstance(exc, DicomWebError):
@@ -401,7 +417,7 @@ class Worklist:
             except MedaiError:
                 pass  # the row says why
             except Exception:  # a bug: keep the worklist alive, say so in the row and the log
-                log.exception("scoring worklist entry %s failed", key)
+                log.exception("scoring worklist entry %s failed", loggable(key))
                 with self._lock:
                     self._entries[key].row.update(status=RowStatus.ERROR.value, reason="internal_error")
                     self._entries[key].row["message"] = "internal error while scoring; see the server log"
@@ -460,7 +476,7 @@ class Worklist:
                     )
             if keep_volume:
                 self._remember(self._cases, key, case, self._cached_cases)
-        log.info("worklist: opened %s (%s)", key, "scored" if prediction is not None else "results row only")
+        log.info("worklist: opened %s (%s)", loggable(key), "scored" if prediction is not None else "results row only")
         return case
 
     @staticmethod

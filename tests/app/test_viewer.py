@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import sys
 import time
@@ -83,7 +84,12 @@ def test_worklist_opens_the_most_urgent_study_with_its_result_and_the_banner(
     assert "Model **medai-ref**" in page
     urls = [i.value[0] for i in at.image]
     assert len(urls) >= 4 and all(u.endswith(".png") for u in urls)  # lossless, not re-encoded as JPEG
-    assert [b.label for b in at.get("download_button")][:2] == ["Case report (HTML, print to PDF)", "Result (JSON)"]
+    buttons = [b.label for b in at.get("download_button")]
+    assert buttons[:2] == ["Case report (HTML, print to PDF)", "Result (JSON)"]
+    if importlib.util.find_spec("medai.report.dicom_sr") is None:  # the SR encoder comes with the PACS branch
+        assert "SR encoder (medai.report.dicom_sr) is not installed" in page
+    else:
+        assert buttons[2] == "DICOM SR (TID 1500)"
 
 
 def images(at: AppTest) -> list[str]:
