@@ -125,14 +125,6 @@ def _identity(header: Mapping[str, Any], pseudonymizer: Pseudonymizer | None) ->
     }
 
 
-def _series_source(info: SeriesInfo) -> str:
-    zips = {s.path for s in info.sources if s.member is not None}
-    if zips and len(zips) == 1 and all(s.member is not None for s in info.sources):
-        return str(next(iter(zips)))
-    folders = {str(s.path.parent) for s in info.sources}
-    return os.path.commonpath(sorted(folders)) if folders else ""
-
-
 def _series_fields(info: SeriesInfo, pseudonymizer: Pseudonymizer | None) -> dict[str, Any]:
     try:
         dataset = read_header(info.sources[0])
@@ -140,7 +132,7 @@ def _series_fields(info: SeriesInfo, pseudonymizer: Pseudonymizer | None) -> dic
     except MedaiError:
         header = {}
     return {
-        "source": _series_source(info),
+        "source": str(info.location) if info.sources else "",
         "study_uid": info.study_uid,
         "series_uid": info.series_uid,
         **_identity(header, pseudonymizer),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -154,13 +153,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
-def _series_folder(info: SeriesInfo) -> Path:
-    zips = {s.path for s in info.sources if s.member is not None}
-    if len(zips) == 1 and all(s.member is not None for s in info.sources):
-        return next(iter(zips))
-    return Path(os.path.commonpath(sorted({str(s.path.parent) for s in info.sources})))
-
-
 def _identity_fields(info: SeriesInfo) -> dict[str, Any]:
     return {
         "study_uid": info.study_uid,
@@ -189,15 +181,15 @@ def entries_from_folder(root: str | Path, *, kind: SourceKind = SourceKind.FOLDE
     for report in select_per_study(list(found)).values():
         chosen = report.selected
         if chosen is not None:
-            title = _relative(_series_folder(chosen), base)
+            title = _relative(chosen.location, base)
             ref = StudyRef(chosen.series_uid, title, kind, series=chosen, series_uid=chosen.series_uid)
-            entries.append(WorklistEntry(ref, {**_identity_fields(chosen), "source": str(_series_folder(chosen))}))
+            entries.append(WorklistEntry(ref, {**_identity_fields(chosen), "source": str(chosen.location)}))
             continue
         first = report.rejected[0]
-        title = _relative(_series_folder(first.series), base)
+        title = _relative(first.series.location, base)
         row = {
             **_identity_fields(first.series),
-            "source": str(_series_folder(first.series)),
+            "source": str(first.series.location),
             "status": RowStatus.ERROR.value,
             "reason": first.reason.value,
             "message": " ".join(first.message.split()),
