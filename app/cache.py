@@ -44,9 +44,18 @@ def private_folder(prefix: str) -> Path:
     return folder
 
 
-@st.cache_resource(show_spinner="Reading the studies' headers ...", max_entries=8)
 def folder_worklist(folder: str, results: str) -> Worklist:
-    """The worklist of a folder and/or a results file, scoring in the background; shared by all sessions."""
+    """The worklist of a folder and/or a results file, scoring in the background; shared by all sessions.
+
+    Paths are resolved first, so the same folder reached two ways is one worklist, scored once.
+    """
+    return _folder_worklist(
+        str(Path(folder).resolve()) if folder else "", str(Path(results).resolve()) if results else ""
+    )
+
+
+@st.cache_resource(show_spinner="Reading the studies' headers ...", max_entries=8)
+def _folder_worklist(folder: str, results: str) -> Worklist:
     entries = entries_from_folder(folder) if folder else []
     if results:
         entries = merge_results(entries, entries_from_results(read_results(results)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 
 import streamlit as st
@@ -73,7 +74,10 @@ def upload() -> Worklist | None:
         return None
     signature = tuple((f.name, f.size) for f in files)
     if st.session_state.get("upload_signature") != signature:
+        if previous := st.session_state.get("upload_folder"):  # the reader replaced the upload: drop the old one
+            shutil.rmtree(previous, ignore_errors=True)
         folder = cache.private_folder("medai-upload-")
+        st.session_state["upload_folder"] = str(folder)
         worklist: Worklist | None = None
         try:
             with st.spinner("Checking and unpacking the upload ..."):

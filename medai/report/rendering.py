@@ -28,6 +28,7 @@ import enum
 import functools
 import io
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -300,6 +301,7 @@ class MPR:
         self.overlays = overlays
         self._cache: dict[tuple[Any, ...], np.ndarray] = {}
         self._cache_size = cache_slices
+        self._cache_lock = threading.Lock()  # one MPR serves every session of the viewer
         if overlays is not None:
             expected = tuple(max(1, n // f) for n, f in zip(shape, overlays.factors, strict=True))
             for name in ("saliency", "lungs", "lesions"):
@@ -377,12 +379,15 @@ class MPR:
             layers.lesion_opacity,
             layers.size_px,
         )
-        base = self._cache.get(key)
+        with self._cache_lock:
+            base = self._cache.get(key)
         if base is None:
             base = self._render_base(plane, index, layers)
-            if len(self._cache) >= self._cache_size:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = base
+            with self._cache_lock:
+                while self._cache and len(self._cache) >= self._cache_size:
+                    self._cache.pop(next(iter(self._cache)))
+                if self._cache_size > 0:
+                    self._cache[key] = base
         return _annotate(base, plane, self._crosshair(plane, cursor) if layers.crosshair else None)
 
     def _crosshair(self, plane: Plane, cursor: tuple[int, int, int] | None) -> tuple[float, float]:

@@ -203,3 +203,15 @@ def test_the_pacs_worklist_lists_and_opens_a_study_from_orthanc(
     (line,) = worklist_lines(at)
     assert phantom.volume.study_uid[-8:] in line and "p(COVID)" in line
     assert "Calibrated probabilities" in texts(at) and len(images(at)) == 3
+
+
+def test_a_nifti_upload_opens_with_its_result(
+    small_phantom: Callable[..., synthetic.Phantom], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = phantom_files.write_nifti(small_phantom("covid19", 0.3, 45), tmp_path / "scan.nii.gz")
+    at = viewer(monkeypatch)
+    at.sidebar.radio[0].set_value("Upload").run()
+    at.file_uploader[0].set_value(("scan.nii.gz", path.read_bytes(), "application/gzip")).run()
+    assert not at.error and "Calibrated probabilities" in texts(at) and len(images(at)) == 3
+    (radio,) = [r for r in at.sidebar.radio if r.label.startswith("Worklist")]
+    assert str(radio.options[0]).split(" - ")[0].endswith("scan")
