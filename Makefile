@@ -25,6 +25,11 @@ $(VENV)/.stamp-base: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
+# the viewer (Streamlit) for `make demo`'s last line; `make test` installs it with the dev extras
+$(VENV)/.stamp-viewer: $(VENV)/.stamp-base pyproject.toml
+	$(PIP) install -q -e ".[viewer]"
+	touch $@
+
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[train,dev,dist,pacs,viewer]"
@@ -58,15 +63,16 @@ system:
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
 	fi
 
-demo: $(VENV)/.stamp-base
+demo: $(VENV)/.stamp-viewer
 	$(BIN)/medai synth $(DEMO)/studies --cases 3 --seed 7 --slices 120
 	$(BIN)/medai inspect $(DEMO)/studies
 	$(BIN)/medai score $(DEMO)/studies --out $(DEMO)/results.csv --saliency-dir $(DEMO)/saliency
 	@echo "results: $(DEMO)/results.csv   key images: $(DEMO)/saliency/   (research use only, not for diagnosis)"
+	@echo "open the demo studies in the viewer:  $(BIN)/medai app --data $(DEMO)/studies   (then http://127.0.0.1:8501)"
 
 lint: $(VENV)/.stamp-dev
-	$(BIN)/ruff check medai tests scripts
-	$(BIN)/ruff format --check medai tests scripts
+	$(BIN)/ruff check medai app tests scripts
+	$(BIN)/ruff format --check medai app tests scripts
 	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.stamp-dev

@@ -303,6 +303,62 @@ def _cmd_pacs_status(args: argparse.Namespace) -> int:
     return pacs_cli.run_status_cli(args)
 
 
+# ---------------------------------------------------------------- medai app (the viewer, issue 15)
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="open the radiologist viewer in the browser: triage worklist, images with overlays, report",
+        description="Run the Streamlit viewer (the 'viewer' extra): a worklist of the studies under --data (or a "
+        "results file, an upload, a PACS over DICOMweb) sorted by triage priority, multiplanar images with the "
+        "saliency, lung and opacity overlays, the results and the exports. Listens on 127.0.0.1 unless --host "
+        "says otherwise. Research use only; not for diagnosis.",
+    )
+    p.add_argument("--data", help="folder of studies to open (DICOM folders, zips, NIfTI)")
+    p.add_argument("--results", help="a medai score results file: its scored studies open without scoring again")
+    p.add_argument("--dicomweb", help="DICOMweb root of a PACS to list, e.g. http://127.0.0.1:8042/dicom-web")
+    p.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--max-upload-mb", type=int, default=2048, help="largest upload in MB (default: 2048)")
+    p.set_defaults(func=_cmd_app)
+
+
+def app_command(args: argparse.Namespace) -> list[str]:
+    """The ``streamlit run`` command line of ``medai app`` (no telemetry, no file watching, no tracebacks)."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "app" / "viewer.py"
+    if not script.is_file():
+        raise MedaiError(f"the viewer must be installed beside medai, not missing at {script}")
+    command = [sys.executable, "-m", "streamlit", "run", str(script)]
+    command += ["--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true"]
+    command += ["--server.maxUploadSize", str(args.max_upload_mb), "--server.fileWatcherType", "none"]
+    command += ["--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none", "--theme.base", "dark"]
+    command += ["--client.toolbarMode", "viewer", "--"]
+    for name in ("data", "results", "dicomweb"):
+        value = getattr(args, name)
+        if value:
+            command += [f"--{name}", str(Path(value).resolve()) if name != "dicomweb" else value]
+    return command
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise MedaiError("the viewer needs Streamlit: pip install 'medai[viewer]'")
+    for name in ("data", "results"):
+        value = getattr(args, name)
+        if value and not os.path.exists(value):
+            raise MedaiError(f"--{name} must be an existing path, not {value!r}")
+    command = app_command(args)
+    print(f"medai viewer on http://{args.host}:{args.port}  (research use only, not for diagnosis; Ctrl-C stops it)")
+    sys.stdout.flush()
+    os.execv(command[0], command)  # streamlit replaces this process: signals and the exit code are its own
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medai",
@@ -319,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_score(sub)
     _add_pacs(sub)
+    _add_app(sub)
     return parser
 
 

@@ -12,12 +12,14 @@ import enum
 
 __all__ = [
     "ConfigError",
+    "DicomWebError",
     "InvalidSeriesError",
     "ManifestError",
     "MedaiError",
     "ModelError",
     "NoSeriesError",
     "QCReason",
+    "UnsafeUploadError",
 ]
 
 
@@ -102,4 +104,22 @@ class ConfigError(MedaiError):
 
     The message names the setting, what it must be and what it was; fix the file or the option and start
     again.
+    """
+
+
+class UnsafeUploadError(MedaiError):
+    """An uploaded file or zip archive was refused before anything was written.
+
+    Raised for a member path that would leave the target folder (``../``, an absolute path, a drive letter),
+    a link, an encrypted member, too many files or bytes, or a compression ratio typical of a zip bomb. Check
+    where the archive comes from; a genuine study larger than the limits can be opened from a folder instead
+    (``medai app --data DIR``).
+    """
+
+
+class DicomWebError(MedaiError):
+    """A DICOMweb server could not be reached, refused a request, or answered with something that is not DICOMweb.
+
+    Check the URL (the DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``), that the server runs and that
+    it accepts requests from this machine.
     """

@@ -44,6 +44,7 @@ __all__ = [
     "ModelInput",
     "Normalization",
     "PreprocessParams",
+    "canonical_axes",
     "check_hounsfield",
     "fast_lung_mask",
     "to_model_input",
@@ -163,8 +164,21 @@ class ModelInput:
         return tuple(float(s) for s in np.abs(self.index_affine[:3, :3]).sum(axis=0))  # type: ignore[return-value]
 
 
-def _canonical_axes(volume: Volume, tolerance_deg: float) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
-    """Permutation and flips that bring ``volume.hu`` to (S, P, L)-increasing (z, y, x) axes."""
+def canonical_axes(volume: Volume, tolerance_deg: float) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """Permutation and flips that bring ``volume.hu`` to (S, P, L)-increasing (z, y, x) axes.
+
+    Canonical numpy axis ``m`` is ``volume.hu``'s axis ``perm[m]``, reversed when ``flips[m]``: slice 0 is
+    the most inferior, row 0 the most anterior, column 0 the patient's rightmost. The model input and the
+    viewer's display orientation both start from it.
+
+    Raises:
+        InvalidSeriesError: an array axis is more than ``tolerance_deg`` off every patient axis (oblique), or
+            two array axes map to the same patient axis.
+
+    Example:
+        >>> canonical_axes(Volume(np.zeros((2, 2, 2), np.int16), (1.0, 1.0, 1.0)), 10.0)
+        ((0, 1, 2), (False, False, False))
+    """
     direction = volume.direction
     lps_axis_of_np_axis = []
     sign_of_np_axis = []
@@ -409,7 +423,7 @@ def to_model_input(
         ((1, 16, 24, 24), True, True)
     """
     check_hounsfield(volume)
-    perm, flips = _canonical_axes(volume, params.oblique_tolerance_deg)
+    perm, flips = canonical_axes(volume, params.oblique_tolerance_deg)
     arr = volume.hu.transpose(perm)
     arr = arr[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
     spacing = np.asarray(volume.spacing_mm, dtype=np.float64)[list(perm)]

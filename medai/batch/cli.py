@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medai.batch.results import ResultFormat, RowStatus
+from medai.report.results import ResultFormat, RowStatus
 
 __all__ = ["add_arguments", "run_cli"]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medai.batch.plan import ScoreJob, make_row
-from medai.batch.results import RowStatus, ScoreReason
 from medai.errors import InvalidSeriesError, MedaiError, ModelError, QCReason
+from medai.report.results import RowStatus, ScoreReason, prediction_fields
 
 if TYPE_CHECKING:
     from medai.inference.classifier import Classifier, Prediction
@@ -105,23 +105,6 @@ def _load(job: ScoreJob, settings: ScoreSettings) -> Volume:
     return load_series(job.series, workers=settings.decode_workers)
 
 
-def _prediction_fields(pred: Prediction) -> dict[str, Any]:
-    quant = pred.quantification.to_dict()
-    out: dict[str, Any] = {f"p_{name}": round(float(p), 6) for name, p in pred.probabilities.items()}
-    out.update(
-        label=pred.label,
-        indeterminate=pred.indeterminate,
-        severity=pred.severity.value,
-        qc_flags=";".join(pred.qc_flags),
-    )
-    for name, value in quant.items():
-        if name.endswith("_percent") or name == "lung_volume_ml":
-            out[name] = round(float(value), 4)
-    for stage in ("preprocess", "inference", "saliency", "quantify"):
-        out[f"{stage}_s"] = round(float(pred.timings.get(stage, 0.0)), 4)
-    return out
-
-
 def _write_key_images(volume: Volume, pred: Prediction, job: ScoreJob, settings: ScoreSettings) -> dict[str, str]:
     from medai.ingest.nifti import nifti_stem
     from medai.report.keyimages import write_key_image, write_saliency_nifti
@@ -169,7 +152,7 @@ def score_job(job: ScoreJob, settings: ScoreSettings) -> dict[str, Any]:
         if job.series is None:  # NIfTI: no UIDs; the row stays keyed by its source file
             fields["n_slices"] = volume.shape[0]
         pred = clf.predict(volume)
-        row = make_row(fields, RowStatus.OK, load_s=round(loaded - start, 4), **_prediction_fields(pred))
+        row = make_row(fields, RowStatus.OK, load_s=round(loaded - start, 4), **prediction_fields(pred))
         if settings.saliency_dir is not None:
             try:
                 row.update(_write_key_images(volume, pred, job, settings))

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from medai.batch.pseudonym import Pseudonymizer
-from medai.batch.results import RowStatus, ScoreReason
 from medai.errors import MedaiError, QCReason
 from medai.ingest.discovery import find_series, read_header
-from medai.ingest.nifti import is_nifti_name, nifti_stem
+from medai.ingest.nifti import is_mask_beside_case, is_nifti_name
 from medai.ingest.qc import DEFAULT_RULES, SelectionRules, select_per_study
 from medai.ingest.sources import DicomSource, SeriesInfo, SeriesList, SkippedFile
+from medai.report.results import RowStatus, ScoreReason
 
 __all__ = [
     "MapUnordered",
@@ -125,14 +125,6 @@ def _identity(header: Mapping[str, Any], pseudonymizer: Pseudonymizer | None) ->
     }
 
 
-def _series_source(info: SeriesInfo) -> str:
-    zips = {s.path for s in info.sources if s.member is not None}
-    if zips and len(zips) == 1 and all(s.member is not None for s in info.sources):
-        return str(next(iter(zips)))
-    folders = {str(s.path.parent) for s in info.sources}
-    return os.path.commonpath(sorted(folders)) if folders else ""
-
-
 def _series_fields(info: SeriesInfo, pseudonymizer: Pseudonymizer | None) -> dict[str, Any]:
     try:
         dataset = read_header(info.sources[0])
@@ -140,7 +132,7 @@ def _series_fields(info: SeriesInfo, pseudonymizer: Pseudonymizer | None) -> dic
     except MedaiError:
         header = {}
     return {
-        "source": _series_source(info),
+        "source": str(info.location) if info.sources else "",
         "study_uid": info.study_uid,
         "series_uid": info.series_uid,
         **_identity(header, pseudonymizer),
@@ -257,14 +249,7 @@ def _discover(paths: Sequence[Path], map_unordered: MapUnordered) -> dict[int, S
 
 def _scorable_nifti(source: DicomSource) -> bool:
     """A plain NIfTI file, and not one of the ``<case>_lung`` / ``<case>_lesion`` masks beside a phantom."""
-    if source.member is not None or not is_nifti_name(source.path):
-        return False
-    stem = nifti_stem(source.path)
-    suffix = source.path.name[len(stem) :]
-    for mask in ("_lung", "_lesion"):
-        if stem.endswith(mask) and (source.path.parent / f"{stem[: -len(mask)]}{suffix}").is_file():
-            return False
-    return True
+    return source.member is None and is_nifti_name(source.path) and not is_mask_beside_case(source.path)
 
 
 def plan_inputs(

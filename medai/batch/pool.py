@@ -40,7 +40,7 @@ from typing import Any
 
 from medai.batch.job import ScoreSettings, score_job
 from medai.batch.plan import ScoreJob
-from medai.batch.results import RowStatus, ScoreReason
+from medai.report.results import RowStatus, ScoreReason
 
 __all__ = ["WorkPool"]
 

@@ -13,7 +13,7 @@ Stages (the vocabulary of :mod:`medai.ingest.load`):
    and return one row. Every failure becomes an ``error`` row with a reason
    code; nothing escapes, so one bad series never stops a batch.
 3. *Write* (:func:`run_score`, main process): each row is appended durably to
-   the output (:class:`medai.batch.results.ResultStore`) as soon as it arrives.
+   the output (:class:`medai.report.results.ResultStore`) as soon as it arrives.
    Series already in the output for the same model id are not scored again
    (resume), unless ``force``.
 
@@ -37,8 +37,8 @@ from medai.batch.job import ScoreSettings, get_classifier
 from medai.batch.plan import plan_inputs
 from medai.batch.pool import WorkPool
 from medai.batch.pseudonym import Pseudonymizer
-from medai.batch.results import ResultStore, RowStatus, row_key
 from medai.ingest.qc import DEFAULT_RULES, SelectionRules
+from medai.report.results import ResultStore, RowStatus, row_key
 
 if TYPE_CHECKING:
     pass

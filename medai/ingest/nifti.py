@@ -16,7 +16,7 @@ import numpy as np
 from medai.errors import InvalidSeriesError, QCReason
 from medai.volume import Volume
 
-__all__ = ["NIFTI_SUFFIXES", "is_nifti_name", "nifti_stem", "read_nifti", "write_nifti"]
+__all__ = ["NIFTI_SUFFIXES", "is_mask_beside_case", "is_nifti_name", "nifti_stem", "read_nifti", "write_nifti"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,27 @@ def nifti_stem(name: str | Path) -> str:
         if lower.endswith(suffix):
             return base[: -len(suffix)]
     return base
+
+
+def is_mask_beside_case(path: str | Path) -> bool:
+    """Whether a NIfTI file is a ``<case>_lung`` / ``<case>_lesion`` mask written beside its case (``medai synth``).
+
+    Such masks are ground truth, not CT volumes: scoring and the viewer's worklist leave them out.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / "ct.nii.gz").touch()
+        >>> is_mask_beside_case(folder / "ct_lung.nii.gz"), is_mask_beside_case(folder / "ct.nii.gz")
+        (True, False)
+    """
+    path = Path(path)
+    stem = nifti_stem(path)
+    suffix = path.name[len(stem) :]
+    for mask in ("_lung", "_lesion"):
+        if stem.endswith(mask) and (path.parent / f"{stem[: -len(mask)]}{suffix}").is_file():
+            return True
+    return False
 
 
 def read_nifti(path: str | Path) -> Volume:

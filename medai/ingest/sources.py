@@ -10,6 +10,7 @@ makes them; the QC gate (:mod:`medai.ingest.qc`), pixel decoding
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,15 @@ class SeriesInfo:
     def paths(self) -> tuple[Path, ...]:
         """The files (or zip archives) holding the instances."""
         return tuple(s.path for s in self.sources)
+
+    @property
+    def location(self) -> Path:
+        """Where the series lives: its zip archive when every instance is in the same one, else the folder
+        holding all its files (their common parent)."""
+        zips = {s.path for s in self.sources if s.member is not None}
+        if len(zips) == 1 and all(s.member is not None for s in self.sources):
+            return next(iter(zips))
+        return Path(os.path.commonpath(sorted({str(s.path.parent) for s in self.sources})))
 
     @property
     def label(self) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medai.ingest.nifti import is_nifti_name
+from medai.report.rendering import WINDOW_PRESETS, font, heat_rgb, saliency_weight
 from medai.volume import Volume
 
 if TYPE_CHECKING:
@@ -38,25 +39,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Lung window (level, width) in HU.
-LUNG_WINDOW_HU = (-600.0, 1500.0)
+LUNG_WINDOW_HU = (WINDOW_PRESETS["lung"].level_hu, WINDOW_PRESETS["lung"].width_hu)
 #: Printed on every key image.
 RESEARCH_NOTICE = "Research use only — not for diagnosis"
 _CAPTION_PX = 82  # four caption lines of 19 px
 _LABEL_PX = 16
-
-
-def _grey(hu: np.ndarray) -> np.ndarray:
-    level, width = LUNG_WINDOW_HU
-    low = level - width / 2.0
-    return np.clip((hu.astype(np.float32) - low) / width, 0.0, 1.0)
-
-
-def _heat(t: np.ndarray) -> np.ndarray:
-    """Dark red -> red -> yellow -> white colour map, ``t`` in [0, 1] -> RGB float (..., 3)."""
-    r = np.clip(0.35 + 2.0 * t, 0.0, 1.0)
-    g = np.clip(2.0 * t - 0.5, 0.0, 1.0)
-    b = np.clip(4.0 * t - 3.0, 0.0, 1.0)
-    return np.stack([r, g, b], axis=-1)
 
 
 def _lung_slice(prediction: Prediction, z: int, shape: tuple[int, int]) -> np.ndarray:
@@ -82,27 +69,13 @@ def _radiological(image: np.ndarray, volume: Volume) -> np.ndarray:
 
 def _tile(volume: Volume, prediction: Prediction, z: int, *, alpha: float) -> np.ndarray:
     hu = np.asarray(volume.hu[z])
-    grey = _grey(hu)
+    grey = WINDOW_PRESETS["lung"].grey(hu).astype(np.float32) / 255.0
     heat = np.clip(prediction.saliency.source_slice(z), 0.0, 1.0)
     heat *= _lung_slice(prediction, z, hu.shape)
-    # weak evidence stays grey; from 0.25 of the peak the overlay fades in up to alpha
-    weight = (alpha * np.clip((heat - 0.25) / 0.35, 0.0, 1.0))[..., None]
-    rgb = (1.0 - weight) * grey[..., None] + weight * _heat(heat)
+    # weak evidence stays grey; from a quarter of the peak the overlay fades in up to alpha
+    weight = saliency_weight(heat, alpha)[..., None]
+    rgb = (1.0 - weight) * grey[..., None] + weight * heat_rgb(heat)
     return _radiological((rgb * 255.0 + 0.5).astype(np.uint8), volume)
-
-
-def _font(size: int) -> tuple[Any, bool]:
-    """A font and whether it has typographic glyphs (the em dash); DejaVu Sans when installed."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size), True
-    except OSError:
-        pass
-    try:
-        return ImageFont.load_default(size=size), False
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default(), False
 
 
 def _caption(prediction: Prediction) -> list[str]:
@@ -163,7 +136,7 @@ def key_image_array(
     width = max(columns * tile_px, 560)
     canvas = Image.new("RGB", (width, rows * tile_px + _CAPTION_PX), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
-    small, _ = _font(12)
+    small, _ = font(12)
     ny, nx = volume.shape[1:]
     sy, sx = volume.spacing_mm[1:]
     scale = tile_px / max(ny * sy, nx * sx)  # keep physical aspect ratio
@@ -186,10 +159,10 @@ def key_image_array(
             fill=(255, 255, 0),
             font=small,
         )
-    font, typographic = _font(13)
+    caption_font, typographic = font(13)
     y = rows * tile_px + 4
     for line in _caption(prediction):
-        draw.text((6, y), line if typographic else line.replace("—", "-"), fill=(255, 255, 255), font=font)
+        draw.text((6, y), line if typographic else line.replace("—", "-"), fill=(255, 255, 255), font=caption_font)
         y += 19
     return np.asarray(canvas)
 

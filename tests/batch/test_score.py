@@ -22,13 +22,13 @@ from pydicom.uid import generate_uid
 
 from medai.batch.plan import plan_inputs
 from medai.batch.pseudonym import Pseudonymizer
-from medai.batch.results import COLUMNS, read_results
 from medai.batch.run import run_score
 from medai.cli import main as cli_main
 from medai.ingest.nifti import write_nifti
 from medai.phantoms import files as phantom_files
 from medai.phantoms import synthetic
 from medai.phantoms.ctwriter import write_ct_series
+from medai.report.results import COLUMNS, read_results
 from medai.volume import Volume
 
 KEY = "test-key-0123456789abcdef"

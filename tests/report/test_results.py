@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medai.batch.results import COLUMNS, ResultFormat, ResultStore, coerce_row, latest_rows, read_results, row_key
 from medai.errors import MedaiError
 from medai.quantify.measure import Side, Zone
+from medai.report.results import COLUMNS, ResultFormat, ResultStore, coerce_row, latest_rows, read_results, row_key
 
 
 def _row(uid: str, status: str = "ok", p: float = 0.5, model: str = "m@1") -> dict[str, object]:

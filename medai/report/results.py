@@ -22,9 +22,12 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medai.errors import MedaiError
+
+if TYPE_CHECKING:
+    from medai.inference.classifier import Prediction
 
 __all__ = [
     "COLUMNS",
@@ -35,6 +38,7 @@ __all__ = [
     "ScoreReason",
     "coerce_row",
     "latest_rows",
+    "prediction_fields",
     "read_results",
     "row_key",
 ]
@@ -138,6 +142,31 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, str]:
         ('m@1', '1.2.3')
     """
     return str(row.get("model_id") or ""), str(row.get("series_uid") or row.get("source") or "")
+
+
+def prediction_fields(pred: Prediction) -> dict[str, Any]:
+    """The row fields a prediction fills: probabilities, label, severity, percentages, QC flags, stage timings.
+
+    ``medai score`` adds them to a row's identity fields; the viewer's worklist shows them.
+
+    Example:
+        >>> prediction_fields(clf.predict(volume))["label"]  # doctest: +SKIP
+        'covid19'
+    """
+    quant = pred.quantification.to_dict()
+    out: dict[str, Any] = {f"p_{name}": round(float(p), 6) for name, p in pred.probabilities.items()}
+    out.update(
+        label=pred.label,
+        indeterminate=pred.indeterminate,
+        severity=pred.severity.value,
+        qc_flags=";".join(pred.qc_flags),
+    )
+    for name, value in quant.items():
+        if name.endswith("_percent") or name == "lung_volume_ml":
+            out[name] = round(float(value), 4)
+    for stage in ("preprocess", "inference", "saliency", "quantify"):
+        out[f"{stage}_s"] = round(float(pred.timings.get(stage, 0.0)), 4)
+    return out
 
 
 def _convert(value: Any, kind: type) -> Any:

@@ -1,0 +1,136 @@
+"""The viewer in a real browser: ``medai app --data DIR`` on a free loopback port, driven by headless Chromium.
+
+Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); selenium uses the system driver,
+nothing is downloaded. The test waits for the first study's result, checks the label, the banner and that the
+axial image carries the saliency overlay, and saves a screenshot.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medai.inference.classifier import Classifier
+from medai.phantoms import files as phantom_files
+from medai.phantoms import synthetic
+from medai.report.case_report import RESEARCH_BANNER
+from tests.conftest import free_port
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def chromium(profile: Path) -> object:
+    """A headless Chromium driven through the Debian chromedriver (flags known to work as root in a sandbox)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.fail("chromium and chromium-driver must be installed: `make test` installs the Debian packages")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1600,1000",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture
+def viewer_server(
+    small_phantom: Callable[..., synthetic.Phantom], tmp_path: Path
+) -> Iterator[tuple[str, Path, synthetic.Phantom]]:
+    """``medai app --data DIR`` with a COVID-19 and a normal phantom, on a free port of 127.0.0.1."""
+    covid = small_phantom("covid19", 0.35, 51)
+    phantom_files.write_dicom(covid, tmp_path / "data" / "study_b")
+    phantom_files.write_dicom(small_phantom("normal", 0.0, 52), tmp_path / "data" / "study_a")
+    port = free_port()
+    log = (tmp_path / "app.log").open("wb")
+    command = [sys.executable, "-m", "medai.cli", "app", "--data", str(tmp_path / "data"), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"medai app did not start: {(tmp_path / 'app.log').read_text(errors='replace')[-2000:]}")
+            time.sleep(0.3)
+        yield url, tmp_path, covid
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and anything it started
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def saliency_pixels(png: bytes) -> int:
+    """Pixels in the saliency's red to orange: grey CT has R = G = B; the crosshair (R - G <= 30) and letters are
+    yellow."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int(np.count_nonzero((rgb[..., 0] - rgb[..., 1] > 36) & (rgb[..., 0] - rgb[..., 2] > 60)))
+
+
+def test_medai_app_in_headless_chromium_shows_the_result_banner_and_saliency(
+    viewer_server: tuple[str, Path, synthetic.Phantom], shipped_classifier: Classifier
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, folder, covid = viewer_server
+    expected = shipped_classifier.predict(covid.volume).label
+    driver = chromium(folder / "chromium-profile")
+    try:
+        driver.get(url)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 120
+        while True:
+            headings = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "h2")]  # type: ignore[attr-defined]
+            axial = [
+                img
+                for img in driver.find_elements(By.CSS_SELECTOR, "img")  # type: ignore[attr-defined]
+                if "/media/" in (img.get_attribute("src") or "")
+                and driver.execute_script("return arguments[0].naturalWidth", img) == 512  # type: ignore[attr-defined]
+            ]
+            waiting = "waiting to be scored" in driver.page_source or "scoring ..." in driver.page_source  # type: ignore[attr-defined]
+            if expected in headings and axial and not waiting:
+                break
+            assert time.monotonic() < deadline, f"no result in the browser: headings {headings}"
+            time.sleep(0.5)
+        banner = driver.find_element(By.ID, "medai-banner")  # type: ignore[attr-defined]
+        assert banner.text == RESEARCH_BANNER and banner.is_displayed()
+        assert "Calibrated probabilities" in driver.page_source  # type: ignore[attr-defined]
+        with urllib.request.urlopen(axial[0].get_attribute("src"), timeout=10) as response:
+            png = response.read()
+        assert png[:4] == b"\x89PNG" and saliency_pixels(png) > 200  # the overlay is drawn on the opened study
+        time.sleep(1.0)  # let the chart finish drawing
+        shot = folder / "viewer.png"
+        assert driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
+        assert shot.stat().st_size > 50_000
+    finally:
+        driver.quit()  # type: ignore[attr-defined]

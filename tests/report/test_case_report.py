@@ -1,0 +1,38 @@
+"""The HTML case report: self-contained, the banner, the numbers, the key images, identifiers on request."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+
+import pytest
+
+from medai.inference.classifier import Classifier
+from medai.phantoms import synthetic
+from medai.report.case_report import RESEARCH_BANNER, case_report_html
+
+
+def test_case_report_is_self_contained_with_banner_numbers_and_key_images(
+    shipped_classifier: Classifier, small_phantom: Callable[..., synthetic.Phantom]
+) -> None:
+    phantom = small_phantom("covid19", 0.35, 31)
+    prediction = shipped_classifier.predict(phantom.volume)
+    page = case_report_html(phantom.volume, prediction, title="case_31", model_card="models/medai-ref.json")
+    assert page.count(RESEARCH_BANNER) >= 2
+    assert f'<p class="label">{prediction.label}' in page
+    for name, p in prediction.probabilities.items():
+        assert f"{name}</th>" in page and f"{p:.3f}" in page
+    assert f"{prediction.lesion_percent:.1f} % of lung volume" in page and prediction.severity.value in page
+    assert prediction.model_id in page and "models/medai-ref.json" in page
+    assert len(re.findall(r'<img alt="(axial|coronal) [^"]+" src="data:image/png;base64,', page)) >= 2
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # loads nothing from anywhere
+    patient_id = str(phantom.volume.header["PatientID"])
+    assert patient_id in page
+    assert patient_id not in case_report_html(phantom.volume, prediction, show_identifiers=False)
+    assert "Indeterminate:" not in page or prediction.indeterminate
+    unsure = dataclasses.replace(prediction, indeterminate=True)
+    assert "Indeterminate: the probabilities are close" in case_report_html(phantom.volume, unsure)
+    other = small_phantom("normal", 0.0, 32, slices=24)
+    with pytest.raises(ValueError, match="prediction must belong to the volume"):
+        case_report_html(other.volume, prediction)
