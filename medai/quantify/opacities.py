@@ -149,6 +149,12 @@ def _opacity_values(
     return value, sharp
 
 
+# Below this share of the inner lung under baseline_max_hu, the lung is read as an expiration scan ...
+EXPIRATION_SHARE = 0.15
+# ... whose baseline may reach this (ground glass is -700..-300 HU, 40 HU above the baseline at least).
+EXPIRATION_CAP_HU = -680.0
+
+
 def _parenchyma_baseline(value: np.ndarray, inner: np.ndarray, *, ap_dim: int, params: QuantifyParams) -> np.ndarray:
     """The patient's normal-parenchyma HU at every voxel: a line along the anterior-posterior axis.
 
@@ -164,6 +170,13 @@ def _parenchyma_baseline(value: np.ndarray, inner: np.ndarray, *, ap_dim: int, p
     position = position.reshape(shape)
     cap = params.ggo_floor_hu - params.ggo_min_contrast_hu
     aerated = inner & (value < params.baseline_max_hu)
+    n_inner = int(inner.sum())
+    if n_inner >= 200 and int(aerated.sum()) < EXPIRATION_SHARE * n_inner:
+        # Hardly any lung below baseline_max_hu: an expiration scan (or a dense, poorly inflated lung), whose
+        # normal parenchyma sits at -750..-650 HU. Its clearest third is the baseline, capped where ground
+        # glass begins to be unmistakable.
+        aerated = inner & (value <= np.percentile(value[inner], 30))
+        cap = EXPIRATION_CAP_HU
     if int(aerated.sum()) < 50:
         return np.full(value.shape, cap, np.float32)
     where = np.broadcast_to(position, value.shape)[aerated]
