@@ -41,7 +41,7 @@ from medai.quantify.grid import neighbour_extreme
 if TYPE_CHECKING:
     from medai.quantify.params import QuantifyParams
 
-__all__ = ["bbox", "segment_lungs", "split_sides"]
+__all__ = ["bbox", "segment_lungs", "split_sides", "trim_below_aerated_base"]
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +343,44 @@ def add_aerated_rim(sides: np.ndarray, coarse: np.ndarray, *, params: QuantifyPa
         if not add.any():
             break
         view[add] = grown[add]
+    return out
+
+
+def trim_below_aerated_base(
+    sides: np.ndarray, coarse: np.ndarray, spacing_mm: tuple[float, ...], *, sup_high: bool, params: QuantifyParams
+) -> np.ndarray:
+    """``sides`` without what lies more than ``base_margin_mm`` below each lung's lowest aerated slice.
+
+    Lungs rest on the diaphragm; under the lowest slice where a lung still holds aerated tissue (block mean
+    below ``rim_threshold_hu``, in at least ``base_aerated_share`` of that lung's largest aerated slice)
+    there is only the posterior recess, a few centimetres at most. Dense tissue further down (the crura and
+    psoas beside the spine, the upper abdomen) is not lung, however lung-like its position; a consolidated
+    lower lobe keeps aerated tissue in its own slices (bronchograms) or the recess margin covers it.
+
+    Example:
+        >>> sides = np.zeros((20, 4, 4), np.uint8); sides[:, 1:3, 1:3] = 1
+        >>> hu = np.full((20, 4, 4), 40.0); hu[10:, 1:3, 1:3] = -850
+        >>> from medai.quantify.params import QuantifyParams
+        >>> trimmed = trim_below_aerated_base(sides, hu, (3.0, 3.0, 3.0), sup_high=True, params=QuantifyParams())
+        >>> int(trimmed[:, 1, 1].argmax())  # 20 mm (6 slices of 3 mm) below the lowest aerated slice 10
+        4
+    """
+    out = sides.copy()
+    keep = max(0, int(params.base_margin_mm / spacing_mm[0]))
+    for side in (1, 2):
+        lung = sides == side
+        aerated = np.count_nonzero(lung & (coarse < params.rim_threshold_hu), axis=(1, 2))
+        if aerated.max() == 0:
+            continue
+        base = np.flatnonzero(aerated >= params.base_aerated_share * aerated.max())
+        if sup_high:
+            cut = int(base[0]) - keep
+            if cut > 0:
+                out[:cut][lung[:cut]] = 0
+        else:
+            cut = int(base[-1]) + keep + 1
+            if cut < len(aerated):
+                out[cut:][lung[cut:]] = 0
     return out
 
 

@@ -58,7 +58,7 @@ import numpy as np
 from medai.errors import InvalidSeriesError, QCReason
 from medai.labels import Severity, severity_from_percent
 from medai.quantify.grid import QuantGrid, block_mean, coarse_grid, upsample_mask
-from medai.quantify.lungs import add_aerated_rim, bbox, segment_lungs, split_sides
+from medai.quantify.lungs import add_aerated_rim, bbox, segment_lungs, split_sides, trim_below_aerated_base
 from medai.quantify.opacities import segment_opacities
 from medai.quantify.params import QuantifyParams, QuantMethod
 from medai.volume import Volume
@@ -81,7 +81,10 @@ METHOD = (
     "medai.quantify/3 (coarse grid, airways, hole filling + closing + symmetry + lateral-envelope priors, "
     "thresholds against the fitted parenchyma baseline)"
 )
-METHOD_HYBRID = "medai.quantify/4 hybrid (learned lungs + aerated rim, classical opacities; CT-0 below 1 %)"
+METHOD_HYBRID = (
+    "medai.quantify/5 hybrid (learned lungs + aerated rim - below the aerated base, classical opacities with an "
+    "expiration-aware baseline; CT-0 below 1 %)"
+)
 
 
 class Side(enum.StrEnum):
@@ -195,6 +198,7 @@ def quantify(
         lungs = add_aerated_rim(
             learned_lungs(volume.direction, coarse, grid.spacing_mm, params=params), coarse, params=params
         )
+        lungs = trim_below_aerated_base(lungs, coarse, grid.spacing_mm, sup_high=sup_high, params=params)
     elif lung_mask is None:
         lungs = segment_lungs(
             coarse, grid.spacing_mm, lr_dim=lr_dim, right_low=right_low, params=params, sup_high=sup_high

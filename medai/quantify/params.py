@@ -91,3 +91,8 @@ class QuantifyParams:
     # touch them, in this many 6-neighbour steps: the head misses thin rims over the diaphragm and at the apex.
     rim_threshold_hu: float = -400.0
     rim_steps: int = 1
+    # Learned lungs end this far below each lung's lowest slice with aerated tissue (at least this share of its
+    # largest aerated slice): deeper "lung" is the crura, the psoas or the abdomen (a real patient's 7 % of false
+    # consolidation; docs/ood.md).
+    base_margin_mm: float = 20.0
+    base_aerated_share: float = 0.02
