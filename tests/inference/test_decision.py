@@ -79,7 +79,7 @@ def test_lung_restricted_input_blanks_what_is_far_from_the_lungs(phantoms: dict[
     whole = to_model_input(volume, PreprocessParams(grid_shape=(32, 32, 48)))
     blank = (0.0 - params.window_hu[0]) / (params.window_hu[1] - params.window_hu[0])
     share_blank = float(np.isclose(restricted.array, blank).mean())
-    assert 0.2 < share_blank < 0.9  # lungs and their rim stay, the rest is one value
+    assert 0.2 < share_blank < 0.97  # lungs and their rim stay, the rest is one value
     assert float(np.isclose(whole.array, blank).mean()) < 0.05
     with pytest.raises(ValueError, match="lung_mask must be given"):
         to_model_input(volume, params)
