@@ -152,6 +152,8 @@ class SeriesInfo:
 
 
 class SeriesList(list[SeriesInfo]):
-    """The list returned by :func:`find_series`, plus the files it skipped (``.skipped``)."""
+    """The list returned by :func:`find_series`, plus the files it skipped (``.skipped``) and the NIfTI volumes
+    it found (``.volumes``)."""
 
     skipped: tuple[SkippedFile, ...] = ()
+    volumes: tuple[Path, ...] = ()

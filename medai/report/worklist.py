@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from medai.errors import DicomWebError, InvalidSeriesError, MedaiError, NoSeriesError, QCReason
 from medai.ingest.discovery import find_series
 from medai.ingest.load import load_series, load_study
-from medai.ingest.nifti import is_mask_beside_case, is_nifti_name, nifti_stem, read_nifti
+from medai.ingest.nifti import is_nifti_name, nifti_stem, read_nifti
 from medai.ingest.qc import select_per_study
 from medai.ingest.sources import DicomSource, SeriesInfo
 from medai.report.results import RowStatus, prediction_fields
@@ -196,11 +196,9 @@ def entries_from_folder(root: str | Path, *, kind: SourceKind = SourceKind.FOLDE
         }
         ref = StudyRef(first.series.series_uid, title, kind, series=first.series, series_uid=first.series.series_uid)
         entries.append(WorklistEntry(ref, row))  # opening it runs the QC gate again: the reason, as an error
-    for skipped in found.skipped:
-        path = skipped.source.path
-        if skipped.source.member is None and is_nifti_name(path) and not is_mask_beside_case(path):
-            title = _relative(path.parent / nifti_stem(path), base)
-            entries.append(WorklistEntry(StudyRef(str(path), title, kind, nifti_path=path), {"source": str(path)}))
+    for path in found.volumes:
+        title = _relative(path.parent / nifti_stem(path), base)
+        entries.append(WorklistEntry(StudyRef(str(path), title, kind, nifti_path=path), {"source": str(path)}))
     log.info("worklist: %d studies under a %s", len(entries), kind.value)
     return entries
 
