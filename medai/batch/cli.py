@@ -48,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="replace accession number and patient ID by HMAC-SHA256 pseudonyms and drop the patient name; "
         "KEY is @FILE, env:VARIABLE or the key itself (at least 16 bytes)",
     )
+    p.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="append one tamper-evident record per scored series to this audit trail (medai audit verify PATH)",
+    )
     p.add_argument("--force", action="store_true", help="re-score series already in --out for this model")
     p.add_argument("--all-series", action="store_true", help="score every acceptable series, not one per study")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -154,6 +159,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 all_series=args.all_series,
                 on_start=on_start,
                 on_row=on_row,
+                audit_log=args.audit_log,
             )
     except KeyboardInterrupt:
         console.print(

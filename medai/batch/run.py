@@ -33,11 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medai.batch.job import ScoreSettings, get_classifier
+from medai.batch.job import PIXEL_HASH_FIELD, ScoreSettings, get_classifier
 from medai.batch.plan import plan_inputs
 from medai.batch.pool import WorkPool
 from medai.batch.pseudonym import Pseudonymizer
 from medai.ingest.qc import DEFAULT_RULES, SelectionRules
+from medai.report.audit import AuditTrail, current_user, scoring_record
 from medai.report.results import ResultStore, RowStatus, row_key
 
 if TYPE_CHECKING:
@@ -81,6 +82,27 @@ def _count(summary: ScoreSummary, row: Mapping[str, Any]) -> None:
         summary.labels[str(row["label"])] += 1
 
 
+def _audit_fields(row: Mapping[str, Any], pixel_hash: str, model_sha256: str, out: str | Path) -> dict[str, Any]:
+    """The audit record of one scored row (UIDs, hashes and numbers only: no identifiers, no paths of inputs)."""
+    result = {k: row.get(k) for k in ("status", "reason", "label", "indeterminate", "severity") if row.get(k) != ""}
+    result["probabilities"] = {k[2:]: row[k] for k in row if k.startswith("p_") and row[k] is not None}
+    outputs = {"results": str(Path(out).resolve())}
+    outputs.update({k: str(row[k]) for k in ("key_image", "saliency_nifti") if row.get(k)})
+    return scoring_record(
+        source="batch",
+        who=current_user(),
+        volume=None,
+        prediction=None,
+        model_id=str(row.get("model_id") or ""),
+        model_sha256=model_sha256,
+        series_uid=str(row.get("series_uid") or ""),
+        study_uid=str(row.get("study_uid") or ""),
+        pixel_hash=pixel_hash,
+        result=result,
+        outputs=outputs,
+    )
+
+
 def auto_workers() -> int:
     """Worker processes when none are asked for: one per core, at most 4.
 
@@ -112,6 +134,7 @@ def run_score(
     rules: SelectionRules = DEFAULT_RULES,
     on_start: Callable[[int], None] | None = None,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
+    audit_log: str | Path | None = None,
 ) -> ScoreSummary:
     """Score every study under ``inputs`` into ``out`` (``.csv``, ``.jsonl`` or ``.parquet``).
 
@@ -132,6 +155,9 @@ def run_score(
         rules: selection rules and QC thresholds.
         on_start: called with the number of series to score, before the first one.
         on_row: called with each new row after it is on disk.
+        audit_log: append one record per scored series to this tamper-evident trail
+            (:class:`medai.report.audit.AuditTrail`): series, pixel hash, model, code version, result, outputs,
+            the user.
 
     Returns:
         A :class:`ScoreSummary`.
@@ -164,7 +190,9 @@ def run_score(
         saliency_dir=str(Path(saliency_dir).resolve()) if saliency_dir is not None else None,
         saliency_nifti=saliency_nifti,
         key_slices=key_slices,
+        pixel_hash=audit_log is not None,
     )
+    trail = AuditTrail(audit_log) if audit_log is not None else None
     summary = ScoreSummary(out=Path(out), model_id=settings.model_id)
     with ResultStore(out) as store, WorkPool(workers=workers, dask=dask, scheduler=scheduler) as pool:
         plan = plan_inputs(
@@ -203,7 +231,10 @@ def run_score(
             on_start(len(jobs))
         try:
             for row in pool.score(jobs, settings):
+                pixel_hash = str(row.pop(PIXEL_HASH_FIELD, "") or "")
                 store.append(row)
+                if trail is not None:
+                    trail.append(_audit_fields(row, pixel_hash, clf.sha256, out))
                 _count(summary, row)
                 if on_row is not None:
                     on_row(row)

@@ -8,6 +8,7 @@ administrator lists the calling AE titles). A file looks like::
     port = 11112
     allow_ae = ["CT01", "ORTHANC@10.0.0.5"]   # calling AE titles, optionally bound to a peer host; "*": any
     spool = "/var/lib/medai/spool"
+    audit_log = "/var/log/medai/audit.jsonl"   # default: SPOOL/audit.jsonl
     idle_seconds = 5                   # a series is complete after this long without a new instance
     min_free_mb = 2048                 # refuse associations when the spool's disk has less free space
     seg = true                         # also send a DICOM Segmentation of lungs and opacities
@@ -169,6 +170,7 @@ class PacsConfig:
     destinations: tuple[Destination, ...] = ()
     stow: tuple[StowDestination, ...] = ()
     spool: Path = Path("medai-spool")
+    audit_log: Path | None = None  # the tamper-evident audit trail (default: SPOOL/audit.jsonl)
     idle_seconds: float = 5.0  # a series is complete after this long with no new instance
     min_free_mb: float = 1024.0  # free space the spool's disk keeps; below it associations are refused
     max_associations: int = 8  # concurrent incoming associations
@@ -332,8 +334,8 @@ def build_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any] | 
             kwargs["allow_ae"] = tuple(AllowedPeer.parse(text) for text in _list(value))
         elif key == "tls":
             kwargs["tls"] = _tls(value)
-        elif key == "spool":
-            kwargs["spool"] = Path(value)
+        elif key in ("spool", "audit_log"):
+            kwargs[key] = Path(value)
         else:
             kwargs[key] = value
     for key in ("idle_seconds", "min_free_mb", "network_timeout_s", "retry_base_s", "retry_max_s"):

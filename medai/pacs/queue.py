@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT,
     model_id TEXT,
     model_sha256 TEXT,
-    label TEXT
+    label TEXT,
+    pixel_sha256 TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_receiving ON jobs(series_uid) WHERE state = 'receiving';
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -202,6 +203,9 @@ class JobQueue:
             self._db.execute("PRAGMA synchronous = FULL")  # an acknowledged instance survives a power cut
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "pixel_sha256" not in columns:  # a queue written before the audit trail recorded pixel hashes
+                self._db.execute("ALTER TABLE jobs ADD COLUMN pixel_sha256 TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -321,6 +325,7 @@ class JobQueue:
         label: str = "",
         reason: str = "",
         message: str = "",
+        pixel_sha256: str = "",
         now: float | None = None,
     ) -> bool:
         """``scoring`` -> ``sending``: record the outputs and one pending delivery per destination, atomically.
@@ -331,7 +336,7 @@ class JobQueue:
         with self._transaction() as db:
             changed = db.execute(
                 "UPDATE jobs SET state = ?, scored_at = ?, outcome = ?, reason = ?, message = ?, model_id = ?, "
-                "model_sha256 = ?, label = ? WHERE id = ? AND state = ?",
+                "model_sha256 = ?, label = ?, pixel_sha256 = ? WHERE id = ? AND state = ?",
                 (
                     JobState.SENDING,
                     now,
@@ -341,6 +346,7 @@ class JobQueue:
                     model_id,
                     model_sha256,
                     label,
+                    pixel_sha256,
                     job_id,
                     JobState.SCORING,
                 ),
@@ -506,6 +512,7 @@ class JobQueue:
             "label": job["label"],
             "model_id": job["model_id"],
             "model_sha256": job["model_sha256"],
+            "pixel_sha256": job["pixel_sha256"] or "",
             "calling_ae": sorted((instances[3] or "").split(",")) if instances[3] else [],
             "instances": int(instances[0]),
             "first_received_at": instances[1],

@@ -10,6 +10,7 @@ import pytest
 
 from medai.errors import ConfigError
 from medai.pacs.audit import AuditLog
+from medai.report.audit import verify_audit_log
 from medai.pacs.config import AllowedPeer, Destination, build_config, load_config_file
 from medai.pacs.queue import JobOutcome, JobQueue, JobState, OutputRecord
 from medai.pacs.spool import Spool
@@ -89,8 +90,13 @@ def test_recover_rescores_interrupted_jobs_and_the_audit_log_heals_a_torn_line(t
     log = tmp_path / "audit.jsonl"
     AuditLog(log).sync(queue)
     log.write_text(log.read_text() + '{"seq": 2, "tor')  # a crash mid-line
+    assert not verify_audit_log(log).ok
     assert AuditLog(log).sync(queue) == 0
-    assert [json.loads(line)["seq"] for line in log.read_text().splitlines()] == [1]
+    job = _record(queue, "1.2.3.2") and queue.claim_ready(0.0, now=400.0)
+    assert job and queue.fail_job(job.id, reason="x", message="y")
+    assert AuditLog(log).sync(queue) == 1  # the next record cuts the torn line and goes on with the chain
+    assert [json.loads(line)["queue_seq"] for line in log.read_text().splitlines()] == [1, 2]
+    assert verify_audit_log(log).ok
 
 
 def test_spool_refuses_names_that_are_not_uids(tmp_path: Path) -> None:
