@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,6 +40,13 @@ def use_audit_log(path: str) -> None:
     """Record every scoring of this server in the audit trail at ``path`` (set once, before any worklist)."""
     if path and not _AUDIT:
         _AUDIT.append(AuditTrail(path))
+
+
+@st.cache_resource
+def deidentify_key() -> bytes:
+    """The UID key of this server's de-identified exports: random at start, so they cannot be linked to another
+    server's (or a later run's) exports, and one study keeps its new UIDs across its report, JSON and SR."""
+    return secrets.token_bytes(32)
 
 
 def audit_trail() -> AuditTrail | None:

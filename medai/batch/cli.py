@@ -49,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "KEY is @FILE, env:VARIABLE or the key itself (at least 16 bytes)",
     )
     p.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="results and key images without identifiers: UIDs replaced (keyed by --pseudonymize-key when given), "
+        "no name, ID, accession number, description or input path",
+    )
+    p.add_argument(
         "--audit-log",
         metavar="PATH",
         help="append one tamper-evident record per scored series to this audit trail (medai audit verify PATH)",
@@ -100,14 +106,16 @@ def run_cli(args: argparse.Namespace) -> int:
     from medai.batch.pseudonym import Pseudonymizer, read_key
     from medai.batch.run import run_score
     from medai.labels import INTENDED_USE
+    from medai.report.deidentify import RowDeidentifier
 
     problem = _check(args)
     if problem:
         return _usage(problem)
-    pseudonymizer = None
+    pseudonymizer, key = None, None
     if args.pseudonymize_key:
         try:
-            pseudonymizer = Pseudonymizer(read_key(args.pseudonymize_key))
+            key = read_key(args.pseudonymize_key)
+            pseudonymizer = Pseudonymizer(key)
         except ValueError as exc:
             return _usage(f"--pseudonymize-key: {exc}")
     console = Console(stderr=True)
@@ -160,6 +168,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 on_start=on_start,
                 on_row=on_row,
                 audit_log=args.audit_log,
+                deidentify=RowDeidentifier(key) if args.deidentify else None,
             )
     except KeyboardInterrupt:
         console.print(

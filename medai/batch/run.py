@@ -28,7 +28,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from medai.batch.pool import WorkPool
 from medai.batch.pseudonym import Pseudonymizer
 from medai.ingest.qc import DEFAULT_RULES, SelectionRules
 from medai.report.audit import AuditTrail, current_user, scoring_record
+from medai.report.deidentify import RowDeidentifier
 from medai.report.results import ResultStore, RowStatus, row_key
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ def run_score(
     on_start: Callable[[int], None] | None = None,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
     audit_log: str | Path | None = None,
+    deidentify: RowDeidentifier | None = None,
 ) -> ScoreSummary:
     """Score every study under ``inputs`` into ``out`` (``.csv``, ``.jsonl`` or ``.parquet``).
 
@@ -155,6 +157,8 @@ def run_score(
         rules: selection rules and QC thresholds.
         on_start: called with the number of series to score, before the first one.
         on_row: called with each new row after it is on disk.
+        deidentify: write rows (and name key images) without identifiers: UIDs replaced, name, ID, accession
+            number, description and input paths removed (:class:`medai.report.deidentify.RowDeidentifier`).
         audit_log: append one record per scored series to this tamper-evident trail
             (:class:`medai.report.audit.AuditTrail`): series, pixel hash, model, code version, result, outputs,
             the user.
@@ -204,6 +208,12 @@ def run_score(
         )
         summary.n_skipped_files = len(plan.skipped_files)
         done = {row_key(r): r for r in store.existing}
+        originals: dict[str, Mapping[str, Any]] = {}
+        if deidentify is not None:
+            plan.rows = [deidentify.row(row) for row in plan.rows]
+            clean_jobs = [replace(job, fields=deidentify.row(job.fields)) for job in plan.jobs]
+            originals = {clean.key: job.fields for clean, job in zip(clean_jobs, plan.jobs, strict=True)}
+            plan.jobs = clean_jobs
         for row in plan.rows:
             row = {**row, "model_id": settings.model_id}
             previous = done.get(row_key(row))
@@ -232,6 +242,8 @@ def run_score(
         try:
             for row in pool.score(jobs, settings):
                 pixel_hash = str(row.pop(PIXEL_HASH_FIELD, "") or "")
+                if deidentify is not None:
+                    row = deidentify.scrub(row, originals.get(row_key(row)[1], {}))
                 store.append(row)
                 if trail is not None:
                     trail.append(_audit_fields(row, pixel_hash, clf.sha256, out))

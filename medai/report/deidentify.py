@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,8 +54,10 @@ if TYPE_CHECKING:
     from medai.volume import Volume
 
 __all__ = [
+    "DEFAULT_RESULTS_KEY",
     "DeidSummary",
     "Deidentifier",
+    "RowDeidentifier",
     "UidMap",
     "deidentify_case",
     "deidentify_tree",
@@ -333,3 +336,65 @@ def deidentify_case(volume: Volume, prediction: Prediction, uids: UidMap) -> tup
     return deidentify_case_volume(volume, uids), dataclasses.replace(
         prediction, series_uid=uids(prediction.series_uid), study_uid=uids(prediction.study_uid)
     )
+
+
+#: UID key of de-identified results when no key is given: the replacements are stable (a rerun resumes) but
+#: anyone holding an original UID can recompute its replacement; give a key to make them secret.
+DEFAULT_RESULTS_KEY = b"medai de-identified results, no key given"
+_IDENTITY_COLUMNS = ("patient_id", "patient_name", "accession_number", "series_description")
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/,;)]+)+[\\/]?")
+
+
+class RowDeidentifier:
+    """Results-file rows without identifiers, for ``medai score --deidentify``.
+
+    UIDs are replaced as :class:`Deidentifier` replaces them under the same key (a de-identified results file
+    matches a ``medai deidentify --key`` export of the same studies), patient name, ID, accession number and
+    series description are emptied, the input path becomes ``series-...`` or ``volume-...``, and messages lose
+    paths, UIDs and descriptions.
+
+    Example:
+        >>> rows = RowDeidentifier(b"0123456789abcdef")
+        >>> row = rows.row({"source": "/data/Doe_Jane/ct", "series_uid": "1.2.3", "patient_id": "42", "message": ""})
+        >>> row["source"].startswith("series-"), row["series_uid"].startswith("2.25."), row["patient_id"]
+        (True, True, '')
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.uids = UidMap(key or DEFAULT_RESULTS_KEY)
+
+    def key(self, key: str) -> str:
+        """A row key (a series UID or an input path) as it appears in the de-identified results."""
+        if key and all(c.isdigit() or c == "." for c in key):
+            return self.uids(key)
+        return "volume-" + self.uids(key)[5:21] if key else key
+
+    def row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The de-identified copy of a row that still holds the original values."""
+        out = dict(row)
+        for name in ("series_uid", "study_uid"):
+            if row.get(name):
+                out[name] = self.uids(str(row[name]))
+        if row.get("series_uid"):
+            out["source"] = f"series-{out['series_uid'][5:21]}"
+        elif row.get("source"):
+            out["source"] = self.key(str(row["source"]))
+        for name in _IDENTITY_COLUMNS:
+            if name in out:
+                out[name] = ""
+        out["pseudonymized"] = True
+        return self.scrub(out, row)
+
+    def scrub(self, row: Mapping[str, Any], original: Mapping[str, Any]) -> dict[str, Any]:
+        """``row`` (already de-identified) with its message cleaned of what ``original`` (the row's fields before
+        de-identification) named: input paths, UIDs, the series description."""
+        out = dict(row)
+        text = _PATH.sub("<file>", str(out.get("message") or ""))
+        for name in ("source", "series_description"):
+            if original.get(name):
+                text = text.replace(str(original[name]), "<input>")
+        for name in ("series_uid", "study_uid"):
+            if original.get(name):
+                text = text.replace(str(original[name]), self.uids(str(original[name])))
+        out["message"] = text
+        return out

@@ -4,7 +4,6 @@ the transfer-syntax fallback; a series the QC gate refuses gets a failure SR; no
 from __future__ import annotations
 
 import json
-
 import logging
 import subprocess
 from collections.abc import Callable
@@ -14,8 +13,8 @@ import pydicom
 import pytest
 
 from medai.pacs.service import PacsService
-from medai.report.audit import verify_audit_log
 from medai.pacs.status import format_status, read_status
+from medai.report.audit import verify_audit_log
 from medai.volume import Volume
 from tests.conftest import OrthancServer, start_orthanc
 from tests.pacs.conftest import (

@@ -10,10 +10,10 @@ import pytest
 
 from medai.errors import ConfigError
 from medai.pacs.audit import AuditLog
-from medai.report.audit import verify_audit_log
 from medai.pacs.config import AllowedPeer, Destination, build_config, load_config_file
 from medai.pacs.queue import JobOutcome, JobQueue, JobState, OutputRecord
 from medai.pacs.spool import Spool
+from medai.report.audit import verify_audit_log
 
 
 def _record(queue: JobQueue, sop: str, *, series: str = "1.2.3", now: float = 100.0) -> bool:
