@@ -244,9 +244,9 @@ def run_score(
                 pixel_hash = str(row.pop(PIXEL_HASH_FIELD, "") or "")
                 if deidentify is not None:
                     row = deidentify.scrub(row, originals.get(row_key(row)[1], {}))
-                store.append(row)
-                if trail is not None:
+                if trail is not None:  # first: a kill between the two re-scores the series, and audits it again
                     trail.append(_audit_fields(row, pixel_hash, clf.sha256, out))
+                store.append(row)
                 _count(summary, row)
                 if on_row is not None:
                     on_row(row)

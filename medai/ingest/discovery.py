@@ -163,22 +163,76 @@ def _iter_zip(path: Path, skipped: list[SkippedFile]) -> Iterator[tuple[DicomSou
         skipped.append(SkippedFile(DicomSource(path), f"unreadable zip archive: {exc}"))
 
 
+#: Every attribute ingestion reads from an instance's top level (geometry and functional groups come through
+#: :func:`frames_from_dataset`); :func:`read_header` converts each once, so a value that cannot be parsed makes
+#: the file unreadable here instead of raising anywhere later.
+KEYWORDS_READ = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
+    "Modality",
+    "ImageType",
+    "SeriesDescription",
+    "SeriesNumber",
+    "StudyDescription",
+    "ConvolutionKernel",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "PatientID",
+    "PatientName",
+    "PatientSex",
+    "PatientAge",
+    "AccessionNumber",
+    "StudyDate",
+    "KVP",
+    "BodyPartExamined",
+    "InstitutionName",
+    "StationName",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+)
+#: More frames than this in one instance is not a CT image (checked before any per-frame work).
+MAX_FRAMES = 65536
+
+
 def read_header(source: DicomSource, *, stop_before_pixels: bool = True) -> Dataset:
-    """Parse one instance's header (pixel data not read, or deferred).
+    """Parse one instance's header (pixel data not read, or deferred) and every value ingestion reads from it.
 
     Raises:
-        InvalidSeriesError: ``not_dicom`` or ``unreadable``.
+        InvalidSeriesError: ``not_dicom``, ``unreadable`` (a value that cannot be parsed is named), or
+            ``implausible_dimensions`` (more than :data:`MAX_FRAMES` frames).
     """
     try:
         if source.member is None:
             if stop_before_pixels:
-                return pydicom.dcmread(source.path, stop_before_pixels=True)
-            return pydicom.dcmread(source.path, defer_size=4096)
-        return pydicom.dcmread(io.BytesIO(source.read_bytes()), stop_before_pixels=stop_before_pixels)
+                ds = pydicom.dcmread(source.path, stop_before_pixels=True)
+            else:
+                ds = pydicom.dcmread(source.path, defer_size=4096)
+        else:
+            ds = pydicom.dcmread(io.BytesIO(source.read_bytes()), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:
         raise InvalidSeriesError(QCReason.NOT_DICOM, f"{source} is not a DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise InvalidSeriesError(QCReason.UNREADABLE, f"{source} cannot be parsed: {exc!r}") from exc
+    keyword = "file meta"
+    try:
+        _ = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        for keyword in KEYWORDS_READ:
+            value(ds, keyword)
+        keyword = "geometry or functional groups"
+        frames_from_dataset(ds, source)
+    except InvalidSeriesError:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert (wrong length, bad characters, broken sequence)
+        message = f"{source}: {keyword} cannot be parsed ({type(exc).__name__}: {str(exc)[:200]})"
+        raise InvalidSeriesError(QCReason.UNREADABLE, message) from exc
+    return ds
 
 
 def as_number(value: Any, kind: type = float) -> Any:
@@ -211,6 +265,12 @@ def _group(item: Dataset | None, sequence: str) -> Dataset | None:
 def frames_from_dataset(ds: Dataset, source: DicomSource) -> list[FrameHeader]:
     """One :class:`FrameHeader` per frame, from classic or Enhanced (functional groups) headers."""
     n_frames = as_number(value(ds, "NumberOfFrames"), int) or 1
+    if not 1 <= n_frames <= MAX_FRAMES:
+        raise InvalidSeriesError(
+            QCReason.IMPLAUSIBLE_DIMENSIONS,
+            f"{source}: NumberOfFrames must be 1..{MAX_FRAMES}, not {n_frames}",
+            series_uid=str(value(ds, "SeriesInstanceUID", "")),
+        )
     common: dict[str, Any] = {
         "source": source,
         "sop_instance_uid": str(value(ds, "SOPInstanceUID", "")),
