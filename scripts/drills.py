@@ -54,7 +54,15 @@ from medai.phantoms.ctwriter import write_ct_series  # noqa: E402
 from medai.report.audit import verify_audit_log  # noqa: E402
 from medai.volume import Volume  # noqa: E402
 from tests.conftest import OrthancServer, free_port, start_orthanc  # noqa: E402
-from tests.pacs.conftest import MedaiProcess, jobs, orthanc_results, settings, start_medai, write_config  # noqa: E402
+from tests.pacs.conftest import (  # noqa: E402
+    MedaiProcess,
+    jobs,
+    orthanc_results,
+    settings,
+    start_medai,
+    wait_for,
+    write_config,
+)
 
 
 @dataclass
@@ -167,19 +175,18 @@ def _series(volume: Volume, folder: Path) -> list[Path]:
     return write_ct_series(volume, folder, attributes=attributes)
 
 
-def _wait(predicate: Callable[[], Any], *, timeout_s: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def _deliveries(spool: Path) -> str:
     rows = jobs(spool)
     return str(rows[0]["deliveries"] or "") if rows else ""
+
+
+def _deliver_once_fixed(drill: Drill, spool: Path, fix: Callable[[], None]) -> None:
+    """Wait for two failed delivery tries, let 6 s pass, ``fix`` the destination, wait for the delivery."""
+    wait_for(lambda: re.search(r"=pending:[2-9]", _deliveries(spool)), timeout=120, what="two failed tries")
+    time.sleep(6)
+    fix()
+    wait_for(lambda: _finished(spool, 1), timeout=120, what="the delivery once the destination is fixed")
+    drill.notes.append(f"deliveries: {_deliveries(spool)}")
 
 
 def _finished(spool: Path, n: int) -> bool:
@@ -278,7 +285,9 @@ def drill_kill_during_receive(work: Path, scale: Scale) -> Drill:
             medai = _restart(config, work, values["port"])
             try:
                 modality.send_until_acknowledged(files)
-                _wait(lambda: _finished(spool, 1) and jobs(spool)[0]["state"] == "sent", timeout_s=180, what="delivery")
+                wait_for(
+                    lambda: _finished(spool, 1) and jobs(spool)[0]["state"] == "sent", timeout=180, what="delivery"
+                )
             finally:
                 medai.kill()
             _count_pacs(drill, modality, orthanc, spool, [_study(files)])
@@ -303,7 +312,7 @@ def _drill_failpoint(work: Path, scale: Scale, point: str, name: str, what: str)
             drill.notes.append(f"medai exited with signal {-code} at the '{point}' failpoint")
             medai = _restart(config, work, values["port"])
             try:
-                _wait(lambda: _finished(spool, 1), timeout_s=180, what="the interrupted job to finish")
+                wait_for(lambda: _finished(spool, 1), timeout=180, what="the interrupted job to finish")
             finally:
                 medai.kill()
             _count_pacs(drill, modality, orthanc, spool, [_study(files)])
@@ -337,26 +346,18 @@ def drill_destination_down(work: Path, scale: Scale) -> Drill:
     drill = Drill("destination down", "the PACS is not running when the results are ready; it starts 6 s later")
     pacs_port = free_port()
     files = _series(_volume(scale.slices, 3), work / "series")
-    orthanc = None
+    started: list[OrthancServer] = []
+    overrides = {"destination": [f"ORTHANC@127.0.0.1:{pacs_port}"], "retry_base_s": 0.5, "retry_max_s": 2.0}
     try:
-        with _pacs(work, None, destination=[f"ORTHANC@127.0.0.1:{pacs_port}"], retry_base_s=0.5, retry_max_s=2.0) as (
-            _,
-            spool,
-            _,
-            values,
-        ):
+        with _pacs(work, None, **overrides) as (_, spool, _, values):
             modality = Modality(values["port"])
             modality.send_until_acknowledged(files)
-            _wait(
-                lambda: jobs(spool) and "ORTHANC" in (jobs(spool)[0]["deliveries"] or ""), timeout_s=120, what="a try"
+            _deliver_once_fixed(
+                drill, spool, lambda: started.append(start_orthanc(work / "orthanc", dicom_port=pacs_port))
             )
-            time.sleep(6)
-            orthanc = start_orthanc(work / "orthanc", dicom_port=pacs_port)
-            _wait(lambda: _finished(spool, 1), timeout_s=120, what="delivery once the PACS is up")
-            drill.notes.append(f"deliveries: {jobs(spool)[0]['deliveries']}")
-            _count_pacs(drill, modality, orthanc, spool, [_study(files)])
+            _count_pacs(drill, modality, started[0], spool, [_study(files)])
     finally:
-        if orthanc is not None:
+        for orthanc in started:
             orthanc.stop()
     return drill
 
@@ -373,11 +374,7 @@ def drill_destination_refusing(work: Path, scale: Scale) -> Drill:
         with _pacs(work, orthanc, retry_base_s=0.5, retry_max_s=2.0) as (_, spool, _, values):
             modality = Modality(values["port"])
             modality.send_until_acknowledged(files)
-            _wait(lambda: re.search(r"=pending:[2-9]", _deliveries(spool)), timeout_s=120, what="two refused tries")
-            time.sleep(6)
-            orthanc.add_modality("medai", "MEDAI", values["port"])
-            _wait(lambda: _finished(spool, 1), timeout_s=120, what="delivery once the PACS accepts medai")
-            drill.notes.append(f"deliveries: {jobs(spool)[0]['deliveries']}")
+            _deliver_once_fixed(drill, spool, lambda: orthanc.add_modality("medai", "MEDAI", values["port"]))
             _count_pacs(drill, modality, orthanc, spool, [_study(files)])
     finally:
         orthanc.stop()
@@ -413,7 +410,7 @@ def drill_disk_nearly_full(work: Path, scale: Scale) -> Drill:
             )
             ballast.unlink()
             modality.send_until_acknowledged(files)
-            _wait(lambda: _finished(spool, 1), timeout_s=120, what="delivery after the disk was freed")
+            wait_for(lambda: _finished(spool, 1), timeout=120, what="delivery after the disk was freed")
             if complete:
                 drill.notes.append("WARNING: the disk never went under the watermark (free space changed?)")
             _count_pacs(drill, modality, orthanc, spool, [_study(files)])
@@ -448,7 +445,7 @@ def drill_concurrent_load(work: Path, scale: Scale) -> Drill:
             drill.notes.append(
                 f"all {scale.load_instances} instances acknowledged in {time.monotonic() - started:.1f} s"
             )
-            _wait(lambda: _finished(spool, n), timeout_s=600, what=f"{n} series scored and delivered")
+            wait_for(lambda: _finished(spool, n), timeout=600, what=f"{n} series scored and delivered")
             total = Modality(values["port"])
             for m in modalities:
                 total.sent += m.sent
@@ -484,7 +481,7 @@ def drill_batch_kill_and_resume(work: Path, scale: Scale) -> Drill:
         return read_results(out) if out.exists() else []
 
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(lambda: len(rows()) >= scale.batch_studies // 2, timeout_s=600, what="half the rows", every=0.02)
+    wait_for(lambda: len(rows()) >= scale.batch_studies // 2, timeout=600, what="half the rows", every=0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     at_kill = len(rows())

@@ -9,7 +9,6 @@ reader asked for with identifiers (de-identification off).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -25,23 +24,14 @@ from medai.pacs.status import format_status, read_status
 from medai.report.case_report import case_report_html
 from medai.report.deidentify import UidMap, deidentify_case
 from medai.report.worklist import Worklist, entries_from_folder
-from tests.conftest import OrthancServer
+from tests.conftest import OrthancServer, load_script
 from tests.pacs.conftest import all_finished, settings, storescu, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWER = ROOT / "app" / "viewer.py"
 
 
-def _compare_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("deid_compare", ROOT / "scripts" / "deid_compare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _compare_script()
+compare = load_script("deid_compare")
 
 
 def leaks(data: bytes | str) -> list[str]:

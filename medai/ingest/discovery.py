@@ -32,6 +32,9 @@ from medai.ingest.outputs import is_spool_folder, medai_output_kind
 from medai.ingest.sources import DicomSource, FrameHeader, SeriesInfo, SeriesList, SkippedFile
 
 __all__ = [
+    "HEADER_KEYWORDS",
+    "KEYWORDS_READ",
+    "MAX_FRAMES",
     "find_series",
     "frames_from_dataset",
     "group_series",
@@ -163,33 +166,38 @@ def _iter_zip(path: Path, skipped: list[SkippedFile]) -> Iterator[tuple[DicomSou
         skipped.append(SkippedFile(DicomSource(path), f"unreadable zip archive: {exc}"))
 
 
-#: Every attribute ingestion reads from an instance's top level (geometry and functional groups come through
-#: :func:`frames_from_dataset`); :func:`read_header` converts each once, so a value that cannot be parsed makes
-#: the file unreadable here instead of raising anywhere later.
-KEYWORDS_READ = (
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "SeriesInstanceUID",
-    "StudyInstanceUID",
-    "FrameOfReferenceUID",
+#: Header attributes a loaded volume keeps in :attr:`Volume.header` (only those present).
+HEADER_KEYWORDS = (
     "Modality",
-    "ImageType",
-    "SeriesDescription",
-    "SeriesNumber",
-    "StudyDescription",
-    "ConvolutionKernel",
     "Manufacturer",
     "ManufacturerModelName",
+    "ConvolutionKernel",
+    "SliceThickness",
+    "KVP",
     "PatientID",
     "PatientName",
     "PatientSex",
     "PatientAge",
     "AccessionNumber",
     "StudyDate",
-    "KVP",
+    "StudyDescription",
+    "SeriesDescription",
+    "SeriesNumber",
+    "FrameOfReferenceUID",
     "BodyPartExamined",
     "InstitutionName",
     "StationName",
+)
+#: Every attribute ingestion reads from an instance's top level (geometry and functional groups come through
+#: :func:`frames_from_dataset`); :func:`read_header` converts each once, so a value that cannot be parsed makes
+#: the file unreadable there instead of raising anywhere later.
+KEYWORDS_READ = (
+    *HEADER_KEYWORDS,
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "ImageType",
     "SamplesPerPixel",
     "BitsAllocated",
     "BitsStored",

@@ -28,7 +28,15 @@ from pydicom.dataset import Dataset
 
 from medai.errors import InvalidSeriesError, MedaiError, NoSeriesError, QCReason
 from medai.ingest import pixels
-from medai.ingest.discovery import as_number, as_text, frames_from_dataset, group_series, read_header, scan_files
+from medai.ingest.discovery import (
+    HEADER_KEYWORDS,
+    as_number,
+    as_text,
+    frames_from_dataset,
+    group_series,
+    read_header,
+    scan_files,
+)
 from medai.ingest.nifti import read_nifti
 from medai.ingest.qc import DEFAULT_RULES, QCReport, SelectionReport, SelectionRules, check_frames, select_per_study
 from medai.ingest.sources import DicomSource, FrameHeader, SeriesInfo
@@ -37,30 +45,6 @@ from medai.volume import Volume
 __all__ = ["HEADER_KEYWORDS", "check_series", "load_series", "load_study"]
 
 log = logging.getLogger(__name__)
-
-#: Header attributes copied into :attr:`Volume.header` (only those present).
-HEADER_KEYWORDS = (
-    "Modality",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ConvolutionKernel",
-    "SliceThickness",
-    "KVP",
-    "PatientID",
-    "PatientName",
-    "PatientSex",
-    "PatientAge",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyDescription",
-    "SeriesDescription",
-    "SeriesNumber",
-    "FrameOfReferenceUID",
-    "BodyPartExamined",
-    "InstitutionName",
-    "StationName",
-)
-
 
 # ---------------------------------------------------------------- loading
 

@@ -172,6 +172,7 @@ class PacsConfig:
     spool: Path = Path("medai-spool")
     audit_log: Path | None = None  # the tamper-evident audit trail (default: SPOOL/audit.jsonl)
     idle_seconds: float = 5.0  # a series is complete after this long with no new instance
+    refused_hold_seconds: float = 120.0  # a series with an instance refused for lack of space waits this long
     min_free_mb: float = 1024.0  # free space the spool's disk keeps; below it associations are refused
     max_associations: int = 8  # concurrent incoming associations
     max_pdu_bytes: int = 1_048_576  # largest P-DATA PDU medai receives (0: unlimited)
@@ -193,6 +194,7 @@ class PacsConfig:
         _port(self.port, "port")
         checks = {
             "idle_seconds": (self.idle_seconds, 0.0),
+            "refused_hold_seconds": (self.refused_hold_seconds, 0.0),
             "min_free_mb": (self.min_free_mb, 0.0),
             "network_timeout_s": (self.network_timeout_s, 1.0),
             "retry_base_s": (self.retry_base_s, 0.01),
@@ -338,7 +340,8 @@ def build_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any] | 
             kwargs[key] = Path(value)
         else:
             kwargs[key] = value
-    for key in ("idle_seconds", "min_free_mb", "network_timeout_s", "retry_base_s", "retry_max_s"):
+    floats = ("idle_seconds", "refused_hold_seconds", "min_free_mb", "network_timeout_s", "retry_base_s", "retry_max_s")
+    for key in floats:
         if isinstance(kwargs.get(key), int) and not isinstance(kwargs.get(key), bool):
             kwargs[key] = float(kwargs[key])
     try:

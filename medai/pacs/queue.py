@@ -268,6 +268,19 @@ class JobQueue:
             )
         return True
 
+    def hold_series(self, series_uid: str, until: float) -> bool:
+        """Keep a receiving series from completing before ``until`` (an instance of it was refused for lack of
+        space: its sender will retry, and scoring the part that arrived would send a result for half a series).
+        The next instance received ends the hold (the idle time counts from it again). Returns whether a
+        receiving job was held."""
+        with self._transaction() as db:
+            return bool(
+                db.execute(
+                    "UPDATE jobs SET last_received_at = MAX(last_received_at, ?) WHERE series_uid = ? AND state = ?",
+                    (until, series_uid, JobState.RECEIVING),
+                ).rowcount
+            )
+
     def is_known(self, sop_uid: str) -> bool:
         """Whether an instance with this SOP Instance UID was already recorded (a resend)."""
         return bool(self._query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))

@@ -10,7 +10,6 @@ exception, no hang, no memory blow-up.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import resource
 import signal
@@ -34,6 +33,7 @@ from medai.errors import MedaiError
 from medai.ingest.discovery import find_series
 from medai.ingest.load import load_series
 from medai.ingest.qc import SelectionRules, select_series
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CRASHES = Path(__file__).parent / "crashes"
@@ -45,16 +45,7 @@ EXAMPLES = int(os.environ.get("MEDAI_FUZZ_EXAMPLES", "300"))
 RULES = SelectionRules(min_slices=2, min_coverage_mm=0.0, require_original_primary=False)
 
 
-def _script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("fuzz_ingest", ROOT / "scripts" / "fuzz_ingest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _script()
+fuzz = load_script("fuzz_ingest")
 
 
 @contextmanager

@@ -154,3 +154,17 @@ def test_cli_refuses_a_bad_config_with_one_line_and_status_needs_a_spool(
     assert "config must be an existing TOML file" in capsys.readouterr().err
     assert main(["pacs", "status", "--spool", str(tmp_path)]) == 1
     assert "spool must be the folder of a medai pacs service" in capsys.readouterr().err
+
+
+def test_a_series_with_a_refused_instance_is_held_until_its_sender_retries(tmp_path: Path) -> None:
+    """The disk-full drill found it: half a series acknowledged, the rest refused (0xA700), and the half was
+    scored and sent on its own after the idle time, then the whole series again when the rest came."""
+    queue = JobQueue(tmp_path / "q.sqlite3")
+    _record(queue, "1.2.3.1", now=100.0)
+    assert queue.hold_series("1.2.3", until=100.0 + 120.0)
+    assert queue.claim_ready(5.0, now=110.0) is None  # idle long enough, but an instance was refused: held
+    _record(queue, "1.2.3.2", now=130.0)  # the sender retries: the hold ends, the idle time counts from here
+    assert queue.claim_ready(5.0, now=134.0) is None
+    job = queue.claim_ready(5.0, now=136.0)
+    assert job is not None and len(queue.series_files("1.2.3")) == 2
+    assert not queue.hold_series("1.2.3", until=999.0)  # nothing receiving any more

@@ -5,8 +5,6 @@ dicognito on the same input (docs/deidentification.md)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +17,9 @@ from medai.inference.classifier import Classifier
 from medai.ingest.discovery import find_series
 from medai.ingest.load import load_series
 from medai.report.deidentify import Deidentifier
+from tests.conftest import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script(name: str):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = _script("deid_compare")
+compare = load_script("deid_compare")
 
 
 @pytest.fixture(scope="module")
