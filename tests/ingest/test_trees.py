@@ -78,6 +78,8 @@ def test_predict_scores_a_nifti_file_as_score_does(
     assert row["p_covid19"] == pytest.approx(predicted["probabilities"]["covid19"], abs=1e-6)
     report, volume = load_study(tmp_path)  # a folder holding one NIfTI volume, as predict PATH/ sees it
     assert report.selected is None and volume.shape == (30, 112, 112)
+    assert cli_main(["inspect", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["volumes"] == [str(path)]
 
 
 def test_a_folder_of_two_studies_is_one_too_many_for_predict(study_elsewhere: Path, tmp_path: Path) -> None:
