@@ -194,6 +194,11 @@ def _finished(spool: Path, n: int) -> bool:
     return len(rows) >= n and all(r["state"] in ("sent", "failed") for r in rows)
 
 
+def _audit_note(check: Any) -> str:
+    state = "intact" if check.ok else f"BROKEN: {check.problem}"
+    return f"audit trail {state}: {check.records} record{'s' if check.records != 1 else ''}"
+
+
 def _sr_evidence(dataset: pydicom.Dataset) -> set[str]:
     return {
         str(ref.ReferencedSOPInstanceUID)
@@ -233,9 +238,7 @@ def _count_pacs(drill: Drill, modality: Modality, orthanc: OrthancServer, spool:
     audit = spool / "audit.jsonl"
     if audit.exists():
         check = verify_audit_log(audit)
-        drill.notes.append(
-            f"audit trail {'intact' if check.ok else 'BROKEN: ' + check.problem}, {check.records} records"
-        )
+        drill.notes.append(_audit_note(check))
 
 
 @contextlib.contextmanager
@@ -506,8 +509,7 @@ def drill_batch_kill_and_resume(work: Path, scale: Scale) -> Drill:
         if len(records) > series_audited
         else ""
     )
-    state = "intact" if check.ok else f"BROKEN: {check.problem}"
-    drill.notes.append(f"audit trail {state}: {check.records} records for {series_audited} series{again}")
+    drill.notes.append(f"{_audit_note(check)} for {series_audited} series{again}")
     return drill
 
 
