@@ -29,7 +29,7 @@ from medai.errors import InvalidSeriesError, NoSeriesError, QCReason
 from medai.ingest.header import value
 from medai.ingest.nifti import is_mask_beside_case, is_nifti_name
 from medai.ingest.outputs import is_spool_folder, medai_output_kind
-from medai.ingest.sources import DicomSource, FrameHeader, SeriesInfo, SeriesList, SkippedFile
+from medai.ingest.sources import BoundedFile, DicomSource, FrameHeader, SeriesInfo, SeriesList, SkippedFile
 
 __all__ = [
     "HEADER_KEYWORDS",
@@ -218,10 +218,11 @@ def read_header(source: DicomSource, *, stop_before_pixels: bool = True) -> Data
     """
     try:
         if source.member is None:
-            if stop_before_pixels:
-                ds = pydicom.dcmread(source.path, stop_before_pixels=True)
-            else:
-                ds = pydicom.dcmread(source.path, defer_size=4096)
+            with BoundedFile(source.path) as handle:  # a value's stated length never allocates past the file
+                if stop_before_pixels:
+                    ds = pydicom.dcmread(handle, stop_before_pixels=True)
+                else:
+                    ds = pydicom.dcmread(handle, defer_size=4096)
         else:
             ds = pydicom.dcmread(io.BytesIO(source.read_bytes()), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:
