@@ -9,10 +9,12 @@ reader asked for with identifiers (de-identification off).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -23,6 +25,7 @@ from medai.pacs.service import PacsService
 from medai.pacs.status import format_status, read_status
 from medai.report.case_report import case_report_html
 from medai.report.deidentify import UidMap, deidentify_case
+from medai.report.results import read_results
 from medai.report.worklist import Worklist, entries_from_folder
 from tests.conftest import OrthancServer, load_script
 from tests.pacs.conftest import all_finished, settings, storescu, wait_for
@@ -66,6 +69,10 @@ def test_a_deidentified_batch_run_leaks_nothing(
         assert leaks(data) == [], name
     captured = capsys.readouterr()
     assert leaks(caplog.text + captured.out + captured.err) == []
+    original = str(pydicom.dcmread(tree / "study_1" / "IM00000.dcm", stop_before_pixels=True).SeriesInstanceUID)
+    (row,) = read_results(out / "results.csv")
+    (record,) = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert row["series_uid"] != original and record["series_uid"] == original  # the trail names the input
 
 
 def test_a_pacs_session_logs_and_audits_no_identity(

@@ -83,8 +83,11 @@ def _count(summary: ScoreSummary, row: Mapping[str, Any]) -> None:
         summary.labels[str(row["label"])] += 1
 
 
-def _audit_fields(row: Mapping[str, Any], pixel_hash: str, model_sha256: str, out: str | Path) -> dict[str, Any]:
-    """The audit record of one scored row (UIDs, hashes and numbers only: no identifiers, no paths of inputs)."""
+def _audit_fields(
+    row: Mapping[str, Any], original: Mapping[str, Any], pixel_hash: str, model_sha256: str, out: str | Path
+) -> dict[str, Any]:
+    """The audit record of one scored row: the input's own UIDs (``original``: the row's fields before any
+    de-identification, since the trail stays in the hospital), hashes and numbers; no names, IDs or paths."""
     result = {k: row.get(k) for k in ("status", "reason", "label", "indeterminate", "severity") if row.get(k) != ""}
     result["probabilities"] = {k[2:]: row[k] for k in row if k.startswith("p_") and row[k] is not None}
     outputs = {"results": str(Path(out).resolve())}
@@ -96,8 +99,8 @@ def _audit_fields(row: Mapping[str, Any], pixel_hash: str, model_sha256: str, ou
         prediction=None,
         model_id=str(row.get("model_id") or ""),
         model_sha256=model_sha256,
-        series_uid=str(row.get("series_uid") or ""),
-        study_uid=str(row.get("study_uid") or ""),
+        series_uid=str(original.get("series_uid") or ""),
+        study_uid=str(original.get("study_uid") or ""),
         pixel_hash=pixel_hash,
         result=result,
         outputs=outputs,
@@ -242,10 +245,11 @@ def run_score(
         try:
             for row in pool.score(jobs, settings):
                 pixel_hash = str(row.pop(PIXEL_HASH_FIELD, "") or "")
+                original = originals.get(row_key(row)[1], row)
                 if deidentify is not None:
-                    row = deidentify.scrub(row, originals.get(row_key(row)[1], {}))
+                    row = deidentify.scrub(row, original)
                 if trail is not None:  # first: a kill between the two re-scores the series, and audits it again
-                    trail.append(_audit_fields(row, pixel_hash, clf.sha256, out))
+                    trail.append(_audit_fields(row, original, pixel_hash, clf.sha256, out))
                 store.append(row)
                 _count(summary, row)
                 if on_row is not None:
