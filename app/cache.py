@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import streamlit as st
 
 from medai.inference.classifier import Classifier
 from medai.ingest.dicomweb import DicomWebClient
+from medai.report.audit import AuditTrail
 from medai.report.rendering import MPR, Overlays
 from medai.report.results import read_results
 from medai.report.worklist import (
@@ -29,6 +31,27 @@ from medai.report.worklist import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The audit trail every worklist of this server appends to (``medai app --audit-log PATH``), or None.
+_AUDIT: list[AuditTrail] = []
+
+
+def use_audit_log(path: str) -> None:
+    """Record every scoring of this server in the audit trail at ``path`` (set once, before any worklist)."""
+    if path and not _AUDIT:
+        _AUDIT.append(AuditTrail(path))
+
+
+@st.cache_resource
+def deidentify_key() -> bytes:
+    """The UID key of this server's de-identified exports: random at start, so they cannot be linked to another
+    server's (or a later run's) exports, and one study keeps its new UIDs across its report, JSON and SR."""
+    return secrets.token_bytes(32)
+
+
+def audit_trail() -> AuditTrail | None:
+    """The server's audit trail, if ``--audit-log`` was given."""
+    return _AUDIT[0] if _AUDIT else None
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
@@ -59,14 +82,15 @@ def _folder_worklist(folder: str, results: str) -> Worklist:
     entries = entries_from_folder(folder) if folder else []
     if results:
         entries = merge_results(entries, entries_from_results(read_results(results)))
-    worklist = Worklist(entries, classifier=classifier)
+    worklist = Worklist(entries, classifier=classifier, audit=audit_trail())
     worklist.start_scoring()
     return worklist
 
 
 def upload_worklist(folder: Path) -> Worklist:
     """The worklist of one upload (one per session, not shared), scoring in the background."""
-    worklist = Worklist(entries_from_folder(folder, kind=SourceKind.UPLOAD), classifier=classifier)
+    entries = entries_from_folder(folder, kind=SourceKind.UPLOAD)
+    worklist = Worklist(entries, classifier=classifier, audit=audit_trail())
     worklist.start_scoring()
     return worklist
 
@@ -75,7 +99,8 @@ def upload_worklist(folder: Path) -> Worklist:
 def dicomweb_worklist(url: str) -> Worklist:
     """The worklist of a DICOMweb server's CT studies; studies are retrieved when scored."""
     client = DicomWebClient(url)
-    worklist = Worklist(entries_from_dicomweb(client), classifier=classifier, cache_dir=private_folder("medai-pacs-"))
+    entries = entries_from_dicomweb(client)
+    worklist = Worklist(entries, classifier=classifier, cache_dir=private_folder("medai-pacs-"), audit=audit_trail())
     worklist.start_scoring()
     return worklist
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -12,10 +13,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from app import cache
 from medai.inference.classifier import Classifier, Prediction
 from medai.labels import CLASS_NAMES, INTENDED_USE
 from medai.report import dicom_sr
 from medai.report.case_report import case_report_html
+from medai.report.deidentify import Deidentifier, RowDeidentifier, UidMap, deidentify_case
 from medai.report.worklist import Case, StudyRef
 
 
@@ -90,17 +93,36 @@ def _file_stem(ref: StudyRef) -> str:
 
 
 def exports(row: Mapping[str, Any], case: Case, ref: StudyRef, classifier: Classifier) -> None:
-    """Download buttons: the case report (HTML, print it to PDF), the JSON result and the DICOM SR."""
+    """Download buttons: the case report (HTML, print it to PDF), the JSON result and the DICOM SR; with
+    "De-identify exports" on, none of them names the patient, the study's folder or its original UIDs."""
     st.markdown("#### Export")
+    deidentify = st.toggle(
+        "De-identify exports",
+        key="deidentify_exports",
+        help="PS3.15 Basic Profile: no patient name, ID, accession number, dates, descriptions or folder names; "
+        "UIDs replaced consistently (the same study keeps the same new UIDs while this server runs).",
+    )
     prediction = case.prediction
+    volume = case.volume
+    title = ref.title
+    if deidentify:
+        key = cache.deidentify_key()
+        row = RowDeidentifier(key).row(row)
+        if prediction is not None:
+            volume, prediction = deidentify_case(case.volume, prediction, UidMap(key))
+        title = f"study {row.get('study_uid', '')[5:17] or row.get('source', '')}"
+        ref = dataclasses.replace(ref, title=title)
     stem = _file_stem(ref)
     card = str(classifier.path.with_suffix(".json").name)
     if prediction is None:
         st.caption("The case report and the DICOM SR need the model's result: score this study first.")
     else:
+        report_prediction = prediction
         st.download_button(
             "Case report (HTML, print to PDF)",
-            data=lambda: case_report_html(case.volume, prediction, title=ref.title, model_card=card),
+            data=lambda: case_report_html(
+                volume, report_prediction, title=title, model_card=card, show_identifiers=not deidentify
+            ),
             file_name=f"{stem}_report.html",
             mime="text/html",
             key="export_report",
@@ -114,7 +136,7 @@ def exports(row: Mapping[str, Any], case: Case, ref: StudyRef, classifier: Class
         key="export_json",
         on_click="ignore",
     )
-    _sr_button(case, prediction, stem)
+    _sr_button(case, case.prediction, stem, deidentify=deidentify)
 
 
 def _result_json(row: Mapping[str, Any], prediction: Prediction | None) -> dict[str, Any]:
@@ -123,25 +145,28 @@ def _result_json(row: Mapping[str, Any], prediction: Prediction | None) -> dict[
     return {**{k: v for k, v in row.items() if v is not None}, "intended_use": INTENDED_USE}
 
 
-def sr_bytes(case: Case, prediction: Prediction) -> bytes:
-    """The DICOM SR (TID 1500) of a scored DICOM study as a Part 10 file, from the SR encoder in medai.report."""
+def sr_bytes(case: Case, prediction: Prediction, *, deidentify: bool = False) -> bytes:
+    """The DICOM SR (TID 1500) of a scored DICOM study as a Part 10 file, from the SR encoder in medai.report;
+    de-identified (Basic Profile, this server's UID key) when asked."""
     from medai.ingest.discovery import read_header
 
     sources = [read_header(source) for source in case.sources]  # headers suffice
     dataset = dicom_sr.build_sr(prediction, sources)
+    if deidentify:
+        dataset = Deidentifier(key=cache.deidentify_key()).dataset(dataset)
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
-def _sr_button(case: Case, prediction: Prediction | None, stem: str) -> None:
+def _sr_button(case: Case, prediction: Prediction | None, stem: str, *, deidentify: bool = False) -> None:
     """The DICOM SR (TID 1500) download, built only when clicked."""
     if prediction is None or not case.sources:
         st.caption("DICOM SR export needs a scored DICOM series (not a NIfTI file or a results row).")
         return
     st.download_button(
         "DICOM SR (TID 1500)",
-        data=lambda: sr_bytes(case, prediction),
+        data=lambda: sr_bytes(case, prediction, deidentify=deidentify),
         file_name=f"{stem}_sr.dcm",
         mime="application/dicom",
         key="export_sr",

@@ -31,6 +31,7 @@ def options(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--data", default="", help="folder of studies (DICOM, zip, NIfTI)")
     parser.add_argument("--results", default="", help="a medai score results file")
     parser.add_argument("--dicomweb", default="", help="DICOMweb root of a PACS")
+    parser.add_argument("--audit-log", default="", help="tamper-evident audit trail of every scoring")
     known, _ = parser.parse_known_args(list(argv))
     return known
 
@@ -81,7 +82,9 @@ def main() -> None:
     banner()
     st.sidebar.markdown(f"**medai viewer**  \n{RESEARCH_BANNER}")
     try:
-        worklist, name = sources.choose_worklist(options(sys.argv[1:]))
+        opts = options(sys.argv[1:])
+        cache.use_audit_log(opts.audit_log)
+        worklist, name = sources.choose_worklist(opts)
         if worklist is None:
             st.info("Choose where the studies come from in the sidebar.")
             return

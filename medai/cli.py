@@ -303,6 +303,91 @@ def _cmd_pacs_status(args: argparse.Namespace) -> int:
     return pacs_cli.run_status_cli(args)
 
 
+# ---------------------------------------------------------------- medai deidentify
+
+
+def _add_deidentify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "deidentify",
+        help="write a de-identified copy of DICOM studies (PS3.15 Basic Application Level Confidentiality Profile)",
+        description="Apply DICOM PS3.15 Annex E, the Basic Application Level Confidentiality Profile, to every "
+        "instance under IN and write them to OUT/STUDY/SERIES/SOP.dcm under new UIDs, consistent across each study; "
+        "private attributes are removed, pixel data are untouched (the copy scores exactly as the original), and "
+        "instances that may carry burned-in identifying text are refused and listed. NIfTI volumes are rewritten "
+        "without their header text. Exit 1 when any instance was refused.",
+    )
+    p.add_argument("input", metavar="IN", help="folder, zip archive or file")
+    p.add_argument("output", metavar="OUT", help="output folder (outside IN)")
+    p.add_argument("--retain-uids", action="store_true", help="keep UIDs (Retain UIDs Option)")
+    p.add_argument(
+        "--retain-dates",
+        action="store_true",
+        help="keep dates and times (Retain Longitudinal Temporal Information with Full Dates Option)",
+    )
+    p.add_argument(
+        "--key",
+        help="key of the replacement UIDs (@FILE, env:VARIABLE or the key, 16 bytes or more): the same key maps "
+        "the same study to the same UIDs in a later export; default: a random key (unlinkable)",
+    )
+    p.set_defaults(func=_cmd_deidentify)
+
+
+def _cmd_deidentify(args: argparse.Namespace) -> int:
+    from medai.batch.pseudonym import read_key
+    from medai.report.deidentify import deidentify_tree
+
+    try:
+        key = read_key(args.key) if args.key else None
+    except ValueError as exc:
+        raise MedaiError(f"--key: {exc}") from exc
+    summary = deidentify_tree(
+        args.input, args.output, retain_uids=args.retain_uids, retain_dates=args.retain_dates, key=key
+    )
+    print(
+        f"de-identified {summary.written} instances and {summary.volumes} NIfTI volumes into {args.output}; "
+        f"{len(summary.refused)} refused, {summary.skipped} files were not DICOM"
+    )
+    for where, why in summary.refused:
+        print(f"refused {where}: {why}", file=sys.stderr)
+    return 1 if summary.refused else 0
+
+
+# ---------------------------------------------------------------- medai audit (the tamper-evident trail)
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="check a tamper-evident audit trail written by score, pacs serve or app")
+    audit = p.add_subparsers(title="audit commands", metavar="AUDIT_COMMAND")
+    verify = audit.add_parser(
+        "verify",
+        help="check every record's hash chain, sequence and the head; exit 1 naming the first bad record",
+        description="Exit 0 when the log is intact; 1 naming the first record that was edited, deleted, moved or "
+        "cut. Prints the head hash: keep it elsewhere and pass it back with --head to detect a rewritten log.",
+    )
+    verify.add_argument("path", help="the audit log (e.g. SPOOL/audit.jsonl)")
+    verify.add_argument("--head", help="a head hash kept from an earlier check: the log must still contain it")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(func=_cmd_audit_verify)
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from medai.report.audit import verify_audit_log
+
+    result = verify_audit_log(args.path, expected_head=args.head)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+    elif result.ok:
+        print(f"{args.path}: intact, {result.records} records; head {result.head_hash}")
+    else:
+        print(
+            f"medai audit: {args.path}: {result.problem} ({result.records} intact records before it)", file=sys.stderr
+        )
+    return 0 if result.ok else 1
+
+
 # ---------------------------------------------------------------- medai app (the viewer, issue 15)
 
 
@@ -321,6 +406,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--max-upload-mb", type=int, default=2048, help="largest upload in MB (default: 2048)")
+    p.add_argument("--audit-log", help="append one tamper-evident record per scoring to this audit trail")
     p.set_defaults(func=_cmd_app)
 
 
@@ -336,10 +422,10 @@ def app_command(args: argparse.Namespace) -> list[str]:
     command += ["--server.maxUploadSize", str(args.max_upload_mb), "--server.fileWatcherType", "none"]
     command += ["--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none", "--theme.base", "dark"]
     command += ["--client.toolbarMode", "viewer", "--"]
-    for name in ("data", "results", "dicomweb"):
-        value = getattr(args, name)
+    for name in ("data", "results", "dicomweb", "audit_log"):
+        value = getattr(args, name, None)
         if value:
-            command += [f"--{name}", str(Path(value).resolve()) if name != "dicomweb" else value]
+            command += [f"--{name.replace('_', '-')}", str(Path(value).resolve()) if name != "dicomweb" else value]
     return command
 
 
@@ -376,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_pacs(sub)
     _add_app(sub)
+    _add_deidentify(sub)
+    _add_audit(sub)
     return parser
 
 

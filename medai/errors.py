@@ -12,6 +12,7 @@ import enum
 
 __all__ = [
     "ConfigError",
+    "DeidentificationError",
     "DicomWebError",
     "InvalidSeriesError",
     "ManifestError",
@@ -122,4 +123,14 @@ class DicomWebError(MedaiError):
 
     Check the URL (the DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``), that the server runs and that
     it accepts requests from this machine.
+    """
+
+
+class DeidentificationError(MedaiError):
+    """An instance cannot be de-identified safely and was not written.
+
+    Raised by :mod:`medai.report.deidentify` for an instance whose pixels may show identifying text
+    (``BurnedInAnnotation`` or ``RecognizableVisualFeatures`` YES, or a secondary capture or ultrasound image
+    that does not say NO): the Basic Profile removes identifiers from the header only. Clean the pixels (or,
+    when the image carries no such text, correct the attribute) and run again.
     """

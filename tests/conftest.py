@@ -5,16 +5,19 @@ Phantoms are built in memory (or into ``tmp_path``) from seeds: nothing generate
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,6 +27,16 @@ from medai.phantoms import synthetic
 
 #: A coarse, quick acquisition (112x112 at 3.2 mm, 8 mm slices): a phantom in well under a second.
 SMALL_ACQUISITION = synthetic.Acquisition(matrix=112, pixel_spacing_mm=3.2, slice_thickness_mm=8.0, n_slices=30)
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` as a module (scripts are not a package), registered in ``sys.modules``."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="replace accession number and patient ID by HMAC-SHA256 pseudonyms and drop the patient name; "
         "KEY is @FILE, env:VARIABLE or the key itself (at least 16 bytes)",
     )
+    p.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="results and key images without identifiers: UIDs replaced (keyed by --pseudonymize-key when given), "
+        "no name, ID, accession number, description or input path",
+    )
+    p.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="append one tamper-evident record per scored series to this audit trail (medai audit verify PATH)",
+    )
     p.add_argument("--force", action="store_true", help="re-score series already in --out for this model")
     p.add_argument("--all-series", action="store_true", help="score every acceptable series, not one per study")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -95,14 +106,16 @@ def run_cli(args: argparse.Namespace) -> int:
     from medai.batch.pseudonym import Pseudonymizer, read_key
     from medai.batch.run import run_score
     from medai.labels import INTENDED_USE
+    from medai.report.deidentify import RowDeidentifier
 
     problem = _check(args)
     if problem:
         return _usage(problem)
-    pseudonymizer = None
+    pseudonymizer, key = None, None
     if args.pseudonymize_key:
         try:
-            pseudonymizer = Pseudonymizer(read_key(args.pseudonymize_key))
+            key = read_key(args.pseudonymize_key)
+            pseudonymizer = Pseudonymizer(key)
         except ValueError as exc:
             return _usage(f"--pseudonymize-key: {exc}")
     console = Console(stderr=True)
@@ -154,6 +167,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 all_series=args.all_series,
                 on_start=on_start,
                 on_row=on_row,
+                audit_log=args.audit_log,
+                deidentify=RowDeidentifier(key) if args.deidentify else None,
             )
     except KeyboardInterrupt:
         console.print(

@@ -27,9 +27,12 @@ if TYPE_CHECKING:
     from medai.inference.classifier import Classifier, Prediction
     from medai.volume import Volume
 
-__all__ = ["ScoreSettings", "get_classifier", "score_job"]
+__all__ = ["PIXEL_HASH_FIELD", "ScoreSettings", "get_classifier", "score_job"]
 
 log = logging.getLogger(__name__)
+
+#: The row field carrying the pixel hash from a worker to the audit trail (never written to the results).
+PIXEL_HASH_FIELD = "_pixel_sha256"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class ScoreSettings:
         saliency_dir: folder for key images (PNG), or None for none.
         saliency_nifti: also write the saliency map as NIfTI into ``saliency_dir``.
         key_slices: slices per key image.
+        pixel_hash: add the SHA-256 of the loaded voxels to the row as ``_pixel_sha256`` (for the audit trail;
+            :func:`medai.batch.run.run_score` takes it out before the row is written).
     """
 
     model_path: str
@@ -54,6 +59,7 @@ class ScoreSettings:
     saliency_dir: str | None = None
     saliency_nifti: bool = False
     key_slices: int = 4
+    pixel_hash: bool = False
 
 
 # ---------------------------------------------------------------- classifier cache (one per process)
@@ -153,6 +159,10 @@ def score_job(job: ScoreJob, settings: ScoreSettings) -> dict[str, Any]:
             fields["n_slices"] = volume.shape[0]
         pred = clf.predict(volume)
         row = make_row(fields, RowStatus.OK, load_s=round(loaded - start, 4), **prediction_fields(pred))
+        if settings.pixel_hash:
+            from medai.report.audit import pixel_sha256
+
+            row[PIXEL_HASH_FIELD] = pixel_sha256(volume)
         if settings.saliency_dir is not None:
             try:
                 row.update(_write_key_images(volume, pred, job, settings))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,10 +22,10 @@ import numpy as np
 
 from medai.batch.pseudonym import Pseudonymizer
 from medai.errors import MedaiError, QCReason
-from medai.ingest.discovery import find_series, read_header
-from medai.ingest.nifti import is_mask_beside_case, is_nifti_name
+from medai.ingest.discovery import find_series, list_files, read_header
+from medai.ingest.nifti import is_nifti_name
 from medai.ingest.qc import DEFAULT_RULES, SelectionRules, select_per_study
-from medai.ingest.sources import DicomSource, SeriesInfo, SeriesList, SkippedFile
+from medai.ingest.sources import SeriesInfo, SeriesList, SkippedFile
 from medai.report.results import RowStatus, ScoreReason
 
 __all__ = [
@@ -159,33 +158,33 @@ MapUnordered = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
 _FILES_PER_CHUNK = 64
 
 
-def discover_chunk(chunk: tuple[int, tuple[str, ...]]) -> tuple[int, list[SeriesInfo], list[SkippedFile]]:
-    """Headers of one chunk of files (a worker's share of discovery): ``(input index, series, skipped files)``.
+def discover_chunk(chunk: tuple[int, tuple[str, ...]]) -> tuple[int, SeriesList]:
+    """Headers of one chunk of files (a worker's share of discovery): ``(input index, series found)``, the
+    series list carrying the chunk's skipped files and NIfTI volumes.
 
     Example:
-        >>> discover_chunk((0, ()))
-        (0, [], [])
+        >>> index, found = discover_chunk((0, ()))
+        >>> index, list(found), found.skipped, found.volumes
+        (0, [], (), ())
     """
     index, files = chunk
     series: list[SeriesInfo] = []
     skipped: list[SkippedFile] = []
+    volumes: list[Path] = []
     for name in files:
         found = find_series(name)
         series.extend(found)
         skipped.extend(found.skipped)
-    return index, merge_series(series), skipped
+        volumes.extend(found.volumes)
+    out = SeriesList(merge_series(series))
+    out.skipped, out.volumes = tuple(skipped), tuple(volumes)
+    return index, out
 
 
-def _chunks(index: int, path: Path) -> list[tuple[int, tuple[str, ...]]]:
-    if not path.is_dir():
-        return [(index, (str(path),))]
-    chunks = []
-    for folder, dirs, names in os.walk(path):
-        dirs.sort()
-        files = [os.path.join(folder, n) for n in sorted(names)]
-        for start in range(0, len(files), _FILES_PER_CHUNK):
-            chunks.append((index, tuple(files[start : start + _FILES_PER_CHUNK])))
-    return chunks
+def _chunks(index: int, path: Path, skipped: list[SkippedFile]) -> list[tuple[int, tuple[str, ...]]]:
+    """The files under one input (links followed once each, as :func:`find_series` walks) in chunks."""
+    files = [str(f) for f in list_files(path, skipped)]
+    return [(index, tuple(files[start : start + _FILES_PER_CHUNK])) for start in range(0, len(files), _FILES_PER_CHUNK)]
 
 
 def _coverage_mm(frames: Sequence[Any]) -> float:
@@ -233,23 +232,24 @@ def merge_series(parts: Sequence[SeriesInfo]) -> list[SeriesInfo]:
 
 
 def _discover(paths: Sequence[Path], map_unordered: MapUnordered) -> dict[int, SeriesList]:
-    chunks = [c for i, p in enumerate(paths) if p.exists() and not is_nifti_name(p) for c in _chunks(i, p)]
     pieces: dict[int, list[SeriesInfo]] = {}
     skipped: dict[int, list[SkippedFile]] = {}
-    for index, series, files in map_unordered(discover_chunk, chunks):
-        pieces.setdefault(index, []).extend(series)
-        skipped.setdefault(index, []).extend(files)
+    volumes: dict[int, list[Path]] = {}
+    chunks = []
+    for i, p in enumerate(paths):
+        if p.exists() and not is_nifti_name(p):
+            chunks += _chunks(i, p, skipped.setdefault(i, []))
+    for index, found in map_unordered(discover_chunk, chunks):
+        pieces.setdefault(index, []).extend(found)
+        skipped.setdefault(index, []).extend(found.skipped)
+        volumes.setdefault(index, []).extend(found.volumes)
     out = {}
     for index in range(len(paths)):
-        found = SeriesList(merge_series(pieces.get(index, [])))
-        found.skipped = tuple(sorted(skipped.get(index, []), key=lambda f: f.source))
-        out[index] = found
+        result = SeriesList(merge_series(pieces.get(index, [])))
+        result.skipped = tuple(sorted(skipped.get(index, []), key=lambda f: f.source))
+        result.volumes = tuple(sorted(volumes.get(index, [])))
+        out[index] = result
     return out
-
-
-def _scorable_nifti(source: DicomSource) -> bool:
-    """A plain NIfTI file, and not one of the ``<case>_lung`` / ``<case>_lesion`` masks beside a phantom."""
-    return source.member is None and is_nifti_name(source.path) and not is_mask_beside_case(source.path)
 
 
 def plan_inputs(
@@ -308,12 +308,10 @@ def plan_inputs(
             continue
         series = discovered[index] if map_unordered is not None else find_series(path)
         # NIfTI volumes under a folder are scored like NIfTI inputs (masks written beside a phantom are not)
-        in_folder = [f.source.path for f in series.skipped if _scorable_nifti(f.source)]
-        for nifti in in_folder:
+        for nifti in series.volumes:
             add_nifti(nifti)
-        series.skipped = tuple(f for f in series.skipped if f.source.path not in in_folder)
         plan.skipped_files.extend(series.skipped)
-        if not series and not in_folder:
+        if not series and not series.volumes:
             why = f"; e.g. {series.skipped[0].source}: {series.skipped[0].reason}" if series.skipped else ""
             fields = {"source": str(path), "pseudonymized": pseudonymizer is not None}
             message = f"{path} must hold a DICOM series, not {len(series.skipped)} unusable files{why}"

@@ -28,16 +28,18 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medai.batch.job import ScoreSettings, get_classifier
+from medai.batch.job import PIXEL_HASH_FIELD, ScoreSettings, get_classifier
 from medai.batch.plan import plan_inputs
 from medai.batch.pool import WorkPool
 from medai.batch.pseudonym import Pseudonymizer
 from medai.ingest.qc import DEFAULT_RULES, SelectionRules
+from medai.report.audit import AuditTrail, current_user, scoring_record
+from medai.report.deidentify import RowDeidentifier
 from medai.report.results import ResultStore, RowStatus, row_key
 
 if TYPE_CHECKING:
@@ -81,6 +83,30 @@ def _count(summary: ScoreSummary, row: Mapping[str, Any]) -> None:
         summary.labels[str(row["label"])] += 1
 
 
+def _audit_fields(
+    row: Mapping[str, Any], original: Mapping[str, Any], pixel_hash: str, model_sha256: str, out: str | Path
+) -> dict[str, Any]:
+    """The audit record of one scored row: the input's own UIDs (``original``: the row's fields before any
+    de-identification, since the trail stays in the hospital), hashes and numbers; no names, IDs or paths."""
+    result = {k: row.get(k) for k in ("status", "reason", "label", "indeterminate", "severity") if row.get(k) != ""}
+    result["probabilities"] = {k[2:]: row[k] for k in row if k.startswith("p_") and row[k] is not None}
+    outputs = {"results": str(Path(out).resolve())}
+    outputs.update({k: str(row[k]) for k in ("key_image", "saliency_nifti") if row.get(k)})
+    return scoring_record(
+        source="batch",
+        who=current_user(),
+        volume=None,
+        prediction=None,
+        model_id=str(row.get("model_id") or ""),
+        model_sha256=model_sha256,
+        series_uid=str(original.get("series_uid") or ""),
+        study_uid=str(original.get("study_uid") or ""),
+        pixel_hash=pixel_hash,
+        result=result,
+        outputs=outputs,
+    )
+
+
 def auto_workers() -> int:
     """Worker processes when none are asked for: one per core, at most 4.
 
@@ -112,6 +138,8 @@ def run_score(
     rules: SelectionRules = DEFAULT_RULES,
     on_start: Callable[[int], None] | None = None,
     on_row: Callable[[Mapping[str, Any]], None] | None = None,
+    audit_log: str | Path | None = None,
+    deidentify: RowDeidentifier | None = None,
 ) -> ScoreSummary:
     """Score every study under ``inputs`` into ``out`` (``.csv``, ``.jsonl`` or ``.parquet``).
 
@@ -132,6 +160,11 @@ def run_score(
         rules: selection rules and QC thresholds.
         on_start: called with the number of series to score, before the first one.
         on_row: called with each new row after it is on disk.
+        deidentify: write rows (and name key images) without identifiers: UIDs replaced, name, ID, accession
+            number, description and input paths removed (:class:`medai.report.deidentify.RowDeidentifier`).
+        audit_log: append one record per scored series to this tamper-evident trail
+            (:class:`medai.report.audit.AuditTrail`): series, pixel hash, model, code version, result, outputs,
+            the user.
 
     Returns:
         A :class:`ScoreSummary`.
@@ -164,7 +197,9 @@ def run_score(
         saliency_dir=str(Path(saliency_dir).resolve()) if saliency_dir is not None else None,
         saliency_nifti=saliency_nifti,
         key_slices=key_slices,
+        pixel_hash=audit_log is not None,
     )
+    trail = AuditTrail(audit_log) if audit_log is not None else None
     summary = ScoreSummary(out=Path(out), model_id=settings.model_id)
     with ResultStore(out) as store, WorkPool(workers=workers, dask=dask, scheduler=scheduler) as pool:
         plan = plan_inputs(
@@ -176,6 +211,12 @@ def run_score(
         )
         summary.n_skipped_files = len(plan.skipped_files)
         done = {row_key(r): r for r in store.existing}
+        originals: dict[str, Mapping[str, Any]] = {}
+        if deidentify is not None:
+            plan.rows = [deidentify.row(row) for row in plan.rows]
+            clean_jobs = [replace(job, fields=deidentify.row(job.fields)) for job in plan.jobs]
+            originals = {clean.key: job.fields for clean, job in zip(clean_jobs, plan.jobs, strict=True)}
+            plan.jobs = clean_jobs
         for row in plan.rows:
             row = {**row, "model_id": settings.model_id}
             previous = done.get(row_key(row))
@@ -203,6 +244,12 @@ def run_score(
             on_start(len(jobs))
         try:
             for row in pool.score(jobs, settings):
+                pixel_hash = str(row.pop(PIXEL_HASH_FIELD, "") or "")
+                original = originals.get(row_key(row)[1], row)
+                if deidentify is not None:
+                    row = deidentify.scrub(row, original)
+                if trail is not None:  # first: a kill between the two re-scores the series, and audits it again
+                    trail.append(_audit_fields(row, original, pixel_hash, clf.sha256, out))
                 store.append(row)
                 _count(summary, row)
                 if on_row is not None:

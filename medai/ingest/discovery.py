@@ -27,12 +27,18 @@ from pydicom.errors import InvalidDicomError
 
 from medai.errors import InvalidSeriesError, NoSeriesError, QCReason
 from medai.ingest.header import value
-from medai.ingest.sources import DicomSource, FrameHeader, SeriesInfo, SeriesList, SkippedFile
+from medai.ingest.nifti import is_mask_beside_case, is_nifti_name
+from medai.ingest.outputs import is_spool_folder, medai_output_kind
+from medai.ingest.sources import BoundedFile, DicomSource, FrameHeader, SeriesInfo, SeriesList, SkippedFile
 
 __all__ = [
+    "HEADER_KEYWORDS",
+    "KEYWORDS_READ",
+    "MAX_FRAMES",
     "find_series",
     "frames_from_dataset",
     "group_series",
+    "list_files",
     "read_header",
     "scan_files",
 ]
@@ -45,18 +51,73 @@ _DICM_OFFSET = 128
 # ---------------------------------------------------------------- discovery
 
 
-def _iter_candidates(root: Path, skipped: list[SkippedFile]) -> Iterator[tuple[DicomSource, bytes]]:
-    """Yield (source, first 132 bytes) for every non-empty file under ``root``, opening zip archives."""
-    if root.is_dir():
-        files: list[Path] = []
-        for folder, dirs, names in os.walk(root):
-            dirs.sort()
-            files.extend(Path(folder) / n for n in sorted(names))
-    elif root.is_file():
-        files = [root]
-    else:
+def list_files(root: Path, skipped: list[SkippedFile]) -> list[Path]:
+    """Every file under ``root`` in a stable order, following symbolic links to folders and files.
+
+    A folder reached twice (a link loop, or two links to one study) is walked once, a file reached through
+    two paths is listed once; the second path is recorded in ``skipped``. medai's own outputs are left out:
+    a PACS spool folder is not entered, and result files, audit logs, key images and saliency maps
+    (:func:`medai.ingest.outputs.medai_output_kind`) are dropped by :func:`scan_files`.
+
+    Raises:
+        NoSeriesError: ``root`` does not exist.
+    """
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
         raise NoSeriesError(f"path must be an existing folder, file or zip archive, not {str(root)!r}")
-    for path in files:
+    seen_dirs: dict[tuple[int, int], Path] = {}
+    seen_files: dict[tuple[int, int], Path] = {}
+    files: list[Path] = []
+
+    def identity(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            skipped.append(SkippedFile(DicomSource(path), f"unreadable: {exc.strerror or exc}"))
+            return None
+        return st.st_dev, st.st_ino
+
+    def enter(folder: Path) -> bool:
+        key = identity(folder)
+        if key is None:
+            return False
+        if key in seen_dirs:
+            reason = f"folder already walked as {seen_dirs[key]} (a link loop or a second link to it)"
+            skipped.append(SkippedFile(DicomSource(folder), reason))
+            log.info("not walking %s again: %s", folder, reason)
+            return False
+        seen_dirs[key] = folder
+        if is_spool_folder(folder) and folder != root:
+            log.info("not walking %s: the spool of medai pacs serve (medai's own output)", folder)
+            return False
+        return True
+
+    if not enter(root):
+        return files
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        base = Path(folder)
+        dirs.sort()
+        dirs[:] = [d for d in dirs if enter(base / d)]
+        for name in sorted(names):
+            path = base / name
+            key = identity(path)
+            if key is None:
+                continue
+            if key in seen_files:
+                skipped.append(SkippedFile(DicomSource(path), f"the same file as {seen_files[key]}"))
+                continue
+            seen_files[key] = path
+            files.append(path)
+    return files
+
+
+def _iter_candidates(
+    root: Path, skipped: list[SkippedFile], volumes: list[Path]
+) -> Iterator[tuple[DicomSource, bytes]]:
+    """Yield (source, first bytes) for every non-empty file under ``root`` that may be DICOM, opening zip
+    archives; NIfTI volumes go to ``volumes`` and medai's own outputs are left out."""
+    for path in list_files(root, skipped):
         source = DicomSource(path)
         if path.name.upper() == "DICOMDIR":
             skipped.append(SkippedFile(source, "DICOMDIR (media index, not an image)"))
@@ -70,6 +131,14 @@ def _iter_candidates(root: Path, skipped: list[SkippedFile]) -> Iterator[tuple[D
         except OSError as exc:
             skipped.append(SkippedFile(source, f"unreadable: {exc.strerror or exc}"))
             continue
+        if head[_DICM_OFFSET : _DICM_OFFSET + 4] != b"DICM":
+            kind = medai_output_kind(path)
+            if kind is not None:
+                log.debug("left out %s: medai's own output (%s)", path, kind)
+                continue
+            if is_nifti_name(path) and not is_mask_beside_case(path):
+                volumes.append(path)
+                continue
         if head[:4] == b"PK\x03\x04" and zipfile.is_zipfile(path):
             yield from _iter_zip(path, skipped)
         else:
@@ -97,22 +166,82 @@ def _iter_zip(path: Path, skipped: list[SkippedFile]) -> Iterator[tuple[DicomSou
         skipped.append(SkippedFile(DicomSource(path), f"unreadable zip archive: {exc}"))
 
 
+#: Header attributes a loaded volume keeps in :attr:`Volume.header` (only those present).
+HEADER_KEYWORDS = (
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "ConvolutionKernel",
+    "SliceThickness",
+    "KVP",
+    "PatientID",
+    "PatientName",
+    "PatientSex",
+    "PatientAge",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyDescription",
+    "SeriesDescription",
+    "SeriesNumber",
+    "FrameOfReferenceUID",
+    "BodyPartExamined",
+    "InstitutionName",
+    "StationName",
+)
+#: Every attribute ingestion reads from an instance's top level (geometry and functional groups come through
+#: :func:`frames_from_dataset`); :func:`read_header` converts each once, so a value that cannot be parsed makes
+#: the file unreadable there instead of raising anywhere later.
+KEYWORDS_READ = (
+    *HEADER_KEYWORDS,
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "ImageType",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+)
+#: More frames than this in one instance is not a CT image (checked before any per-frame work).
+MAX_FRAMES = 65536
+
+
 def read_header(source: DicomSource, *, stop_before_pixels: bool = True) -> Dataset:
-    """Parse one instance's header (pixel data not read, or deferred).
+    """Parse one instance's header (pixel data not read, or deferred) and every value ingestion reads from it.
 
     Raises:
-        InvalidSeriesError: ``not_dicom`` or ``unreadable``.
+        InvalidSeriesError: ``not_dicom``, ``unreadable`` (a value that cannot be parsed is named), or
+            ``implausible_dimensions`` (more than :data:`MAX_FRAMES` frames).
     """
     try:
         if source.member is None:
-            if stop_before_pixels:
-                return pydicom.dcmread(source.path, stop_before_pixels=True)
-            return pydicom.dcmread(source.path, defer_size=4096)
-        return pydicom.dcmread(io.BytesIO(source.read_bytes()), stop_before_pixels=stop_before_pixels)
+            with BoundedFile(source.path) as handle:  # a value's stated length never allocates past the file
+                if stop_before_pixels:
+                    ds = pydicom.dcmread(handle, stop_before_pixels=True)
+                else:
+                    ds = pydicom.dcmread(handle, defer_size=4096)
+        else:
+            ds = pydicom.dcmread(io.BytesIO(source.read_bytes()), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:
         raise InvalidSeriesError(QCReason.NOT_DICOM, f"{source} is not a DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise InvalidSeriesError(QCReason.UNREADABLE, f"{source} cannot be parsed: {exc!r}") from exc
+    keyword = "file meta"
+    try:
+        _ = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        for keyword in KEYWORDS_READ:
+            value(ds, keyword)
+        keyword = "geometry or functional groups"
+        frames_from_dataset(ds, source)
+    except InvalidSeriesError:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert (wrong length, bad characters, broken sequence)
+        message = f"{source}: {keyword} cannot be parsed ({type(exc).__name__}: {str(exc)[:200]})"
+        raise InvalidSeriesError(QCReason.UNREADABLE, message) from exc
+    return ds
 
 
 def as_number(value: Any, kind: type = float) -> Any:
@@ -145,6 +274,12 @@ def _group(item: Dataset | None, sequence: str) -> Dataset | None:
 def frames_from_dataset(ds: Dataset, source: DicomSource) -> list[FrameHeader]:
     """One :class:`FrameHeader` per frame, from classic or Enhanced (functional groups) headers."""
     n_frames = as_number(value(ds, "NumberOfFrames"), int) or 1
+    if not 1 <= n_frames <= MAX_FRAMES:
+        raise InvalidSeriesError(
+            QCReason.IMPLAUSIBLE_DIMENSIONS,
+            f"{source}: NumberOfFrames must be 1..{MAX_FRAMES}, not {n_frames}",
+            series_uid=str(value(ds, "SeriesInstanceUID", "")),
+        )
     common: dict[str, Any] = {
         "source": source,
         "sop_instance_uid": str(value(ds, "SOPInstanceUID", "")),
@@ -264,10 +399,14 @@ def as_text(value: Any) -> str:
         return str(value)
 
 
-def scan_files(root: Path, *, stop_before_pixels: bool) -> tuple[list[tuple[DicomSource, Dataset]], list[SkippedFile]]:
+def scan_files(
+    root: Path, *, stop_before_pixels: bool
+) -> tuple[list[tuple[DicomSource, Dataset]], list[SkippedFile], list[Path]]:
+    """Parse every DICOM instance under ``root``: ``(instances, files skipped, NIfTI volumes found)``."""
     skipped: list[SkippedFile] = []
+    volumes: list[Path] = []
     found: list[tuple[DicomSource, Dataset]] = []
-    for source, head in _iter_candidates(root, skipped):
+    for source, head in _iter_candidates(root, skipped, volumes):
         if head[_DICM_OFFSET : _DICM_OFFSET + 4] != b"DICM":
             skipped.append(SkippedFile(source, "not a DICOM file (no DICM prefix)"))
             continue
@@ -282,7 +421,7 @@ def scan_files(root: Path, *, stop_before_pixels: bool) -> tuple[list[tuple[Dico
         found.append((source, ds))
     for item in skipped:
         log.info("skipped %s: %s", item.source, item.reason)
-    return found, skipped
+    return found, skipped, volumes
 
 
 def group_series(found: list[tuple[DicomSource, Dataset]]) -> list[SeriesInfo]:
@@ -302,16 +441,20 @@ def group_series(found: list[tuple[DicomSource, Dataset]]) -> list[SeriesInfo]:
 def find_series(root: str | Path) -> SeriesList:
     """Find every DICOM series under a folder, a file or a zip archive.
 
-    Reads headers only. Non-DICOM files, DICOMDIR, empty and unreadable files
-    are skipped, logged and listed in the result's ``skipped`` attribute.
-    Zip archives found while walking are opened (one level).
+    This is the one input resolver of every command (``medai score``, ``predict``, ``inspect``, the viewer):
+    it reads headers only, follows symbolic links (a folder reached twice is walked once, so a link loop
+    ends), opens zip archives found while walking (one level), lists NIfTI volumes on ``.volumes`` (not the
+    ``<case>_lung``/``<case>_lesion`` masks written beside a phantom) and leaves medai's own outputs out
+    (results files, audit logs, key images, saliency maps, a PACS spool: :mod:`medai.ingest.outputs`).
+    Non-DICOM files, DICOMDIR, empty and unreadable files are skipped, logged and listed on ``.skipped``.
 
     Args:
-        root: folder (walked recursively), single DICOM file, or zip archive.
+        root: folder (walked recursively), single DICOM or NIfTI file, or zip archive.
 
     Returns:
         A :class:`SeriesList` (a list of :class:`SeriesInfo` sorted by study,
-        series number, UID) with ``.skipped`` listing the files not used.
+        series number, UID) with ``.skipped`` listing the files not used and
+        ``.volumes`` the NIfTI volumes found.
 
     Raises:
         NoSeriesError: ``root`` does not exist.
@@ -321,8 +464,9 @@ def find_series(root: str | Path) -> SeriesList:
         >>> list(find_series(tempfile.mkdtemp()))
         []
     """
-    found, skipped = scan_files(Path(root), stop_before_pixels=True)
+    found, skipped, volumes = scan_files(Path(root), stop_before_pixels=True)
     result = SeriesList(group_series(found))
     result.skipped = tuple(skipped)
-    log.info("found %d series (%d files skipped) under %s", len(result), len(skipped), root)
+    result.volumes = tuple(volumes)
+    log.info("found %d series, %d NIfTI volumes (%d files skipped)", len(result), len(volumes), len(skipped))
     return result

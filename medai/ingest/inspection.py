@@ -51,7 +51,7 @@ def inspect_path(path: str | Path, *, rules: SelectionRules = DEFAULT_RULES, loa
     """Find, select and (with ``load``) load and QC the series under ``path``.
 
     Returns:
-        A JSON-ready dict: ``series``, ``skipped``, ``studies`` (selection,
+        A JSON-ready dict: ``series``, ``volumes`` (NIfTI files), ``skipped``, ``studies`` (selection,
         rejections and QC per study), ``ok`` and, on failure, ``error``.
 
     Example:
@@ -59,7 +59,14 @@ def inspect_path(path: str | Path, *, rules: SelectionRules = DEFAULT_RULES, loa
         >>> inspect_path(tempfile.mkdtemp())["ok"]
         False
     """
-    report: dict[str, Any] = {"path": str(path), "series": [], "skipped": [], "studies": [], "ok": False}
+    report: dict[str, Any] = {
+        "path": str(path),
+        "series": [],
+        "volumes": [],
+        "skipped": [],
+        "studies": [],
+        "ok": False,
+    }
     try:
         found = find_series(path)
     except MedaiError as exc:
@@ -67,6 +74,10 @@ def inspect_path(path: str | Path, *, rules: SelectionRules = DEFAULT_RULES, loa
         return report
     report["series"] = [_series_row(s) for s in found]
     report["skipped"] = [{"file": str(s.source), "reason": s.reason} for s in found.skipped]
+    report["volumes"] = [str(p) for p in found.volumes]
+    if not found and found.volumes:
+        report["ok"] = True  # NIfTI volumes are scored as they are (no DICOM header to check)
+        return report
     if not found:
         report["error"] = f"no DICOM series found under {str(path)!r}"
         return report
@@ -127,6 +138,10 @@ def _print_text(report: dict[str, Any]) -> None:
                 f"  {_short(row['series_uid']):17s} {row['modality'][:4]:4s} {number:>4s}  "
                 f"{row['description'][:28]:28s} {row['n_slices']:6d} {thick:>6s}  {row['convolution_kernel'] or '-'}"
             )
+    if report["volumes"]:
+        print(f"NIfTI volumes (scored as they are; no DICOM header to check): {len(report['volumes'])}")
+        for volume in report["volumes"]:
+            print(f"  {volume}")
     if report["skipped"]:
         print("Skipped files:")
         for item in report["skipped"]:

@@ -28,7 +28,16 @@ from pydicom.dataset import Dataset
 
 from medai.errors import InvalidSeriesError, MedaiError, NoSeriesError, QCReason
 from medai.ingest import pixels
-from medai.ingest.discovery import as_number, as_text, frames_from_dataset, group_series, read_header, scan_files
+from medai.ingest.discovery import (
+    HEADER_KEYWORDS,
+    as_number,
+    as_text,
+    frames_from_dataset,
+    group_series,
+    read_header,
+    scan_files,
+)
+from medai.ingest.nifti import read_nifti
 from medai.ingest.qc import DEFAULT_RULES, QCReport, SelectionReport, SelectionRules, check_frames, select_per_study
 from medai.ingest.sources import DicomSource, FrameHeader, SeriesInfo
 from medai.volume import Volume
@@ -36,30 +45,6 @@ from medai.volume import Volume
 __all__ = ["HEADER_KEYWORDS", "check_series", "load_series", "load_study"]
 
 log = logging.getLogger(__name__)
-
-#: Header attributes copied into :attr:`Volume.header` (only those present).
-HEADER_KEYWORDS = (
-    "Modality",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ConvolutionKernel",
-    "SliceThickness",
-    "KVP",
-    "PatientID",
-    "PatientName",
-    "PatientSex",
-    "PatientAge",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyDescription",
-    "SeriesDescription",
-    "SeriesNumber",
-    "FrameOfReferenceUID",
-    "BodyPartExamined",
-    "InstitutionName",
-    "StationName",
-)
-
 
 # ---------------------------------------------------------------- loading
 
@@ -71,7 +56,7 @@ def _load_headers(
     if isinstance(source, SeriesInfo):
         return [(s, read_header(s, stop_before_pixels=False)) for s in source.sources]
     if isinstance(source, (str, Path)):
-        found, _ = scan_files(Path(source), stop_before_pixels=False)
+        found, _, _ = scan_files(Path(source), stop_before_pixels=False)
         if not found:
             raise NoSeriesError(f"no DICOM series found under {str(source)!r}")
         uids = sorted({str(ds.SeriesInstanceUID) for _, ds in found})
@@ -218,6 +203,9 @@ def load_study(
 ) -> tuple[SelectionReport, Volume]:
     """Find, select and load the series to score of the one study under ``path``, reading each file once.
 
+    ``path`` may also be a NIfTI volume (or a folder holding one): it is read as ``medai score`` reads it,
+    and the selection report is empty.
+
     The same as :func:`find_series` + :func:`select_series` + :func:`load_series`,
     but every file is parsed a single time (``find_series`` reads headers only, so
     for one study that path parses each file twice). Use it for one study; for
@@ -239,12 +227,15 @@ def load_study(
     root = Path(path)
     if not root.exists():
         raise NoSeriesError(f"path must be an existing folder, file or zip archive, not {str(path)!r}")
-    found, _ = scan_files(root, stop_before_pixels=False)
-    if not found:
-        raise NoSeriesError(f"no DICOM series under {str(path)!r}")
+    found, _, volumes = scan_files(root, stop_before_pixels=False)
+    if not found and not volumes:
+        raise NoSeriesError(f"no DICOM series and no NIfTI volume under {str(path)!r}")
     studies = select_per_study(group_series(found), rules=rules)
-    if len(studies) > 1:
-        raise MedaiError(f"{str(path)!r} must hold one study, not {len(studies)}; score several with medai score")
+    if len(studies) + len(volumes) > 1:
+        count = f"{len(studies)} DICOM studies and {len(volumes)} NIfTI volumes"
+        raise MedaiError(f"{str(path)!r} must hold one study, not {count}; score several with medai score")
+    if volumes:
+        return SelectionReport(study_uid="", selected=None, candidates=(), rejected=()), read_nifti(volumes[0])
     (report,) = studies.values()
     if report.selected is None:
         first = report.rejected[0]

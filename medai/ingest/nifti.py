@@ -126,8 +126,11 @@ def read_nifti(path: str | Path) -> Volume:
     )
 
 
-def write_nifti(volume: Volume, path: str | Path) -> None:
+def write_nifti(volume: Volume, path: str | Path, *, description: str = "") -> None:
     """Write a volume as NIfTI (RAS+ affine, qform and sform set, int16 or float32 data).
+
+    ``description`` goes into the header's ``descrip`` field (at most 79 ASCII characters): medai marks its
+    own outputs there (:data:`medai.ingest.outputs.SALIENCY_DESCRIPTION`) so discovery leaves them out.
 
     Example:
         >>> import tempfile, os
@@ -142,4 +145,6 @@ def write_nifti(volume: Volume, path: str | Path) -> None:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
+    if description:
+        img.header["descrip"] = description.encode("ascii", errors="replace")[:79]
     nib.save(img, str(path))

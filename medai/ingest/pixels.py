@@ -106,15 +106,20 @@ def _pixel_module(ds: Dataset, source: DicomSource, series_uid: str) -> _PixelMo
     if "PixelData" not in ds:
         kind = "FloatPixelData" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else "no pixel data"
         raise fail(QCReason.MISSING_ATTRIBUTE, f"PixelData must be present, not {kind}")
-    samples = int(value(ds, "SamplesPerPixel", 1))
+
+    def integer(keyword: str, default: int | None = None) -> int:
+        found = value(ds, keyword, default)
+        if isinstance(found, int) and not isinstance(found, bool):
+            return found
+        shown = "absent" if found is None else repr(found)[:40]
+        raise fail(QCReason.MISSING_ATTRIBUTE, f"{keyword} must be one integer, not {shown}")
+
+    samples = integer("SamplesPerPixel", 1)
     if samples != 1:
         raise fail(QCReason.IMPLAUSIBLE_DIMENSIONS, f"SamplesPerPixel must be 1 (grayscale CT), not {samples}")
-    try:
-        bits_allocated = int(value(ds, "BitsAllocated"))
-        bits_stored = int(value(ds, "BitsStored", bits_allocated))
-        signed = int(value(ds, "PixelRepresentation", 0)) == 1
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise fail(QCReason.MISSING_ATTRIBUTE, f"BitsAllocated/BitsStored must be valid integers ({exc})") from exc
+    bits_allocated = integer("BitsAllocated")
+    bits_stored = integer("BitsStored", bits_allocated)
+    signed = integer("PixelRepresentation", 0) == 1
     if bits_allocated not in (8, 16, 32) or not 1 <= bits_stored <= bits_allocated:
         raise fail(
             QCReason.IMPLAUSIBLE_DIMENSIONS,
@@ -127,8 +132,9 @@ def _pixel_module(ds: Dataset, source: DicomSource, series_uid: str) -> _PixelMo
     problem = _decoder_problem(syntax)
     if problem:
         raise fail(QCReason.UNDECODABLE_TRANSFER_SYNTAX, problem)
-    rows, cols = int(value(ds, "Rows")), int(value(ds, "Columns"))
-    frames = int(value(ds, "NumberOfFrames", 1))
+    rows, cols = integer("Rows"), integer("Columns")
+    frames = value(ds, "NumberOfFrames", 1)
+    frames = frames if isinstance(frames, int) and frames > 0 else 1  # pydicom reads an invalid value as 1 too
     padding = None
     pad_value = value(ds, "PixelPaddingValue")
     if isinstance(pad_value, int):
@@ -212,10 +218,18 @@ def _fill_decoded(task: FrameTask, module: _PixelModule, out: np.ndarray) -> Non
     index = task.frame if module.frames > 1 else None
     try:
         array, _ = get_decoder(module.transfer_syntax).as_array(task.dataset, index=index)
-    except Exception as exc:  # codecs raise anything from ValueError to RuntimeError on bad streams
+    except BaseException as exc:  # codecs raise anything from ValueError to a Rust panic on bad streams
+        if not _is_codec_failure(exc):
+            raise
         raise _undecodable(task, module, exc) from exc
     _check_decoded(array, task, out)
     _to_hu(array, out, task, module)
+
+
+def _is_codec_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a codec failing on its input: any Exception, or the ``PanicException`` that Rust codecs
+    (pylibjpeg-rle, through pyo3) raise, which derives from BaseException; never an interrupt or an exit."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _undecodable(task: FrameTask, module: _PixelModule, exc: BaseException) -> InvalidSeriesError:
@@ -348,7 +362,9 @@ def _decode_into(
                     task, module = plan[k], modules[id(plan[k].dataset)]
                     try:
                         array = next(results)
-                    except Exception as exc:
+                    except BaseException as exc:
+                        if not _is_codec_failure(exc):
+                            raise
                         raise _undecodable(task, module, exc) from exc
                     _check_decoded(array, task, out[k])
                     _to_hu(array, out[k], task, module)

@@ -217,6 +217,10 @@ def check_frames(
     zero_slope = sum(f.rescale_slope == 0 for f in frames)
     if zero_slope:
         raise fail(QCReason.MISSING_ATTRIBUTE, f"RescaleSlope must be non-zero, not 0 on {zero_slope} slices")
+    for name, attr, limit in (("RescaleSlope", "rescale_slope", 1e4), ("RescaleIntercept", "rescale_intercept", 1e6)):
+        odd = _distinct([getattr(f, attr) for f in frames if not abs(getattr(f, attr)) <= limit])
+        if odd:
+            raise fail(QCReason.MISSING_ATTRIBUTE, f"{name} must be a finite number within +-{limit:g}, not {odd[:3]}")
     checks.append("attributes")
     rows, cols = frames[0].rows or 0, frames[0].columns or 0
     for f in frames:

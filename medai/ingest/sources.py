@@ -16,7 +16,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["DicomSource", "FrameHeader", "SeriesInfo", "SeriesList", "SkippedFile"]
+__all__ = ["BoundedFile", "DicomSource", "FrameHeader", "SeriesInfo", "SeriesList", "SkippedFile"]
+
+
+class BoundedFile(io.FileIO):
+    """A binary file whose ``read(n)`` never asks for more than the file still holds.
+
+    A DICOM element states its own length; a damaged or hostile file of a few bytes can claim gigabytes, and
+    ``read(n)`` allocates ``n`` bytes before it finds the file short (the fuzzers found a 1.2 KB file that made
+    the reader allocate 1.5 GB). pydicom reads through this (and re-opens it by name for deferred values).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "f"
+        >>> _ = path.write_bytes(b"abc")
+        >>> with BoundedFile(path) as handle:
+        ...     handle.read(2**40)
+        b'abc'
+    """
+
+    def __init__(self, name: str | Path, mode: str = "rb") -> None:
+        if mode not in ("r", "rb"):
+            raise ValueError(f"mode must be 'rb', not {mode!r}")
+        super().__init__(os.fspath(name), "r")  # a str name: pydicom re-opens deferred values by it
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return super().read()
+        remaining = os.fstat(self.fileno()).st_size - self.tell()
+        return super().read(max(0, min(size, remaining)))
 
 
 @dataclass(frozen=True, order=True)
@@ -46,9 +74,10 @@ class DicomSource:
             return archive.read(self.member)
 
     def open(self) -> BinaryIO:
-        """A seekable binary file object (a zip member is read into memory)."""
+        """A seekable binary file object (a zip member is read into memory); reads are bounded by the file's size
+        (:class:`BoundedFile`)."""
         if self.member is None:
-            return open(self.path, "rb")
+            return BoundedFile(self.path)  # type: ignore[return-value]
         return io.BytesIO(self.read_bytes())
 
 
@@ -152,6 +181,8 @@ class SeriesInfo:
 
 
 class SeriesList(list[SeriesInfo]):
-    """The list returned by :func:`find_series`, plus the files it skipped (``.skipped``)."""
+    """The list returned by :func:`find_series`, plus the files it skipped (``.skipped``) and the NIfTI volumes
+    it found (``.volumes``)."""
 
     skipped: tuple[SkippedFile, ...] = ()
+    volumes: tuple[Path, ...] = ()

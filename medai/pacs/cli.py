@@ -39,6 +39,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--stow", action="append", metavar="URL", help="send results to this DICOMweb root (STOW-RS)")
     p.add_argument("--spool", help="durable spool folder: instances, results, queue, audit (default: medai-spool)")
+    p.add_argument("--audit-log", help="tamper-evident audit trail, one record per series (default: SPOOL/audit.jsonl)")
     p.add_argument("--idle-seconds", type=float, help="a series is complete after this long idle (default: 5)")
     p.add_argument("--min-free-mb", type=float, help="refuse associations below this free disk space (default: 1024)")
     p.add_argument("--max-associations", type=int, help="concurrent incoming associations (default: 8)")
@@ -70,6 +71,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             "host",
             "port",
             "spool",
+            "audit_log",
             "idle_seconds",
             "min_free_mb",
             "max_associations",

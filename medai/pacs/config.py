@@ -8,6 +8,7 @@ administrator lists the calling AE titles). A file looks like::
     port = 11112
     allow_ae = ["CT01", "ORTHANC@10.0.0.5"]   # calling AE titles, optionally bound to a peer host; "*": any
     spool = "/var/lib/medai/spool"
+    audit_log = "/var/log/medai/audit.jsonl"   # default: SPOOL/audit.jsonl
     idle_seconds = 5                   # a series is complete after this long without a new instance
     min_free_mb = 2048                 # refuse associations when the spool's disk has less free space
     seg = true                         # also send a DICOM Segmentation of lungs and opacities
@@ -169,7 +170,9 @@ class PacsConfig:
     destinations: tuple[Destination, ...] = ()
     stow: tuple[StowDestination, ...] = ()
     spool: Path = Path("medai-spool")
+    audit_log: Path | None = None  # the tamper-evident audit trail (default: SPOOL/audit.jsonl)
     idle_seconds: float = 5.0  # a series is complete after this long with no new instance
+    refused_hold_seconds: float = 120.0  # a series with an instance refused for lack of space waits this long
     min_free_mb: float = 1024.0  # free space the spool's disk keeps; below it associations are refused
     max_associations: int = 8  # concurrent incoming associations
     max_pdu_bytes: int = 1_048_576  # largest P-DATA PDU medai receives (0: unlimited)
@@ -191,6 +194,7 @@ class PacsConfig:
         _port(self.port, "port")
         checks = {
             "idle_seconds": (self.idle_seconds, 0.0),
+            "refused_hold_seconds": (self.refused_hold_seconds, 0.0),
             "min_free_mb": (self.min_free_mb, 0.0),
             "network_timeout_s": (self.network_timeout_s, 1.0),
             "retry_base_s": (self.retry_base_s, 0.01),
@@ -332,11 +336,12 @@ def build_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any] | 
             kwargs["allow_ae"] = tuple(AllowedPeer.parse(text) for text in _list(value))
         elif key == "tls":
             kwargs["tls"] = _tls(value)
-        elif key == "spool":
-            kwargs["spool"] = Path(value)
+        elif key in ("spool", "audit_log"):
+            kwargs[key] = Path(value)
         else:
             kwargs[key] = value
-    for key in ("idle_seconds", "min_free_mb", "network_timeout_s", "retry_base_s", "retry_max_s"):
+    floats = ("idle_seconds", "refused_hold_seconds", "min_free_mb", "network_timeout_s", "retry_base_s", "retry_max_s")
+    for key in floats:
         if isinstance(kwargs.get(key), int) and not isinstance(kwargs.get(key), bool):
             kwargs[key] = float(kwargs[key])
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -217,11 +218,12 @@ class Listener:
             log.warning(
                 "refused an instance from %s (series %s): %s [%s]", peer, series_uid or "?", reason, status.name
             )
+        if status is StoreStatus.OUT_OF_RESOURCES and is_uid(series_uid):
+            # the sender will retry: the part of the series already here must not be scored on its own meanwhile
+            self.queue.hold_series(series_uid, time.time() + self.config.refused_hold_seconds)
         return int(status)
 
     def _store(self, event: Any) -> tuple[StoreStatus, str, str]:
-        if self.spool.free_bytes() < self.config.min_free_bytes:
-            return StoreStatus.OUT_OF_RESOURCES, "the spool's disk is under its free-space watermark", ""
         negotiated = str(event.context.abstract_syntax)
         try:
             ds = event.dataset
@@ -232,12 +234,17 @@ class Listener:
         series_uid = str(ds.get("SeriesInstanceUID", ""))
         if status is not StoreStatus.SUCCESS:
             return status, reason, series_uid if is_uid(series_uid) else ""
+        if self.spool.free_bytes() < self.config.min_free_bytes:
+            return StoreStatus.OUT_OF_RESOURCES, "the spool's disk is under its free-space watermark", series_uid
         data = event.encoded_dataset(include_meta=True)
         sop_uid = str(ds.SOPInstanceUID)
         if self.queue.is_known(sop_uid):  # a resend: acknowledged before, nothing to write
             path = self.spool.instance_path(series_uid, sop_uid)
         else:
-            path = self.spool.write_instance(series_uid, sop_uid, data)
+            try:
+                path = self.spool.write_instance(series_uid, sop_uid, data)
+            except OSError as exc:  # a full disk between the check and the write
+                return StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}", series_uid
         new = self.queue.record_instance(
             series_uid=series_uid,
             study_uid=str(ds.StudyInstanceUID),

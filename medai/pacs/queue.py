@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT,
     model_id TEXT,
     model_sha256 TEXT,
-    label TEXT
+    label TEXT,
+    pixel_sha256 TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_receiving ON jobs(series_uid) WHERE state = 'receiving';
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -202,6 +203,9 @@ class JobQueue:
             self._db.execute("PRAGMA synchronous = FULL")  # an acknowledged instance survives a power cut
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "pixel_sha256" not in columns:  # a queue written before the audit trail recorded pixel hashes
+                self._db.execute("ALTER TABLE jobs ADD COLUMN pixel_sha256 TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -264,6 +268,19 @@ class JobQueue:
             )
         return True
 
+    def hold_series(self, series_uid: str, until: float) -> bool:
+        """Keep a receiving series from completing before ``until`` (an instance of it was refused for lack of
+        space: its sender will retry, and scoring the part that arrived would send a result for half a series).
+        The next instance received ends the hold (the idle time counts from it again). Returns whether a
+        receiving job was held."""
+        with self._transaction() as db:
+            return bool(
+                db.execute(
+                    "UPDATE jobs SET last_received_at = MAX(last_received_at, ?) WHERE series_uid = ? AND state = ?",
+                    (until, series_uid, JobState.RECEIVING),
+                ).rowcount
+            )
+
     def is_known(self, sop_uid: str) -> bool:
         """Whether an instance with this SOP Instance UID was already recorded (a resend)."""
         return bool(self._query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
@@ -321,6 +338,7 @@ class JobQueue:
         label: str = "",
         reason: str = "",
         message: str = "",
+        pixel_sha256: str = "",
         now: float | None = None,
     ) -> bool:
         """``scoring`` -> ``sending``: record the outputs and one pending delivery per destination, atomically.
@@ -331,7 +349,7 @@ class JobQueue:
         with self._transaction() as db:
             changed = db.execute(
                 "UPDATE jobs SET state = ?, scored_at = ?, outcome = ?, reason = ?, message = ?, model_id = ?, "
-                "model_sha256 = ?, label = ? WHERE id = ? AND state = ?",
+                "model_sha256 = ?, label = ?, pixel_sha256 = ? WHERE id = ? AND state = ?",
                 (
                     JobState.SENDING,
                     now,
@@ -341,6 +359,7 @@ class JobQueue:
                     model_id,
                     model_sha256,
                     label,
+                    pixel_sha256,
                     job_id,
                     JobState.SCORING,
                 ),
@@ -506,6 +525,7 @@ class JobQueue:
             "label": job["label"],
             "model_id": job["model_id"],
             "model_sha256": job["model_sha256"],
+            "pixel_sha256": job["pixel_sha256"] or "",
             "calling_ae": sorted((instances[3] or "").split(",")) if instances[3] else [],
             "instances": int(instances[0]),
             "first_received_at": instances[1],

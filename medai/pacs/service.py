@@ -50,7 +50,7 @@ class PacsService:
         self.classifier = classifier
         self.spool = Spool(config.spool)
         self.queue = JobQueue(self.spool.database)
-        self.audit = AuditLog(self.spool.audit_log)
+        self.audit = AuditLog(config.audit_log or self.spool.audit_log)
         self.finished = threading.Condition()
         self.sender = Sender(config, self.queue, self.audit, on_finished=self._finished)
         self.worker = Worker(config, self.spool, self.queue, self.audit, classifier, on_scored=self.sender.wake)

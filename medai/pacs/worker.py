@@ -145,10 +145,10 @@ class Worker(BackgroundLoop):
             return
         clf = self.classifier
         try:
-            outputs, label = self._score(job, files, headers)
+            outputs, label, pixel_hash = self._score(job, files, headers)
             outcome, reason, message = JobOutcome.SCORED, "", ""
         except Exception as exc:
-            outcome, label = JobOutcome.NOT_SCORED, ""
+            outcome, label, pixel_hash = JobOutcome.NOT_SCORED, "", ""
             if isinstance(exc, InvalidSeriesError):
                 reason, message = exc.reason.value, str(exc)
             elif isinstance(exc, MedaiError):
@@ -173,6 +173,7 @@ class Worker(BackgroundLoop):
             label=label,
             reason=reason,
             message=message,
+            pixel_sha256=pixel_hash,
         )
         if recorded:
             log.info(
@@ -188,12 +189,13 @@ class Worker(BackgroundLoop):
 
     def _score(
         self, job: Job, files: Sequence[Path], headers: Sequence[pydicom.Dataset]
-    ) -> tuple[list[OutputRecord], str]:
+    ) -> tuple[list[OutputRecord], str, str]:
         from medai.ingest.load import load_series
+        from medai.report.audit import pixel_sha256
 
         volume = load_series(list(files))
         prediction = self.classifier.predict(volume)
-        return self._encode(job, volume, prediction, headers), prediction.label
+        return self._encode(job, volume, prediction, headers), prediction.label, pixel_sha256(volume)
 
     def _write(self, job: Job, kind: str, number: int, dataset: pydicom.Dataset) -> OutputRecord:
         path = self.spool.write_result(job.id, f"{kind}-{number}", dataset)

@@ -213,10 +213,12 @@ def write_saliency_nifti(volume: Volume, prediction: Prediction, path: str | Pat
         PosixPath('saliency.nii.gz')
     """
     from medai.ingest.nifti import write_nifti
+    from medai.ingest.outputs import SALIENCY_DESCRIPTION
 
     path = Path(path)
     if not is_nifti_name(path):
         raise ValueError(f"saliency NIfTI path must end with .nii or .nii.gz, not {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_nifti(volume.with_array(prediction.saliency.to_source()), path)
+    description = f"{SALIENCY_DESCRIPTION} {prediction.model_id}"
+    write_nifti(volume.with_array(prediction.saliency.to_source()), path, description=description)
     return path

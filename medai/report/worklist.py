@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 from medai.errors import DicomWebError, InvalidSeriesError, MedaiError, NoSeriesError, QCReason
 from medai.ingest.discovery import find_series
 from medai.ingest.load import load_series, load_study
-from medai.ingest.nifti import is_mask_beside_case, is_nifti_name, nifti_stem, read_nifti
+from medai.ingest.nifti import is_nifti_name, nifti_stem, read_nifti
 from medai.ingest.qc import select_per_study
 from medai.ingest.sources import DicomSource, SeriesInfo
+from medai.report.audit import AuditTrail, current_user, scoring_record
 from medai.report.results import RowStatus, prediction_fields
 from medai.volume import Volume
 
@@ -196,11 +197,9 @@ def entries_from_folder(root: str | Path, *, kind: SourceKind = SourceKind.FOLDE
         }
         ref = StudyRef(first.series.series_uid, title, kind, series=first.series, series_uid=first.series.series_uid)
         entries.append(WorklistEntry(ref, row))  # opening it runs the QC gate again: the reason, as an error
-    for skipped in found.skipped:
-        path = skipped.source.path
-        if skipped.source.member is None and is_nifti_name(path) and not is_mask_beside_case(path):
-            title = _relative(path.parent / nifti_stem(path), base)
-            entries.append(WorklistEntry(StudyRef(str(path), title, kind, nifti_path=path), {"source": str(path)}))
+    for path in found.volumes:
+        title = _relative(path.parent / nifti_stem(path), base)
+        entries.append(WorklistEntry(StudyRef(str(path), title, kind, nifti_path=path), {"source": str(path)}))
     log.info("worklist: %d studies under a %s", len(entries), kind.value)
     return entries
 
@@ -304,6 +303,7 @@ class Worklist:
         cache_dir: where studies retrieved over DICOMweb are kept.
         cached_cases: loaded volumes kept in memory (each 60-300 MB).
         cached_predictions: predictions kept (a few MB each: saliency and masks on coarse grids).
+        audit: append one record per scoring to this tamper-evident trail (who: the user running the viewer).
 
     Example:
         >>> worklist = Worklist(entries_from_folder("demo/studies"), classifier=Classifier.load)  # doctest: +SKIP
@@ -319,6 +319,7 @@ class Worklist:
         cache_dir: str | Path | None = None,
         cached_cases: int = 2,
         cached_predictions: int = 32,
+        audit: AuditTrail | None = None,
     ) -> None:
         keys = [e.key for e in entries]
         if len(set(keys)) != len(keys):
@@ -336,6 +337,7 @@ class Worklist:
         self._cached_predictions = cached_predictions
         self._thread: threading.Thread | None = None
         self._scored: set[str] = set()
+        self._audit = audit
 
     # ------------------------------------------------ reading
 
@@ -443,6 +445,7 @@ class Worklist:
             volume, sources = (case.volume, case.sources) if case is not None else _load(entry.ref, self.cache_dir)
             if score and prediction is None:
                 prediction = self.classifier.predict(volume)
+                self._record(volume, prediction)
             case = Case(key, volume, prediction, tuple(sources))
         except MedaiError as exc:
             with self._lock:
@@ -470,6 +473,21 @@ class Worklist:
                 self._remember(self._cases, key, case, self._cached_cases)
         log.info("worklist: opened %s (%s)", loggable(key), "scored" if prediction is not None else "results row only")
         return case
+
+    def _record(self, volume: Volume, prediction: Prediction) -> None:
+        if self._audit is None:
+            return
+        clf = self.classifier
+        fields = scoring_record(
+            source="viewer",
+            who=current_user(),
+            volume=volume,
+            prediction=prediction,
+            model_id=clf.scoring_id,
+            model_sha256=clf.sha256,
+            outputs={"shown": "viewer worklist"},
+        )
+        self._audit.append(fields)
 
     @staticmethod
     def _remember(cache: OrderedDict[str, Any], key: str, value: Any, size: int) -> None:

@@ -20,6 +20,8 @@ def test_medai_app_binds_to_loopback_unless_told_and_passes_the_studies(tmp_path
     assert command[command.index("--") + 1 :] == ["--data", str(tmp_path.resolve())]
     anywhere = app_command(build_parser().parse_args(["app", "--host", "0.0.0.0"]))
     assert anywhere[anywhere.index("--server.address") + 1] == "0.0.0.0"
+    audited = app_command(build_parser().parse_args(["app", "--audit-log", str(tmp_path / "a.jsonl")]))
+    assert audited[audited.index("--") + 1 :] == ["--audit-log", str((tmp_path / "a.jsonl").resolve())]
 
 
 def test_medai_app_refuses_a_missing_folder_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ the transfer-syntax fallback; a series the QC gate refuses gets a failure SR; no
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 
 from medai.pacs.service import PacsService
 from medai.pacs.status import format_status, read_status
+from medai.report.audit import verify_audit_log
 from medai.volume import Volume
 from tests.conftest import OrthancServer, start_orthanc
 from tests.pacs.conftest import (
@@ -64,7 +66,10 @@ def test_storescu_to_medai_to_orthanc_sr_sc_seg_in_the_same_study(
     status = read_status(spool)
     assert status["counts"]["sent"] == 1 and "sent" in format_status(status)
     audit = (spool / "audit.jsonl").read_text()
-    assert '"state": "sent"' in audit and service.classifier.sha256 in audit
+    (record,) = [json.loads(line) for line in audit.splitlines()]
+    assert record["state"] == "sent" and record["model_sha256"] == service.classifier.sha256
+    assert record["who"] == "AE MODALITY" and len(record["pixel_sha256"]) == 64 and record["source"] == "pacs"
+    assert verify_audit_log(spool / "audit.jsonl").ok
     logged = caplog.text
     assert "scored" in logged
     for text in (logged, audit, format_status(status)):

@@ -13,6 +13,7 @@ from medai.pacs.audit import AuditLog
 from medai.pacs.config import AllowedPeer, Destination, build_config, load_config_file
 from medai.pacs.queue import JobOutcome, JobQueue, JobState, OutputRecord
 from medai.pacs.spool import Spool
+from medai.report.audit import verify_audit_log
 
 
 def _record(queue: JobQueue, sop: str, *, series: str = "1.2.3", now: float = 100.0) -> bool:
@@ -89,8 +90,13 @@ def test_recover_rescores_interrupted_jobs_and_the_audit_log_heals_a_torn_line(t
     log = tmp_path / "audit.jsonl"
     AuditLog(log).sync(queue)
     log.write_text(log.read_text() + '{"seq": 2, "tor')  # a crash mid-line
+    assert not verify_audit_log(log).ok
     assert AuditLog(log).sync(queue) == 0
-    assert [json.loads(line)["seq"] for line in log.read_text().splitlines()] == [1]
+    job = _record(queue, "1.2.3.2") and queue.claim_ready(0.0, now=400.0)
+    assert job and queue.fail_job(job.id, reason="x", message="y")
+    assert AuditLog(log).sync(queue) == 1  # the next record cuts the torn line and goes on with the chain
+    assert [json.loads(line)["queue_seq"] for line in log.read_text().splitlines()] == [1, 2]
+    assert verify_audit_log(log).ok
 
 
 def test_spool_refuses_names_that_are_not_uids(tmp_path: Path) -> None:
@@ -148,3 +154,17 @@ def test_cli_refuses_a_bad_config_with_one_line_and_status_needs_a_spool(
     assert "config must be an existing TOML file" in capsys.readouterr().err
     assert main(["pacs", "status", "--spool", str(tmp_path)]) == 1
     assert "spool must be the folder of a medai pacs service" in capsys.readouterr().err
+
+
+def test_a_series_with_a_refused_instance_is_held_until_its_sender_retries(tmp_path: Path) -> None:
+    """The disk-full drill found it: half a series acknowledged, the rest refused (0xA700), and the half was
+    scored and sent on its own after the idle time, then the whole series again when the rest came."""
+    queue = JobQueue(tmp_path / "q.sqlite3")
+    _record(queue, "1.2.3.1", now=100.0)
+    assert queue.hold_series("1.2.3", until=100.0 + 120.0)
+    assert queue.claim_ready(5.0, now=110.0) is None  # idle long enough, but an instance was refused: held
+    _record(queue, "1.2.3.2", now=130.0)  # the sender retries: the hold ends, the idle time counts from here
+    assert queue.claim_ready(5.0, now=134.0) is None
+    job = queue.claim_ready(5.0, now=136.0)
+    assert job is not None and len(queue.series_files("1.2.3")) == 2
+    assert not queue.hold_series("1.2.3", until=999.0)  # nothing receiving any more
