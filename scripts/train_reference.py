@@ -100,7 +100,7 @@ def _served_rows(clf: object, world: str, n: int | None, seed: int) -> list[tupl
         measured = {
             "lesion": pred.lesion_percent,
             "lung_ml": pred.quantification.lung_volume_ml,
-            "severity": pred.severity.value,
+            "grade": pred.quantification.severity.value,  # of the lesion %; CT-0 below when the decision is normal
             "flags": pred.qc_flags,
         }
         rows.append((case, decision_features(pred.logits, pred.quantification), measured))
@@ -118,12 +118,13 @@ def _scored(rows: list, layer: object, rule: DecisionRule) -> list:
     for case, features, measured in rows:
         probs = layer.probabilities(features)  # type: ignore[attr-defined]
         label, indeterminate = rule.decide(probs)
+        indeterminate = bool(indeterminate) or any(f in UNRELIABLE_FLAGS for f in measured["flags"])
+        severity = "CT-0" if label == "normal" and not indeterminate else measured["grade"]
         out.append(
             ScoredCase(
                 case.case_id, case.world, case.label, case.pattern, case.lesion_percent, case.lung_volume_ml,
                 {c: float(v) for c, v in zip(CLASS_NAMES, probs, strict=True)}, label,
-                bool(indeterminate) or any(f in UNRELIABLE_FLAGS for f in measured["flags"]),
-                measured["lesion"], measured["lung_ml"], measured["severity"], tuple(measured["flags"]),
+                indeterminate, measured["lesion"], measured["lung_ml"], severity, tuple(measured["flags"]),
             )
         )  # fmt: skip
     return out

@@ -132,7 +132,15 @@ class Prediction:
 
     @property
     def severity(self) -> Severity:
-        """MosMedData grade CT-0..CT-4 of :attr:`lesion_percent`."""
+        """MosMedData grade CT-0..CT-4: CT-0 when the decision is ``normal``, else the grade of :attr:`lesion_percent`.
+
+        MosMedData's CT-0 means "no signs of pneumonia". A determinate ``normal`` decision says exactly that,
+        so the few percent of "opacity" that partial volume, vessels and dependent density leave in a clear
+        lung are reported as measured (:attr:`lesion_percent`) but not graded as disease. An indeterminate
+        label keeps the measured grade.
+        """
+        if self.label == "normal" and not self.indeterminate:
+            return Severity.CT_0
         return self.quantification.severity
 
     def to_dict(self) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def case_report_html(
         "lesions (both lungs)": f"{quant.lesion_percent:.1f} % of lung volume",
         "right / left lung": f"{quant.right_lesion_percent:.1f} % / {quant.left_lesion_percent:.1f} %",
         "ground glass / consolidation": f"{quant.ggo_percent:.1f} % / {quant.consolidation_percent:.1f} %",
-        "severity": f"{quant.severity.value} (MosMedData grade of the lesion percentage)",
+        "severity": f"{prediction.severity.value} (MosMedData grade; CT-0 when the decision is normal)",
         "lung volume": f"{quant.lung_volume_ml:.0f} ml (right {quant.right_lung_volume_ml:.0f}, "
         f"left {quant.left_lung_volume_ml:.0f})",
         "per zone (upper / middle / lower)": "; ".join(

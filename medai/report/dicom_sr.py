@@ -206,7 +206,7 @@ def _groups(prediction: Prediction) -> list[hd.sr.MeasurementsAndQualitativeEval
                 _measure(MedaiCode.VOLUME, quant.right_lung_volume_ml, MedaiCode.MILLILITER, MedaiCode.RIGHT_LUNG),
                 _measure(MedaiCode.VOLUME, quant.left_lung_volume_ml, MedaiCode.MILLILITER, MedaiCode.LEFT_LUNG),
             ],
-            evaluations=[hd.sr.QualitativeEvaluation(MedaiCode.SEVERITY, severity_code(quant.severity))],
+            evaluations=[hd.sr.QualitativeEvaluation(MedaiCode.SEVERITY, severity_code(prediction.severity))],
         )
     )
     return groups

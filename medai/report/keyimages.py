@@ -84,7 +84,7 @@ def _caption(prediction: Prediction) -> list[str]:
     quant = prediction.quantification
     return [
         f"{verdict}    p: {probs}",
-        f"lesions {quant.lesion_percent:.1f}% of lung ({quant.severity.value}); model {prediction.model_id}",
+        f"lesions {quant.lesion_percent:.1f}% of lung ({prediction.severity.value}); model {prediction.model_id}",
         f"overlay: where the model found evidence for {prediction.saliency.class_name} (not a lesion outline)",
         RESEARCH_NOTICE,
     ]

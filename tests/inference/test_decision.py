@@ -141,3 +141,17 @@ def test_unreliable_lungs_are_flagged() -> None:
     assert QCFlag.LUNG_MASK_INCOMPLETE in flags(900.0, 4000.0)  # the mask missed most of the aerated lung
     assert QCFlag.LUNG_MASK_INCOMPLETE not in flags(3900.0, 4000.0)
     assert QCFlag.LUNG_VOLUME_IMPLAUSIBLE in flags(14_000.0, 4000.0)
+
+
+def test_a_determinate_normal_decision_is_graded_ct0_whatever_the_measured_opacity(
+    shipped_classifier: Classifier, phantoms: dict[str, synthetic.Phantom]
+) -> None:
+    from dataclasses import replace
+
+    pred = shipped_classifier.predict(phantoms["covid19"].volume)
+    measured = pred.quantification.severity
+    assert measured.value in ("CT-1", "CT-2")  # 30 % of the lungs are opaque
+    assert replace(pred, label="covid19", indeterminate=False).severity == measured
+    assert replace(pred, label="other_pneumonia", indeterminate=False).severity == measured
+    assert replace(pred, label="normal", indeterminate=False).severity.value == "CT-0"
+    assert replace(pred, label="normal", indeterminate=True).severity == measured  # no decision, no CT-0
