@@ -282,7 +282,9 @@ def _outside_air_labels(labels: np.ndarray, n: int) -> np.ndarray:
     return np.flatnonzero(outside)
 
 
-def _lung_box(arr: np.ndarray, spacing: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray, float]:
+def _lung_box(
+    arr: np.ndarray, spacing: np.ndarray, params: PreprocessParams, *, warn: bool = True
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Lung bounding box (edges, canonical continuous index) and coarse lung volume in ml."""
     steps = np.maximum(1, np.round(params.mask_spacing_mm / spacing)).astype(int)
     small = arr[:: steps[0], :: steps[1], :: steps[2]]
@@ -291,7 +293,8 @@ def _lung_box(arr: np.ndarray, spacing: np.ndarray, params: PreprocessParams) ->
     lung_ml = float(mask.sum()) * float(np.prod(small_spacing)) / 1000.0
     if not mask.any():
         mask = small > -500  # no lungs: fall back to the body
-        log.warning("no lungs found; cropping around the body instead")
+        if warn:
+            log.warning("no lungs found; cropping around the body instead")
         if not mask.any():
             mask = np.ones(small.shape, dtype=bool)
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != m))) for m in range(3)]
@@ -433,8 +436,10 @@ def to_model_input(
     restrict = params.lung_margin_mm > 0
     if restrict and lung_mask is None:
         raise ValueError("lung_mask must be given when lung_margin_mm > 0 (a lung-restricted model), not None")
-    lo, hi, lung_ml = _lung_box(arr, spacing, params)
-    if restrict and lung_mask is not None and lung_mask.any():
+    use_mask = restrict and lung_mask is not None and bool(lung_mask.any())
+    lo, hi, lung_ml = _lung_box(arr, spacing, params, warn=not use_mask)  # the quantification's lungs crop instead
+    if use_mask:
+        assert lung_mask is not None
         lo, hi = _mask_box(lung_mask, lung_mask_factors, perm, flips, shape)
     extent_mm = (hi - lo) * spacing + 2.0 * params.crop_margin_mm
     out_spacing = max(float(np.max(extent_mm / grid)), params.min_spacing_mm)

@@ -100,16 +100,17 @@ def _metadata(ckpt: Mapping[str, Any], checkpoint_sha256: str, *, model_name: st
 
 def _parity_inputs(ckpt: Mapping[str, Any], *, n_random: int, n_phantoms: int, seed: int) -> np.ndarray:
     """Random inputs in the model's value range plus preprocessed phantoms of each class."""
+    from medai.inference.network_input import network_input
     from medai.labels import CLASS_NAMES
     from medai.phantoms.synthetic import generate, sample_spec
-    from medai.preprocess import PreprocessParams, to_model_input
+    from medai.preprocess import PreprocessParams
 
     params = PreprocessParams.from_dict(ckpt["preprocess"])
     rng = np.random.default_rng(seed)
     arrays = [rng.random((1, *params.grid_shape), dtype=np.float32) for _ in range(n_random)]
     for i in range(n_phantoms):
         spec = sample_spec(rng, label=CLASS_NAMES[i % len(CLASS_NAMES)], split="heldout", matrix=160)
-        arrays.append(to_model_input(generate(spec, fast=True).volume, params).array)
+        arrays.append(network_input(generate(spec, fast=True).volume, params)[0].array)  # lung-restricted if so trained
     return np.stack(arrays)
 
 
