@@ -384,6 +384,70 @@ def trim_below_aerated_base(
     return out
 
 
+def drop_unsupported_dense(
+    sides: np.ndarray, coarse: np.ndarray, spacing_mm: tuple[float, ...], *, params: QuantifyParams
+) -> np.ndarray:
+    """``sides`` without the dense components that no aerated lung borders (see ``QuantifyParams.support_*``).
+
+    A consolidation fills lung, so aerated lung lies beside it across a good share of its surface; tissue a
+    segmenter took for lung by mistake (the neck above the apices, the crura, a pericardial fat pad) borders
+    the chest wall, the mediastinum or the abdomen instead, and fat has a median far below soft tissue.
+
+    Example:
+        >>> sides = np.zeros((12, 12, 12), np.uint8); sides[2:10, 2:10, 2:10] = 1
+        >>> hu = np.full(sides.shape, -850.0); hu[2:10, 2:10, 7:10] = 30.0  # borders aerated lung: kept
+        >>> from medai.quantify.params import QuantifyParams
+        >>> params = QuantifyParams(support_min_ml=0.0)
+        >>> int(drop_unsupported_dense(sides, hu, (3.0, 3.0, 3.0), params=params).sum())
+        512
+        >>> sides[2:10, 2:10, 10] = 1; hu[:, :, 7:] = -100.0; hu[2:10, 2:10, :7] = 0.0  # all dense, fat-like edge
+        >>> out = drop_unsupported_dense(sides, hu, (3.0, 3.0, 3.0), params=params)  # one white lung: kept
+        >>> int(out.sum())
+        576
+    """
+    lungs = sides > 0
+    dense = lungs & (coarse >= params.consolidation_range_hu[0])
+    labels, n = ndimage.label(dense)
+    if n == 0:
+        return sides
+    aerated = lungs & (coarse < params.support_aerated_hu)
+    faces = np.zeros(n + 1, np.int64)
+    touching = np.zeros(n + 1, np.int64)
+    for axis in range(3):
+        for shift in (1, -1):
+            own = labels
+            other = np.roll(labels, shift, axis=axis)
+            other_aer = np.roll(aerated, shift, axis=axis)
+            edge = [slice(None)] * 3
+            edge[axis] = slice(0, 1) if shift == 1 else slice(-1, None)
+            boundary = (own > 0) & (other != own)
+            boundary[tuple(edge)] = own[tuple(edge)] > 0  # the array's edge is a face, never aerated lung
+            faces += np.bincount(own[boundary], minlength=n + 1)
+            hit = boundary & other_aer
+            hit[tuple(edge)] = False
+            touching += np.bincount(own[hit], minlength=n + 1)
+    index = np.arange(1, n + 1)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    median = np.asarray(ndimage.median(coarse, labels, index), dtype=np.float64)
+    contact = touching[1:] / np.maximum(faces[1:], 1)
+    side_of = np.asarray(ndimage.maximum(sides, labels, index), dtype=np.int64)
+    side_size = np.array([np.count_nonzero(sides == s) for s in (0, 1, 2)])[side_of]
+    block_ml = float(np.prod(spacing_mm)) / 1000.0
+    drop = (
+        (
+            (contact < params.support_min_contact)
+            | ((contact < params.support_fat_contact) & (median < params.support_fat_hu))
+        )
+        & (sizes < 0.5 * side_size)
+        & (sizes * block_ml >= params.support_min_ml)
+    )
+    if not drop.any():
+        return sides
+    out = sides.copy()
+    out[np.isin(labels, index[drop])] = 0
+    return out
+
+
 def _add_dense_pathology(
     sides: np.ndarray,
     hu: np.ndarray,

@@ -58,7 +58,14 @@ import numpy as np
 from medai.errors import InvalidSeriesError, QCReason
 from medai.labels import Severity, severity_from_percent
 from medai.quantify.grid import QuantGrid, block_mean, coarse_grid, upsample_mask
-from medai.quantify.lungs import add_aerated_rim, bbox, segment_lungs, split_sides, trim_below_aerated_base
+from medai.quantify.lungs import (
+    add_aerated_rim,
+    bbox,
+    drop_unsupported_dense,
+    segment_lungs,
+    split_sides,
+    trim_below_aerated_base,
+)
 from medai.quantify.opacities import segment_opacities
 from medai.quantify.params import QuantifyParams, QuantMethod
 from medai.volume import Volume
@@ -82,8 +89,8 @@ METHOD = (
     "thresholds against the fitted parenchyma baseline)"
 )
 METHOD_HYBRID = (
-    "medai.quantify/5 hybrid (learned lungs + aerated rim - below the aerated base, classical opacities with an "
-    "expiration-aware baseline; CT-0 below 1 %)"
+    "medai.quantify/6 hybrid (learned lungs + aerated rim - below the aerated base - dense parts no aerated lung "
+    "borders, classical opacities with an expiration-aware baseline; CT-0 below 1 %)"
 )
 
 
@@ -199,6 +206,7 @@ def quantify(
             learned_lungs(volume.direction, coarse, grid.spacing_mm, params=params), coarse, params=params
         )
         lungs = trim_below_aerated_base(lungs, coarse, grid.spacing_mm, sup_high=sup_high, params=params)
+        lungs = drop_unsupported_dense(lungs, coarse, grid.spacing_mm, params=params)
     elif lung_mask is None:
         lungs = segment_lungs(
             coarse, grid.spacing_mm, lr_dim=lr_dim, right_low=right_low, params=params, sup_high=sup_high

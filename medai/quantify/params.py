@@ -96,3 +96,14 @@ class QuantifyParams:
     # consolidation; docs/ood.md).
     base_margin_mm: float = 20.0
     base_aerated_share: float = 0.02
+    # Dense parts of the learned lungs (block mean >= consolidation_range_hu[0]) need aerated lung (block mean
+    # below support_aerated_hu) beside them: a component whose faces touch aerated lung less than
+    # support_min_contact of the time, or less than support_fat_contact with a fat-like median (below
+    # support_fat_hu), is not lung (neck and shoulder tissue above the apex, crura, pericardial fat pads: a
+    # real normal scan's 4 % of "consolidation"); real consolidation borders the lung it fills. A component of
+    # half its lung or more (a white lung) is always kept, and so is one under support_min_ml.
+    support_aerated_hu: float = -500.0
+    support_min_contact: float = 0.05
+    support_fat_contact: float = 0.12
+    support_fat_hu: float = -60.0
+    support_min_ml: float = 0.5

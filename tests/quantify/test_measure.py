@@ -213,8 +213,9 @@ def test_aerated_rim_gives_back_thin_lung_on_thick_slices() -> None:
     )
     ph = synthetic.generate(replace(spec, acquisition=acq), fast=True)
     no_trim = 1000.0  # the base trim alone, without the rim, would cut what the rim's voxels let stay
-    with_rim = quantify(ph.volume, params=QuantifyParams(base_margin_mm=no_trim))
-    without = quantify(ph.volume, params=QuantifyParams(rim_steps=0, base_margin_mm=no_trim))
+    alone = {"base_margin_mm": no_trim, "support_min_contact": 0.0, "support_fat_contact": 0.0}  # the rim alone
+    with_rim = quantify(ph.volume, params=QuantifyParams(**alone))
+    without = quantify(ph.volume, params=QuantifyParams(rim_steps=0, **alone))
     truth = ph.lung_mask > 0
     dice_with = _dice(with_rim.grid.upsample(with_rim.lung_mask) > 0, truth)
     dice_without = _dice(without.grid.upsample(without.lung_mask) > 0, truth)
@@ -460,3 +461,30 @@ def test_phantom_sweep_heldout_acquisitions() -> None:
     dice = [_dice(q.grid.upsample(q.lung_mask) > 0, ph.lung_mask > 0) for ph, q in results]
     errors = [abs(q.lesion_percent - ph.lesion_percent) for ph, q in results]
     assert np.median(dice) >= 0.95 and np.mean(errors) <= 5.0
+
+
+def test_dense_tissue_that_no_aerated_lung_borders_is_not_lung() -> None:
+    """A fat-like blob glued to a lung by one small face (a pericardial fat pad, tissue above the apex) is
+    dropped; a consolidation inside the same lung, bordered by aerated lung, stays; so does the blob at
+    soft-tissue density with the same border (that could be a consolidation reaching the chest wall)."""
+    from medai.quantify.lungs import drop_unsupported_dense
+
+    sides = np.zeros((30, 40, 40), np.uint8)
+    sides[2:28, 5:35, 5:20] = 1
+    hu = np.full(sides.shape, -850.0)
+    hu[10:18, 12:20, 8:14] = 20.0  # a consolidation inside the lung
+    blob = (slice(2, 10), slice(5, 15), slice(20, 38))
+    sides[blob] = 1  # a block the segmenter added beside the lung, touching it by its 8x10 end only ...
+    hu[blob] = -95.0  # ... and fat
+    params = QuantifyParams()
+    out = drop_unsupported_dense(sides, hu, (3.0, 3.0, 3.0), params=params)
+    assert not out[blob].any()  # the fat is gone
+    assert (out[:, :, :20] == sides[:, :, :20]).all()  # the lung and its consolidation stay
+    soft = hu.copy()
+    soft[blob] = 30.0
+    assert drop_unsupported_dense(sides, soft, (3.0, 3.0, 3.0), params=params)[blob].all()
+    # nothing aerated beside it at all: dropped whatever its density
+    alone = sides.copy()
+    alone[2:10, 5:15, 19] = 0
+    hu_alone = soft.copy()
+    assert not drop_unsupported_dense(alone, hu_alone, (3.0, 3.0, 3.0), params=params)[blob].any()
