@@ -232,14 +232,15 @@ def _worker_net(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
+    from medai.inference.network_input import network_input
     from medai.ingest.load import load_series
-    from medai.preprocess import PreprocessParams, to_model_input
+    from medai.preprocess import PreprocessParams
     from medai.training.network import load_checkpoint
 
     torch.set_num_threads(int(opts["threads"]))
     device = torch.device(opts["device"])
     model, ckpt = load_checkpoint(CHECKPOINT, device=device)
-    x = to_model_input(load_series(folder), PreprocessParams.from_dict(ckpt["preprocess"])).array[None]
+    x = network_input(load_series(folder), PreprocessParams.from_dict(ckpt["preprocess"]))[0].array[None]
     tensor = torch.from_numpy(x).to(device)
 
     def run_torch() -> None:

@@ -42,9 +42,10 @@ import torch
 from scipy import stats
 
 from medai.inference.classifier import Classifier
+from medai.inference.network_input import network_input
 from medai.inference.saliency import lungs_on_model_grid, make_saliency
 from medai.phantoms import synthetic
-from medai.preprocess import ModelInput, to_model_input
+from medai.preprocess import ModelInput
 from medai.training.network import build_model, load_checkpoint
 from medai.volume import Volume
 
@@ -99,7 +100,7 @@ def check_case(
     lesion = phantom.lesion_mask > 0
     volume = phantom.volume
     k = clf.class_names.index("covid19")
-    mi = to_model_input(volume, clf.preprocess)
+    mi = network_input(volume, clf.preprocess)[0]  # what the served model sees (the lungs only, if so trained)
     _, cam = clf._run(mi.array[None])
     lungs_model = lungs_on_model_grid(lung.astype(np.uint8), (1, 1, 1), mi.index_affine, mi.array.shape[1:])
     sal = make_saliency(

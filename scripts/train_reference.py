@@ -103,7 +103,8 @@ def _served_rows(clf: object, world: str, n: int | None, seed: int) -> list[tupl
             "grade": pred.quantification.severity.value,  # of the lesion %; CT-0 below when the decision is normal
             "flags": pred.qc_flags,
         }
-        rows.append((case, decision_features(pred.logits, pred.quantification), measured))
+        light = replace(case, volume=None)  # type: ignore[arg-type]  # keep the truth, not 20 MB of CT per case
+        rows.append((light, decision_features(pred.logits, pred.quantification), measured))
         print(
             f"  {case.case_id} {case.label} lesion {case.lesion_percent:.1f} -> {pred.lesion_percent:.1f}", flush=True
         )

@@ -352,7 +352,8 @@ def run_cli(args: argparse.Namespace) -> int:
     from medai.evaluation.evaluate import evaluate_predictions
     from medai.evaluation.report import write_report
     from medai.evaluation.subgroups import subgroups_from_attributes
-    from medai.preprocess import PreprocessParams, to_model_input
+    from medai.inference.network_input import network_input
+    from medai.preprocess import PreprocessParams
     from medai.training.network import load_checkpoint, predict_logits
 
     _check_arguments(args)
@@ -417,7 +418,7 @@ def run_cli(args: argparse.Namespace) -> int:
         task = progress.add_task("", total=n_total)
         collected = predict_cases(
             cases,
-            to_array=lambda volume: to_model_input(volume, params).array,
+            to_array=lambda volume: network_input(volume, params)[0].array,  # lungs only if so trained
             predict=predict,
             class_names=class_names,
             batch_size=args.batch_size,
