@@ -18,6 +18,7 @@ from scipy import ndimage
 from medai.errors import InvalidSeriesError, MedaiError, ModelError, NoSeriesError, QCReason
 from medai.inference.calibration import DecisionRule, softmax
 from medai.inference.classifier import METADATA_KEY, Classifier, QCFlag, default_providers
+from medai.inference.network_input import network_input
 from medai.labels import CLASS_NAMES, severity_from_percent
 from medai.modelcard import file_sha256 as sha256_file
 from medai.phantoms import synthetic
@@ -208,7 +209,7 @@ def test_prediction_fields(shipped_classifier: Classifier, phantom: synthetic.Ph
     z = phantom.volume.shape[0] // 2
     # trilinear bleed reaches at most two model voxels past the lung edge (source voxels per model voxel: scale),
     # in-plane and from the lung of the neighbouring slices
-    scale = to_model_input(phantom.volume, shipped_classifier.preprocess).scale
+    scale = network_input(phantom.volume, shipped_classifier.preprocess)[0].scale
     reach_z, reach = (int(np.ceil(2 * s)) for s in (scale[0], max(scale[1:])))
     lungs = pred.quantification.grid.upsample(pred.lung_mask) > 0
     near_z = lungs[max(0, z - reach_z) : z + reach_z + 1].any(axis=0)
