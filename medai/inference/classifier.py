@@ -97,7 +97,7 @@ class Prediction:
         qc_flags: warnings (:class:`QCFlag` values).
         model_id: ``name@sha256[:12]`` of the ONNX model.
         series_uid, study_uid: of the scored volume.
-        timings: seconds per stage (``preprocess``, ``inference``, ``quantify``, ``saliency``,
+        timings: seconds per stage (``preprocess``, ``inference``, ``quantify``, ``decision``, ``saliency``,
             ``total``; ``load`` for :meth:`Classifier.predict_path`).
         model_sha256: the full sha256 of the ONNX model file (result objects such as the DICOM SR cite it).
     """
@@ -372,9 +372,11 @@ class Classifier:
         cam: np.ndarray,
         timings: dict[str, float],
     ) -> Prediction:
-        t1 = time.perf_counter()
+        t0 = time.perf_counter()
         probs = self._probabilities(logits, quant)
         label, indeterminate = self.rule.decide(probs)
+        t1 = time.perf_counter()
+        timings.update(decision=t1 - t0)
         flags = _qc_flags(volume, quant, mi)
         indeterminate = bool(indeterminate) or any(f in UNRELIABLE_FLAGS for f in flags)
         explained = label if label != "normal" else self.rule.positive_class
