@@ -198,7 +198,7 @@ def test_prediction_fields(shipped_classifier: Classifier, phantom: synthetic.Ph
     assert pred.lung_mask.shape == pred.quantification.grid.shape == pred.lesion_mask.shape
     assert set(np.unique(pred.lung_mask)) <= {0, 1, 2}
     assert pred.severity == severity_from_percent(pred.lesion_percent)
-    assert set(pred.timings) == {"preprocess", "inference", "quantify", "saliency", "total"}
+    assert set(pred.timings) == {"preprocess", "inference", "quantify", "decision", "saliency", "total"}
     assert all(v >= 0 for v in pred.timings.values())
     for flag in pred.qc_flags:
         QCFlag(flag)

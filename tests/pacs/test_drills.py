@@ -43,7 +43,9 @@ def _exactly_once(orthanc: OrthancServer, folder: Path, spool: Path, *, slices: 
     key_images = len(list((spool / "results" / str(finished[0]["id"])).glob("sc-*.dcm")))
     assert {k: len(v) for k, v in found.items()} == {"SR": 1, "OT": key_images}, found
     assert 1 <= key_images <= 4
-    records = [json.loads(line) for line in (spool / "audit.jsonl").read_text().splitlines()]
+    audit = spool / "audit.jsonl"  # the worker appends the record just after it marks the job sent
+    wait_for(lambda: audit.is_file() and audit.read_text().strip(), timeout=30, what="the audit record")
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [r["study_uid"] for r in records] == [study]
     sr = pydicom.dcmread(pydicom.filebase.DicomBytesIO(instance_bytes(orthanc, found["SR"][0])))
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +81,12 @@ def test_sr_reports_the_prediction_in_the_source_study_with_coded_concepts(score
         num = next(i for i in items if i.ValueType == "NUM")
         assert float(num.MeasuredValueSequence[0].NumericValue) == pytest.approx(p, abs=1e-4)
     result = groups["result"].ContentSequence
-    assert any(i.ValueType == "CODE" and i.ConceptCodeSequence[0].CodeValue == "840539006" for i in result)  # COVID-19
+    assert any(
+        i.ValueType == "CODE" and i.ConceptCodeSequence[0].CodeValue == CLASS_CODES[pred.label].value for i in result
+    )  # the predicted class, coded
+    as_covid = build_sr(dataclasses.replace(pred, label="covid19", indeterminate=False), headers)
+    covid_result = {str(g.ContentSequence[0].TextValue): g for g in _groups(as_covid)}["result"].ContentSequence
+    assert any(i.ValueType == "CODE" and i.ConceptCodeSequence[0].CodeValue == "840539006" for i in covid_result)
     quant = groups["quantification"].ContentSequence
     numbers = [float(i.MeasuredValueSequence[0].NumericValue) for i in quant if i.ValueType == "NUM"]
     q = pred.quantification
