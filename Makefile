@@ -64,7 +64,7 @@ system:
 	fi
 
 demo: $(VENV)/.stamp-viewer
-	$(BIN)/medai synth $(DEMO)/studies --cases 3 --seed 7 --slices 120
+	$(BIN)/medai synth $(DEMO)/studies --cases 3 --seed 7 --slices 200
 	$(BIN)/medai inspect $(DEMO)/studies
 	$(BIN)/medai score $(DEMO)/studies --out $(DEMO)/results.csv --saliency-dir $(DEMO)/saliency
 	@echo "results: $(DEMO)/results.csv   key images: $(DEMO)/saliency/   (research use only, not for diagnosis)"
