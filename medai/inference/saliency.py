@@ -56,6 +56,15 @@ class Saliency:
     index_affine: np.ndarray
     source_shape: tuple[int, int, int]
 
+    @property
+    def positive_peak(self) -> float:
+        """The largest positive value of :attr:`map` (0 without evidence for the class).
+
+        The map is scaled by its largest *absolute* value, which may be counter-evidence; overlays that show
+        the evidence for the class divide by this instead, so their strongest evidence is drawn in full.
+        """
+        return max(float(self.map.max(initial=0.0)), 0.0)
+
     def _source_to_model(self) -> np.ndarray:
         return np.linalg.inv(self.index_affine)
 

@@ -41,7 +41,7 @@ from medai.quantify.grid import neighbour_extreme
 if TYPE_CHECKING:
     from medai.quantify.params import QuantifyParams
 
-__all__ = ["bbox", "segment_lungs", "split_sides", "trim_below_aerated_base"]
+__all__ = ["bbox", "drop_unsupported_dense", "segment_lungs", "split_sides", "trim_below_aerated_base"]
 
 log = logging.getLogger(__name__)
 
@@ -415,17 +415,16 @@ def drop_unsupported_dense(
     touching = np.zeros(n + 1, np.int64)
     for axis in range(3):
         for shift in (1, -1):
-            own = labels
             other = np.roll(labels, shift, axis=axis)
             other_aer = np.roll(aerated, shift, axis=axis)
             edge = [slice(None)] * 3
             edge[axis] = slice(0, 1) if shift == 1 else slice(-1, None)
-            boundary = (own > 0) & (other != own)
-            boundary[tuple(edge)] = own[tuple(edge)] > 0  # the array's edge is a face, never aerated lung
-            faces += np.bincount(own[boundary], minlength=n + 1)
+            boundary = (labels > 0) & (other != labels)
+            boundary[tuple(edge)] = labels[tuple(edge)] > 0  # the array's edge is a face, never aerated lung
+            faces += np.bincount(labels[boundary], minlength=n + 1)
             hit = boundary & other_aer
             hit[tuple(edge)] = False
-            touching += np.bincount(own[hit], minlength=n + 1)
+            touching += np.bincount(labels[hit], minlength=n + 1)
     index = np.arange(1, n + 1)
     members = labels[dense]  # bincounts over the dense voxels only: per-label medians and maxima were 0.4 s
     sizes = np.bincount(members, minlength=n + 1)[1:]
@@ -433,7 +432,7 @@ def drop_unsupported_dense(
     fat_like = below_fat > 0.5 * sizes  # the component's median is below support_fat_hu
     contact = touching[1:] / np.maximum(faces[1:], 1)
     in_left = np.bincount(members, weights=sides[dense] == 2, minlength=n + 1)[1:]
-    side_of = np.where(in_left > 0, 2, 1)  # the higher side label it touches, as before
+    side_of = np.where(in_left > 0, 2, 1)  # its side (a component touching both lungs counts as the left)
     side_size = np.array([np.count_nonzero(sides == s) for s in (0, 1, 2)])[side_of]
     block_ml = float(np.prod(spacing_mm)) / 1000.0
     drop = (

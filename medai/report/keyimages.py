@@ -70,7 +70,8 @@ def _radiological(image: np.ndarray, volume: Volume) -> np.ndarray:
 def _tile(volume: Volume, prediction: Prediction, z: int, *, alpha: float) -> np.ndarray:
     hu = np.asarray(volume.hu[z])
     grey = WINDOW_PRESETS["lung"].grey(hu).astype(np.float32) / 255.0
-    heat = np.clip(prediction.saliency.source_slice(z), 0.0, 1.0)
+    peak = prediction.saliency.positive_peak  # the evidence as a share of its own peak, as in the viewer
+    heat = np.clip(prediction.saliency.source_slice(z) / peak, 0.0, 1.0) if peak > 0.0 else np.zeros(hu.shape)
     heat *= _lung_slice(prediction, z, hu.shape)
     # weak evidence stays grey; from a quarter of the peak the overlay fades in up to alpha
     weight = saliency_weight(heat, alpha)[..., None]

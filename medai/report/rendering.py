@@ -205,9 +205,9 @@ class Overlays:
         saliency = np.clip(prediction.saliency.on_grid(quant.grid.factors), 0.0, 1.0)
         if saliency.shape == lungs.shape:
             saliency *= lungs > 0
-        peak = float(saliency.max(initial=0.0))
-        if peak > 0.0:  # the positive evidence as a share of its own peak (the map's peak may be counter-evidence)
-            saliency /= peak
+        peak = prediction.saliency.positive_peak
+        if peak > 0.0:  # the evidence as a share of its own peak (the map's scale may be counter-evidence)
+            saliency = np.clip(saliency / peak, 0.0, 1.0)
         return cls(quant.grid.factors, saliency, lungs, np.asarray(quant.lesion_mask), prediction.saliency.class_name)
 
     def most_salient(self) -> tuple[int, int, int] | None:
