@@ -89,8 +89,8 @@ METHOD = (
     "thresholds against the fitted parenchyma baseline)"
 )
 METHOD_HYBRID = (
-    "medai.quantify/6 hybrid (learned lungs + aerated rim - below the aerated base - dense parts no aerated lung "
-    "borders, classical opacities with an expiration-aware baseline; CT-0 below 1 %)"
+    "medai.quantify/7 hybrid (learned lungs + aerated rim - below the aerated base - dense parts no aerated lung "
+    "borders, classical opacities against a baseline that follows expiration and dependent density; CT-0 below 1 %)"
 )
 
 
@@ -213,7 +213,9 @@ def quantify(
         )
     else:
         lungs = _coarse_lungs(lung_mask, grid, lr_dim=lr_dim, right_low=right_low, params=params)
-    lesions = segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=3 - lr_dim)
+    ap_dim = 3 - lr_dim
+    posterior_high = bool(volume.direction[1, 2 - ap_dim] > 0)  # LPS: +y is posterior
+    lesions = segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=ap_dim, posterior_high=posterior_high)
     lung_w = (lungs > 0).astype(np.float32)
     lesion_w = (lesions > 0) & (lungs > 0)
     result = _measure(

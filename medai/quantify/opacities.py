@@ -78,15 +78,20 @@ def segment_opacities(
     params: QuantifyParams,
     *,
     ap_dim: int,
+    posterior_high: bool = True,
 ) -> np.ndarray:
     """Opacity mask (uint8 0 / 1 ground glass / 2 consolidation) inside the lungs.
 
     Vessels: a voxel much brighter than the grey opening (bright structures
     narrower than ``vessel_opening_mm`` removed) takes the opening's value.
     Noise: the values are averaged within the lung over ``smoothing_mm``
-    (normalised box filter, the chest wall does not bleed in). Thin opacities
-    (dependent atelectasis, pleural partial volume) vanish in an opening of
-    ``min_opacity_radius_mm``; the opacity around what survives is kept.
+    (normalised box filter, the chest wall does not bleed in). The baseline is
+    the patient's own parenchyma (:func:`_parenchyma_baseline`) plus the
+    dependent lung's excess under its pleura (:func:`_dependent_density`).
+    Thin opacities (dependent atelectasis, pleural partial volume) vanish in an
+    opening of ``min_opacity_radius_mm``; the opacity around what survives is kept.
+
+    ``posterior_high``: posterior lies at high indices along ``ap_dim`` (LPS rows, the DICOM default).
     """
     out = np.zeros(lungs.shape, dtype=np.uint8)
     lung_all = lungs > 0
@@ -97,7 +102,10 @@ def segment_opacities(
     # The lung's surface layer is partial volume with the chest wall.
     inner = _erode(lung, (0, 1, 2), border=True)
     value, sharp = _opacity_values(coarse[box], lung, inner, spacing_mm, params)
-    baseline = _parenchyma_baseline(value, inner, ap_dim=ap_dim, params=params)
+    baseline = _parenchyma_baseline(value, inner, ap_dim=ap_dim, ap_mm=spacing_mm[ap_dim], params=params)
+    baseline = baseline + _dependent_density(
+        value - baseline, lung, inner, spacing_mm, ap_dim=ap_dim, posterior_high=posterior_high
+    )
     contrast = np.maximum(
         params.ggo_threshold_fraction * (params.ggo_floor_hu - baseline), params.ggo_min_contrast_hu
     ).astype(np.float32)
@@ -151,11 +159,19 @@ def _opacity_values(
 
 # Below this share of the inner lung under baseline_max_hu, the lung is read as an expiration scan ...
 EXPIRATION_SHARE = 0.15
-# ... whose baseline may reach this (ground glass is -700..-300 HU, 40 HU above the baseline at least).
-EXPIRATION_CAP_HU = -680.0
+# ... whose baseline is this quantile of each anterior-posterior slab (its normal parenchyma: no clear part to
+# fit, the whole lung sits at -700..-450 HU and follows gravity) ...
+EXPIRATION_QUANTILE = 40.0
+# ... never above this (a lung denser than this everywhere is disease, not expiration).
+EXPIRATION_CAP_HU = -450.0
+# The gravity gradient a baseline may take up: HU per mm from anterior to posterior (supine expiration reaches
+# about 0.8; more is disease pooled in the dependent lung).
+MAX_GRADIENT_HU_PER_MM = 1.2
 
 
-def _parenchyma_baseline(value: np.ndarray, inner: np.ndarray, *, ap_dim: int, params: QuantifyParams) -> np.ndarray:
+def _parenchyma_baseline(
+    value: np.ndarray, inner: np.ndarray, *, ap_dim: int, ap_mm: float, params: QuantifyParams
+) -> np.ndarray:
     """The patient's normal-parenchyma HU at every voxel: a line along the anterior-posterior axis.
 
     Fitted (weighted least squares) through the medians of the clearly aerated
@@ -163,6 +179,9 @@ def _parenchyma_baseline(value: np.ndarray, inner: np.ndarray, *, ap_dim: int, p
     opacities, vessels and the lung's surface do not pull it; the gravity
     gradient of dependent lung is what the slope takes up. Capped below the
     ground-glass floor. Fewer than two usable slabs: one level, the median.
+    An expiration scan (hardly any lung below ``baseline_max_hu``) has no clear
+    part: its line goes through a low quantile of each slab instead, capped at
+    :data:`EXPIRATION_CAP_HU`.
     """
     position = np.arange(value.shape[ap_dim], dtype=np.float32)
     shape = [1, 1, 1]
@@ -171,27 +190,100 @@ def _parenchyma_baseline(value: np.ndarray, inner: np.ndarray, *, ap_dim: int, p
     cap = params.ggo_floor_hu - params.ggo_min_contrast_hu
     aerated = inner & (value < params.baseline_max_hu)
     n_inner = int(inner.sum())
+    quantile = 50.0
     if n_inner >= 200 and int(aerated.sum()) < EXPIRATION_SHARE * n_inner:
-        # Hardly any lung below baseline_max_hu: an expiration scan (or a dense, poorly inflated lung), whose
-        # normal parenchyma sits at -750..-650 HU. Its clearest third is the baseline, capped where ground
-        # glass begins to be unmistakable.
-        aerated = inner & (value <= np.percentile(value[inner], 30))
-        cap = EXPIRATION_CAP_HU
+        aerated, quantile, cap = inner, EXPIRATION_QUANTILE, EXPIRATION_CAP_HU
     if int(aerated.sum()) < 50:
         return np.full(value.shape, cap, np.float32)
     where = np.broadcast_to(position, value.shape)[aerated]
     values = value[aerated]
     edges = np.linspace(float(where.min()), float(where.max()) + 1e-3, params.baseline_slabs + 1)
     slab = np.digitize(where, edges[1:-1])
-    centres, medians, weights = [], [], []
+    centres, levels, weights = [], [], []
     for i in range(params.baseline_slabs):
         members = values[slab == i]
         if members.size >= 50:
             centres.append(0.5 * (edges[i] + edges[i + 1]))
-            medians.append(float(np.median(members)))
+            levels.append(float(np.percentile(members, quantile)))
             weights.append(math.sqrt(members.size))
     if len(centres) < 2:
-        return np.full(value.shape, min(float(np.median(values)), cap), np.float32)
-    slope, intercept = np.polyfit(centres, medians, 1, w=weights)
-    line = np.minimum(intercept + slope * position, cap).astype(np.float32)
-    return np.broadcast_to(line, value.shape)
+        return np.full(value.shape, min(float(np.percentile(values, quantile)), cap), np.float32)
+    slope, intercept = np.polyfit(centres, levels, 1, w=weights)
+    if quantile != 50.0:
+        # Disease pools in the dependent lung: a steeper line than gravity gives is lesion taken for baseline.
+        # Keep the slope within bounds, pivoting on the weighted centre of the slabs.
+        limited = float(np.clip(slope, 0.0, MAX_GRADIENT_HU_PER_MM * ap_mm))
+        centre = float(np.average(centres, weights=weights))
+        intercept += (slope - limited) * centre
+        slope = limited
+    return np.broadcast_to(np.minimum(intercept + slope * position, cap).astype(np.float32), value.shape)
+
+
+# Dependent density (gravity): the dependent lung's excess over the non-dependent lung at the same depth under the
+# pleura and the same height, taken at this quantile of each cell (what most of a band along the dependent pleura
+# has is that patient's normal lung: atelectasis and gravity, not disease; patchy disease leaves most of it clear) ...
+DEPENDENT_QUANTILE = 70.0
+# ... less this (noise), ...
+DEPENDENT_MARGIN_HU = 25.0
+# ... in these depth bins (mm under the pleura); deeper lung has no dependent excess.
+DEPENDENT_DEPTH_EDGES_MM = (0.0, 4.0, 7.0, 10.0, 14.0, 20.0)
+_MIN_CELL = 30  # voxels of a cell's bin for a quantile
+
+
+def _dependent_density(
+    residual: np.ndarray,
+    lung: np.ndarray,
+    inner: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    *,
+    ap_dim: int,
+    posterior_high: bool,
+) -> np.ndarray:
+    """Dependent density to add to the baseline: how much denser the dependent lung is under its pleura.
+
+    The lungs' box is cut into thirds along cranio-caudal and anterior-posterior, and the lung under the pleura
+    into depth bins (:data:`DEPENDENT_DEPTH_EDGES_MM`). In each height third, the middle and posterior thirds'
+    residual (HU over the baseline line) at :data:`DEPENDENT_QUANTILE` in each depth bin, less the anterior
+    third's at the same depth and :data:`DEPENDENT_MARGIN_HU`, is their excess; it never grows with depth. A band
+    of dependent atelectasis along the whole posterior pleura lifts the quantile; a patchy lesion does not,
+    until it covers most of the band (the most severe disease then loses part of its dependent rim).
+
+    Args:
+        residual: smoothed HU minus the baseline line.
+        lung, inner: the lung mask and its inner part (on the lungs' box).
+        spacing_mm: voxel size (z, y, x).
+        ap_dim: the anterior-posterior array dimension.
+        posterior_high: posterior is at high indices along ``ap_dim``.
+    """
+    out = np.zeros(residual.shape, np.float32)
+    depth = ndimage.distance_transform_edt(lung, sampling=spacing_mm).astype(np.float32)
+    n_ap = residual.shape[ap_dim]
+    shape = [1, 1, 1]
+    shape[ap_dim] = -1
+    ap_third = np.minimum((3 * np.arange(n_ap)) // n_ap, 2)
+    if not posterior_high:
+        ap_third = 2 - ap_third
+    ap_third = np.broadcast_to(ap_third.reshape(shape), residual.shape)
+    z_third = np.minimum((3 * np.arange(residual.shape[0])) // residual.shape[0], 2)
+    depth_bin = np.digitize(depth, DEPENDENT_DEPTH_EDGES_MM[1:])  # the last bin (deeper): no excess
+    n_bins = len(DEPENDENT_DEPTH_EDGES_MM) - 1
+
+    def level(cell: np.ndarray) -> float | None:
+        members = residual[cell]
+        return float(np.percentile(members, DEPENDENT_QUANTILE)) if members.size >= _MIN_CELL else None
+
+    for z in range(3):
+        height = np.broadcast_to((z_third == z).reshape(-1, 1, 1), residual.shape)
+        reference = [level(inner & height & (ap_third == 0) & (depth_bin == b)) for b in range(n_bins)]
+        for third in (1, 2):
+            excess = np.inf
+            for b in range(n_bins):
+                cell = height & (ap_third == third) & (depth_bin == b)
+                here, ref = level(inner & cell), reference[b]
+                if here is None or ref is None:
+                    break
+                excess = min(excess, max(0.0, here - ref - DEPENDENT_MARGIN_HU))
+                if excess <= 0.0:
+                    break
+                out[lung & cell] = excess
+    return out

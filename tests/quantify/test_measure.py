@@ -488,3 +488,47 @@ def test_dense_tissue_that_no_aerated_lung_borders_is_not_lung() -> None:
     alone[2:10, 5:15, 19] = 0
     hu_alone = soft.copy()
     assert not drop_unsupported_dense(alone, hu_alone, (3.0, 3.0, 3.0), params=params)[blob].any()
+
+
+def test_expiration_lung_is_baseline_and_its_ground_glass_is_found() -> None:
+    """An expiration scan (aerated lung -710 HU in front to -570 at the back, none below -760) is not ground glass;
+    a patch 200 HU above it is."""
+    vol, lungs, _ = _toy_chest()
+    hu = vol.hu.astype(np.float32)
+    z, y, x = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    aerated = (lungs > 0) & (hu < -700)
+    hu[aerated] += 850.0 - 640.0 + 140.0 * (y[aerated] - 48) / 54
+    patch = (((y - 40) / 6) ** 2 + ((x - 33) / 6) ** 2 + ((z - 24) / 5) ** 2 < 1) & (lungs == 1)
+    hu[patch] = -460.0
+    q = quantify(vol.with_array(np.rint(hu).astype(np.int16)), params=CLASSICAL)
+    clear = (q.lung_mask > 0) & aerated & ~ndimage.binary_dilation(patch, iterations=3)
+    assert float((q.lesion_mask[clear] > 0).mean()) < 0.03
+    assert float((q.lesion_mask[patch] > 0).mean()) > 0.6
+
+
+def _dependent_chest(*, whole_band: bool) -> tuple[Volume, np.ndarray]:
+    """The toy chest with 12.5 mm of -520 HU under its posterior pleura: along all of it, or one patch of it."""
+    vol, lungs, _ = _toy_chest()
+    hu = vol.hu.astype(np.float32)
+    z, y, x = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    depth = ndimage.distance_transform_edt(lungs > 0, sampling=2.5)
+    dense = (lungs > 0) & (depth <= 12.5) & (y > 58) & (hu < -700)
+    if not whole_band:
+        dense &= ((x - 79) / 9) ** 2 + ((z - 24) / 8) ** 2 < 1
+    hu[dense] = -520.0
+    return vol.with_array(np.rint(hu).astype(np.int16)), dense
+
+
+@pytest.mark.parametrize("rule", [True, False])
+def test_dependent_band_is_normal_lung_a_patch_of_it_is_not(rule: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A band of dependent density along the whole posterior pleura is normal lung; a patch of the same density
+    and depth is a lesion. Without the dependent-density rule the band is counted too."""
+    from medai.quantify import opacities
+
+    if not rule:
+        monkeypatch.setattr(opacities, "_dependent_density", lambda residual, *a, **k: np.zeros_like(residual))
+    band_vol, band = _dependent_chest(whole_band=True)
+    patch_vol, patch = _dependent_chest(whole_band=False)
+    band_read = float((quantify(band_vol, params=CLASSICAL).lesion_mask[band] > 0).mean())
+    assert float((quantify(patch_vol, params=CLASSICAL).lesion_mask[patch] > 0).mean()) > 0.5
+    assert (band_read < 0.1) if rule else (band_read > 0.5), band_read
