@@ -391,7 +391,8 @@ def drop_unsupported_dense(
 
     A consolidation fills lung, so aerated lung lies beside it across a good share of its surface; tissue a
     segmenter took for lung by mistake (the neck above the apices, the crura, a pericardial fat pad) borders
-    the chest wall, the mediastinum or the abdomen instead, and fat has a median far below soft tissue.
+    the chest wall, the mediastinum or the abdomen instead, and fat has a median far below soft tissue. A
+    component that is mostly fat (``support_fat_share`` in ``support_fat_range_hu``) goes whatever borders it.
 
     Example:
         >>> sides = np.zeros((12, 12, 12), np.uint8); sides[2:10, 2:10, 2:10] = 1
@@ -430,13 +431,16 @@ def drop_unsupported_dense(
     sizes = np.bincount(members, minlength=n + 1)[1:]
     below_fat = np.bincount(members, weights=coarse[dense] < params.support_fat_hu, minlength=n + 1)[1:]
     fat_like = below_fat > 0.5 * sizes  # the component's median is below support_fat_hu
+    low, high = params.support_fat_range_hu
+    in_fat = np.bincount(members, weights=(coarse[dense] > low) & (coarse[dense] < high), minlength=n + 1)[1:]
+    fat = in_fat >= params.support_fat_share * sizes  # homogeneous fat: not lung, bordered or not
     contact = touching[1:] / np.maximum(faces[1:], 1)
     in_left = np.bincount(members, weights=sides[dense] == 2, minlength=n + 1)[1:]
     side_of = np.where(in_left > 0, 2, 1)  # its side (a component touching both lungs counts as the left)
     side_size = np.array([np.count_nonzero(sides == s) for s in (0, 1, 2)])[side_of]
     block_ml = float(np.prod(spacing_mm)) / 1000.0
     drop = (
-        ((contact < params.support_min_contact) | ((contact < params.support_fat_contact) & fat_like))
+        ((contact < params.support_min_contact) | ((contact < params.support_fat_contact) & fat_like) | fat)
         & (sizes < 0.5 * side_size)
         & (sizes * block_ml >= params.support_min_ml)
     )

@@ -107,3 +107,10 @@ class QuantifyParams:
     support_fat_contact: float = 0.12
     support_fat_hu: float = -60.0
     support_min_ml: float = 0.5
+    # A dense component most of whose voxels (at least support_fat_share) lie in support_fat_range_hu is fat
+    # whatever lung borders it (a pericardial or mediastinal fat pad the lung head took in: the independent
+    # family's normals read 1-6 % of "consolidation" from it); consolidation (soft tissue mixed with some air) and
+    # dense ground glass spread over -300..+50 and never sit mostly in the fat window (a wider window, -150..-40,
+    # dropped the training world's partly aerated lobar consolidation).
+    support_fat_range_hu: tuple[float, float] = (-140.0, -70.0)
+    support_fat_share: float = 0.6

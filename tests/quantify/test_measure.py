@@ -532,3 +532,21 @@ def test_dependent_band_is_normal_lung_a_patch_of_it_is_not(rule: bool, monkeypa
     band_read = float((quantify(band_vol, params=CLASSICAL).lesion_mask[band] > 0).mean())
     assert float((quantify(patch_vol, params=CLASSICAL).lesion_mask[patch] > 0).mean()) > 0.5
     assert (band_read < 0.1) if rule else (band_read > 0.5), band_read
+
+
+@pytest.mark.parametrize(("blob_hu", "kept"), [(-100.0, False), (20.0, True), (-220.0, True)])
+def test_fat_inside_the_lung_mask_is_not_lung(blob_hu: float, kept: bool) -> None:
+    """A dense blob that aerated lung borders all round stays lung as consolidation (20 HU) or dense ground glass
+    (-220 HU); as fat (-100 HU, a pericardial fat pad a segmenter took in) it goes."""
+    from medai.quantify.lungs import drop_unsupported_dense
+
+    sides = np.zeros((20, 20, 20), np.uint8)
+    sides[2:18, 2:18, 2:18] = 1
+    rng = np.random.default_rng(0)
+    hu = np.full(sides.shape, -850.0) + rng.normal(0, 15, sides.shape)
+    blob = np.zeros(sides.shape, bool)
+    blob[7:13, 7:13, 7:13] = True
+    hu[blob] = blob_hu + rng.normal(0, 15, int(blob.sum()))
+    out = drop_unsupported_dense(sides, hu, (3.0, 3.0, 3.0), params=QuantifyParams())
+    assert bool((out[blob] > 0).all()) is kept
+    assert bool((out[~blob] == sides[~blob]).all())
