@@ -90,7 +90,8 @@ METHOD = (
 )
 METHOD_HYBRID = (
     "medai.quantify/7 hybrid (learned lungs + aerated rim - below the aerated base - dense parts no aerated lung "
-    "borders - fat, classical opacities against a baseline that follows expiration and dependent density; CT-0 below 1 %)"
+    "borders - fat, classical opacities against a baseline that follows expiration and dependent density; "
+    "CT-0 below 1 %)"
 )
 
 
