@@ -41,14 +41,19 @@ def controls(mpr: MPR, key: str) -> Layers:
         else:
             window = WINDOW_PRESETS[preset]
     help_off = None if has_overlays else "Overlays need the model's result: score this study first."
+    # What decided is shown first: the measured opacities when the decision came from them alone, else the
+    # network's saliency.
+    by_findings = has_overlays and mpr.overlays is not None and mpr.overlays.decided_by_findings
     with saliency_col:
-        saliency = st.toggle("Saliency", value=has_overlays, key="saliency", disabled=not has_overlays, help=help_off)
+        saliency = st.toggle(
+            "Saliency", value=has_overlays and not by_findings, key="saliency", disabled=not has_overlays, help=help_off
+        )
         saliency_opacity = st.slider("Saliency opacity", 0.0, 1.0, 0.6, 0.05, key="saliency_opacity")
     with lungs_col:
         lungs = st.toggle("Lung contour", value=False, key="lungs", disabled=not has_overlays, help=help_off)
         crosshair = st.toggle("Crosshair", value=True, key="crosshair")
     with lesions_col:
-        lesions = st.toggle("Opacities", value=False, key="lesions", disabled=not has_overlays, help=help_off)
+        lesions = st.toggle("Opacities", value=by_findings, key="lesions", disabled=not has_overlays, help=help_off)
         lesion_opacity = st.slider("Opacity fill", 0.0, 1.0, 0.45, 0.05, key="lesion_opacity")
     return Layers(
         window=window,
@@ -79,9 +84,15 @@ def legend(mpr: MPR, layers: Layers) -> None:
     if layers.saliency_opacity > 0:
         bar_col, text_col = st.columns([1, 3])
         bar_col.image(encode_png(saliency_colorbar(160, 12)), output_format="PNG", width="content")
+        whose = "the network" if overlays.decided_by_findings else "the model"
         text_col.caption(
-            f"Saliency: where the model found evidence for **{overlays.saliency_class}**, weak (dark red) to strong "
+            f"Saliency: where {whose} found evidence for **{overlays.saliency_class}**, weak (dark red) to strong "
             "(yellow), lungs only. Model evidence, not a lesion outline."
+            + (
+                " This model decides from the measured opacities alone; the network's view did not decide."
+                if overlays.decided_by_findings
+                else ""
+            )
         )
     parts = []
     if layers.lung_contour:
@@ -90,6 +101,11 @@ def legend(mpr: MPR, layers: Layers) -> None:
         parts += [_swatch(GGO_RGB, "ground glass"), _swatch(CONSOLIDATION_RGB, "consolidation")]
     if parts:
         st.markdown("".join(parts), unsafe_allow_html=True)
+    if overlays.decided_by_findings:
+        st.caption(
+            "This model's decision comes from the measured opacities (their burden and pattern): the opacity "
+            "overlay is why it said what it said."
+        )
 
 
 def views(mpr: MPR, layers: Layers, key: str) -> None:

@@ -100,6 +100,9 @@ class Prediction:
         timings: seconds per stage (``preprocess``, ``inference``, ``quantify``, ``decision``, ``saliency``,
             ``total``; ``load`` for :meth:`Classifier.predict_path`).
         model_sha256: the full sha256 of the ONNX model file (result objects such as the DICOM SR cite it).
+        evidence: what the probabilities were computed from: ``network`` (the logits), ``findings`` (the
+            measured opacities alone: the saliency map is then the network's view, not the reason) or
+            ``network+findings``.
     """
 
     probabilities: Mapping[str, float]
@@ -114,6 +117,7 @@ class Prediction:
     logits: tuple[float, ...]
     timings: dict[str, float] = field(default_factory=dict)
     model_sha256: str = ""
+    evidence: str = "network"
 
     @property
     def lung_mask(self) -> np.ndarray:
@@ -213,6 +217,10 @@ class Classifier:
         self.preprocess = PreprocessParams.from_dict(meta["preprocess"])
         layer = meta.get("decision_layer")
         self.decision_layer = DecisionLayer.from_dict(layer) if isinstance(layer, Mapping) else None
+        dl = self.decision_layer
+        self.evidence = (
+            "network" if dl is None or not dl.needs_findings else "network+findings" if dl.reads_logits else "findings"
+        )
         self.model_id = f"{meta.get('name', path.stem)}@{sha256[:12]}"
         self.providers: list[str] = list(session.get_providers())
 
@@ -402,6 +410,7 @@ class Classifier:
             logits=tuple(float(x) for x in logits),
             timings=timings,
             model_sha256=self.sha256,
+            evidence=self.evidence,
         )
 
     def predict_path(self, path: str | Path) -> Prediction:

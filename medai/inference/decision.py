@@ -126,6 +126,11 @@ class DecisionLayer:
         """Whether the layer reads the quantification (not only the logits)."""
         return any(f not in LOGITS for f in self.features)
 
+    @property
+    def reads_logits(self) -> bool:
+        """Whether the layer listens to the network at all (the ``findings`` layer does not)."""
+        return any(f in LOGITS for f in self.features)
+
     def probabilities(self, features: Mapping[str, float]) -> np.ndarray:
         """Class probabilities ``(n_classes,)`` of one case's features."""
         x = np.array([features[f] for f in self.features], dtype=np.float64)

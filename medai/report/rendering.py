@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import ndimage
 
 from medai.preprocess import canonical_axes
 from medai.volume import Volume
@@ -189,6 +190,8 @@ class Overlays:
         lungs: uint8, 0 none, 1 right lung, 2 left lung; or None.
         lesions: uint8, 0 none, 1 ground glass, 2 consolidation; or None.
         saliency_class: the class the saliency explains.
+        evidence: what decided (:attr:`medai.inference.classifier.Prediction.evidence`): with ``findings`` the
+            opacities are the reason and the saliency only the network's view.
     """
 
     factors: tuple[int, int, int]
@@ -196,6 +199,12 @@ class Overlays:
     lungs: np.ndarray | None = None
     lesions: np.ndarray | None = None
     saliency_class: str = ""
+    evidence: str = "network"
+
+    @property
+    def decided_by_findings(self) -> bool:
+        """The decision came from the measured opacities alone, not from the network the saliency explains."""
+        return self.evidence == "findings"
 
     @classmethod
     def from_prediction(cls, prediction: Prediction) -> Overlays:
@@ -208,7 +217,29 @@ class Overlays:
         peak = prediction.saliency.positive_peak
         if peak > 0.0:  # the evidence as a share of its own peak (the map's scale may be counter-evidence)
             saliency = np.clip(saliency / peak, 0.0, 1.0)
-        return cls(quant.grid.factors, saliency, lungs, np.asarray(quant.lesion_mask), prediction.saliency.class_name)
+        return cls(
+            quant.grid.factors,
+            saliency,
+            lungs,
+            np.asarray(quant.lesion_mask),
+            prediction.saliency.class_name,
+            prediction.evidence,
+        )
+
+    def densest_opacity(self) -> tuple[int, int, int] | None:
+        """Source index ``(z, y, x)`` of the centre of the densest opacity (most opacity in a 3-voxel box)."""
+        if self.lesions is None or not self.lesions.any():
+            return None
+        density = ndimage.uniform_filter((self.lesions > 0).astype(np.float32), size=3, mode="constant")
+        density *= self.lesions > 0
+        k = np.unravel_index(int(np.argmax(density)), density.shape)
+        return tuple(int(i * f + (f - 1) // 2) for i, f in zip(k, self.factors, strict=True))  # type: ignore[return-value]
+
+    def opening_point(self) -> tuple[int, int, int] | None:
+        """Where the evidence that decided is: the densest opacity for a findings decision, else the most salient."""
+        if self.decided_by_findings:
+            return self.densest_opacity() or self.most_salient()
+        return self.most_salient()
 
     def most_salient(self) -> tuple[int, int, int] | None:
         """Source index ``(z, y, x)`` of the centre of the most salient coarse voxel, or None without saliency."""
@@ -330,8 +361,8 @@ class MPR:
         return tuple(a.source_index(int(zyx[a.source_axis])) for a in self._axes)  # type: ignore[return-value]
 
     def start_cursor(self) -> tuple[int, int, int]:
-        """Where to open: the most salient point when there is saliency, else the centre."""
-        peak = self.overlays.most_salient() if self.overlays is not None else None
+        """Where to open: on the evidence that decided (:meth:`Overlays.opening_point`), else the centre."""
+        peak = self.overlays.opening_point() if self.overlays is not None else None
         return self.to_display(peak) if peak is not None else self.centre()
 
     def position_mm(self, plane: Plane, index: int) -> str:

@@ -2,7 +2,7 @@
 
 Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); selenium uses the system driver,
 nothing is downloaded. The test waits for the first study's result, checks the label, the banner and that the
-axial image carries the saliency overlay, and saves a screenshot.
+axial image carries the overlay of the evidence that decided (saliency, or the opacities for a findings model), and saves a screenshot.
 """
 
 from __future__ import annotations
@@ -98,7 +98,14 @@ def saliency_pixels(png: bytes) -> int:
     return int(np.count_nonzero((rgb[..., 0] - rgb[..., 1] > 36) & (rgb[..., 0] - rgb[..., 2] > 60)))
 
 
-def test_medai_app_in_headless_chromium_shows_the_result_banner_and_saliency(
+def opacity_pixels(png: bytes) -> int:
+    """Pixels in the opacity overlay's cyan (ground glass) or magenta (consolidation) over grey CT."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(np.count_nonzero(((g - r > 40) & (b - r > 40)) | ((r - g > 40) & (b - g > 40))))
+
+
+def test_medai_app_in_headless_chromium_shows_the_result_banner_and_the_deciding_overlay(
     viewer_server: tuple[str, Path, synthetic.Phantom], shipped_classifier: Classifier
 ) -> None:
     from selenium.webdriver.common.by import By
@@ -127,7 +134,12 @@ def test_medai_app_in_headless_chromium_shows_the_result_banner_and_saliency(
         assert "Calibrated probabilities" in driver.page_source  # type: ignore[attr-defined]
         with urllib.request.urlopen(axial[0].get_attribute("src"), timeout=10) as response:
             png = response.read()
-        assert png[:4] == b"\x89PNG" and saliency_pixels(png) > 200  # the overlay is drawn on the opened study
+        assert png[:4] == b"\x89PNG"
+        if shipped_classifier.evidence == "findings":  # the overlay that decided is drawn on the opened study
+            assert opacity_pixels(png) > 100 and saliency_pixels(png) < 0.02 * opacity_pixels(png)  # edges blend
+            assert "measured opacities" in driver.page_source  # type: ignore[attr-defined]
+        else:
+            assert saliency_pixels(png) > 200
         time.sleep(1.0)  # let the chart finish drawing
         shot = folder / "viewer.png"
         assert driver.save_screenshot(str(shot))  # type: ignore[attr-defined]

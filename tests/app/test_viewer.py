@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from medai.inference.classifier import Classifier
 from medai.phantoms import files as phantom_files
 from medai.phantoms import synthetic
 from medai.report.case_report import RESEARCH_BANNER
@@ -82,7 +83,7 @@ def test_worklist_opens_the_most_urgent_study_with_its_result_and_the_banner(
     assert {"Lesions (both lungs)", "Severity", "Right lung", "Left lung"} <= {m.label for m in at.metric}
     assert "Model **medai-ref**" in page
     urls = [i.value[0] for i in at.image]
-    assert len(urls) >= 4 and all(u.endswith(".png") for u in urls)  # lossless, not re-encoded as JPEG
+    assert len(urls) >= 3 and all(u.endswith(".png") for u in urls)  # three views (+ the colour bar), lossless PNG
     buttons = [b.label for b in at.get("download_button")]
     assert buttons[:2] == ["Case report (HTML, print to PDF)", "Result (JSON)"]
     assert buttons[2] == "DICOM SR (TID 1500)"
@@ -99,7 +100,9 @@ def test_sliders_presets_and_overlays_change_the_rendered_images(
 ) -> None:
     at = wait_until_scored(viewer(monkeypatch, "--data", str(studies.root)))  # the COVID-19 study on top
     assert "## covid19" in texts(at) or "## other_pneumonia" in texts(at)
-    start = images(at)  # opened on the most salient point
+    at.toggle(key="saliency").set_value(True).run()
+    at.toggle(key="lesions").set_value(False).run()
+    start = images(at)  # saliency only
     at.toggle(key="saliency").set_value(False).run()
     no_saliency = images(at)
     at.toggle(key="lungs").set_value(True).run()
@@ -120,6 +123,19 @@ def test_sliders_presets_and_overlays_change_the_rendered_images(
     at.selectbox(key="window").set_value("custom").run()
     at.number_input(key="level").set_value(50).run()
     assert "W1500/L50" in images_captions(at)[0]
+
+
+def test_the_overlay_on_by_default_is_the_evidence_that_decided(
+    studies: Studies, monkeypatch: pytest.MonkeyPatch, shipped_classifier: Classifier
+) -> None:
+    at = wait_until_scored(viewer(monkeypatch, "--data", str(studies.root)))
+    by_findings = shipped_classifier.evidence == "findings"
+    assert at.toggle(key="lesions").value is by_findings
+    assert at.toggle(key="saliency").value is not by_findings
+    assert ("decision comes from the measured opacities" in texts(at)) is by_findings
+    if by_findings:
+        at.toggle(key="saliency").set_value(True).run()
+        assert "the network's view did not decide" in texts(at)
 
 
 def images_captions(at: AppTest) -> list[str]:

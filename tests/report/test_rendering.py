@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,6 +122,19 @@ def test_overlays_toggle_and_draw_in_their_colours() -> None:
     rows, cols = np.nonzero(red)
     assert red.any() and 64 < rows.mean() < 96 and cols.mean() < 64  # right lung, posterior half
     assert mpr.start_cursor() == mpr.to_display(overlays.most_salient() or (0, 0, 0))
+
+
+def test_a_findings_decision_opens_on_the_densest_opacity_not_the_saliency_peak() -> None:
+    _, overlays = overlay_volume()
+    lesions = np.zeros_like(overlays.lesions)
+    lesions[1:4, 5:8, 5:8] = 1  # a 3x3x3 block far from the saliency peak, and a lone voxel
+    lesions[0, 1, 1] = 2
+    by_network = replace(overlays, lesions=lesions)
+    by_findings = replace(overlays, lesions=lesions, evidence="findings")
+    assert by_network.opening_point() == by_network.most_salient()
+    assert by_findings.decided_by_findings and not by_network.decided_by_findings
+    assert by_findings.opening_point() == (2 * 2, 6 * 4 + 1, 6 * 4 + 1)  # the block's centre, in source indices
+    assert replace(by_findings, lesions=np.zeros_like(lesions)).opening_point() == overlays.most_salient()
 
 
 def test_crosshair_marks_the_other_views_and_leaves_the_point_free() -> None:
