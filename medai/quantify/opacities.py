@@ -255,35 +255,30 @@ def _dependent_density(
         ap_dim: the anterior-posterior array dimension.
         posterior_high: posterior is at high indices along ``ap_dim``.
     """
-    out = np.zeros(residual.shape, np.float32)
-    depth = ndimage.distance_transform_edt(lung, sampling=spacing_mm).astype(np.float32)
-    n_ap = residual.shape[ap_dim]
-    shape = [1, 1, 1]
-    shape[ap_dim] = -1
-    ap_third = np.minimum((3 * np.arange(n_ap)) // n_ap, 2)
+    n_bins = len(DEPENDENT_DEPTH_EDGES_MM) - 1
+    depth = ndimage.distance_transform_edt(lung, sampling=spacing_mm)
+    near = lung & (depth < DEPENDENT_DEPTH_EDGES_MM[-1])
+    where = np.nonzero(near)
+    ap_third = (3 * where[ap_dim]) // residual.shape[ap_dim]
     if not posterior_high:
         ap_third = 2 - ap_third
-    ap_third = np.broadcast_to(ap_third.reshape(shape), residual.shape)
-    z_third = np.minimum((3 * np.arange(residual.shape[0])) // residual.shape[0], 2)
-    depth_bin = np.digitize(depth, DEPENDENT_DEPTH_EDGES_MM[1:])  # the last bin (deeper): no excess
-    n_bins = len(DEPENDENT_DEPTH_EDGES_MM) - 1
-
-    def level(cell: np.ndarray) -> float | None:
-        members = residual[cell]
-        return float(np.percentile(members, DEPENDENT_QUANTILE)) if members.size >= _MIN_CELL else None
-
-    for z in range(3):
-        height = np.broadcast_to((z_third == z).reshape(-1, 1, 1), residual.shape)
-        reference = [level(inner & height & (ap_third == 0) & (depth_bin == b)) for b in range(n_bins)]
-        for third in (1, 2):
-            excess = np.inf
-            for b in range(n_bins):
-                cell = height & (ap_third == third) & (depth_bin == b)
-                here, ref = level(inner & cell), reference[b]
-                if here is None or ref is None:
-                    break
-                excess = min(excess, max(0.0, here - ref - DEPENDENT_MARGIN_HU))
-                if excess <= 0.0:
-                    break
-                out[lung & cell] = excess
+    z_third = (3 * where[0]) // residual.shape[0]
+    depth_bin = np.digitize(depth[where], DEPENDENT_DEPTH_EDGES_MM[1:])
+    cell = (z_third * 3 + ap_third) * n_bins + depth_bin  # one code per (height, AP third, depth bin)
+    # The quantile of each cell's inner voxels, all cells at once: sort by cell, then by residual.
+    used = inner[where]
+    codes, values = cell[used], residual[where][used]
+    order = np.lexsort((values, codes))
+    codes, values = codes[order], values[order]
+    starts = np.searchsorted(codes, np.arange(9 * n_bins + 1))
+    level = np.full(9 * n_bins, np.nan)
+    for code in np.flatnonzero(np.diff(starts) >= _MIN_CELL):
+        level[code] = np.percentile(values[starts[code] : starts[code + 1]], DEPENDENT_QUANTILE)
+    level = level.reshape(3, 3, n_bins)  # height, AP third, depth bin
+    excess = np.maximum(level[:, 1:] - level[:, :1] - DEPENDENT_MARGIN_HU, 0.0)  # middle and posterior thirds
+    excess = np.where(np.isnan(excess), 0.0, excess)
+    excess = np.minimum.accumulate(excess, axis=2)  # never more at depth than nearer the pleura
+    table = np.concatenate([np.zeros((3, 1, n_bins)), excess], axis=1).reshape(-1)
+    out = np.zeros(residual.shape, np.float32)
+    out[where] = table[cell]
     return out
