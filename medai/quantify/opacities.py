@@ -271,10 +271,10 @@ def _dependent_density(
     order = np.lexsort((values, codes))
     codes, values = codes[order], values[order]
     starts = np.searchsorted(codes, np.arange(9 * n_bins + 1))
-    level = np.full(9 * n_bins, np.nan)
+    flat = np.full(9 * n_bins, np.nan)
     for code in np.flatnonzero(np.diff(starts) >= _MIN_CELL):
-        level[code] = np.percentile(values[starts[code] : starts[code + 1]], DEPENDENT_QUANTILE)
-    level = level.reshape(3, 3, n_bins)  # height, AP third, depth bin
+        flat[code] = np.percentile(values[starts[code] : starts[code + 1]], DEPENDENT_QUANTILE)
+    level = flat.reshape(3, 3, n_bins)  # height, AP third, depth bin
     excess = np.maximum(level[:, 1:] - level[:, :1] - DEPENDENT_MARGIN_HU, 0.0)  # middle and posterior thirds
     excess = np.where(np.isnan(excess), 0.0, excess)
     excess = np.minimum.accumulate(excess, axis=2)  # never more at depth than nearer the pleura
