@@ -227,6 +227,11 @@ DEPENDENT_QUANTILE = 70.0
 DEPENDENT_MARGIN_HU = 25.0
 # ... in these depth bins (mm under the pleura); deeper lung has no dependent excess.
 DEPENDENT_DEPTH_EDGES_MM = (0.0, 4.0, 7.0, 10.0, 14.0, 20.0)
+# A band fades: when the dependent lung's excess 20-30 mm under the pleura is still more than this share of its
+# excess nearest the pleura, the density is disease reaching into the lung (severe COVID-19 is posterior too),
+# not a band, and nothing is added there. (Chosen on the training, held-out and independent-val worlds.)
+DEPENDENT_FADE_MM = 30.0
+DEPENDENT_FADE_SHARE = 0.5
 _MIN_CELL = 30  # voxels of a cell's bin for a quantile
 
 
@@ -244,9 +249,11 @@ def _dependent_density(
     The lungs' box is cut into thirds along cranio-caudal and anterior-posterior, and the lung under the pleura
     into depth bins (:data:`DEPENDENT_DEPTH_EDGES_MM`). In each height third, the middle and posterior thirds'
     residual (HU over the baseline line) at :data:`DEPENDENT_QUANTILE` in each depth bin, less the anterior
-    third's at the same depth and :data:`DEPENDENT_MARGIN_HU`, is their excess; it never grows with depth. A band
-    of dependent atelectasis along the whole posterior pleura lifts the quantile; a patchy lesion does not,
-    until it covers most of the band (the most severe disease then loses part of its dependent rim).
+    third's at the same depth and :data:`DEPENDENT_MARGIN_HU`, is their excess; it never grows with depth, and a
+    bin without inner voxels takes the next deeper bin's. A band of dependent atelectasis along the whole
+    posterior pleura lifts the quantile; a patchy lesion does not, until it covers most of the band; an excess
+    that does not fade by 20-30 mm (:data:`DEPENDENT_FADE_SHARE`) is disease and stays. The most severe disease
+    can still lose part of its dependent rim.
 
     Args:
         residual: smoothed HU minus the baseline line.
@@ -255,17 +262,19 @@ def _dependent_density(
         ap_dim: the anterior-posterior array dimension.
         posterior_high: posterior is at high indices along ``ap_dim``.
     """
-    n_bins = len(DEPENDENT_DEPTH_EDGES_MM) - 1
+    edges = (*DEPENDENT_DEPTH_EDGES_MM, DEPENDENT_FADE_MM)
+    n_bins = len(edges) - 1  # the last bin is the fade check's
     depth = ndimage.distance_transform_edt(lung, sampling=spacing_mm)
-    near = lung & (depth < DEPENDENT_DEPTH_EDGES_MM[-1])
+    near = lung & (depth < edges[-1])
     where = np.nonzero(near)
     ap_third = (3 * where[ap_dim]) // residual.shape[ap_dim]
     if not posterior_high:
         ap_third = 2 - ap_third
     z_third = (3 * where[0]) // residual.shape[0]
-    depth_bin = np.digitize(depth[where], DEPENDENT_DEPTH_EDGES_MM[1:])
+    depth_bin = np.digitize(depth[where], edges[1:])
     cell = (z_third * 3 + ap_third) * n_bins + depth_bin  # one code per (height, AP third, depth bin)
-    # The quantile of each cell's inner voxels, all cells at once: sort by cell, then by residual.
+    # The quantile of each cell's inner voxels (the surface layer is partial volume with the chest wall), all
+    # cells at once: sort by cell, then by residual.
     used = inner[where]
     codes, values = cell[used], residual[where][used]
     order = np.lexsort((values, codes))
@@ -276,8 +285,15 @@ def _dependent_density(
         flat[code] = np.percentile(values[starts[code] : starts[code + 1]], DEPENDENT_QUANTILE)
     level = flat.reshape(3, 3, n_bins)  # height, AP third, depth bin
     excess = np.maximum(level[:, 1:] - level[:, :1] - DEPENDENT_MARGIN_HU, 0.0)  # middle and posterior thirds
-    excess = np.where(np.isnan(excess), 0.0, excess)
-    excess = np.minimum.accumulate(excess, axis=2)  # never more at depth than nearer the pleura
+    missing = np.isnan(excess)
+    excess = np.minimum.accumulate(np.where(missing, np.inf, excess), axis=2)  # never more at depth than nearer
+    # A bin without a quantile of its own (the first, on a 3 mm grid: no inner voxel lies within 4 mm of the
+    # pleura) takes the next deeper bin's excess; none measured, none added.
+    for b in range(n_bins - 2, -1, -1):
+        excess[..., b] = np.where(missing[..., b], excess[..., b + 1], excess[..., b])
+    excess[~np.isfinite(excess)] = 0.0
+    excess[excess[..., -1] > DEPENDENT_FADE_SHARE * excess[..., 0]] = 0.0  # no fade: disease
+    excess[..., -1] = 0.0
     table = np.concatenate([np.zeros((3, 1, n_bins)), excess], axis=1).reshape(-1)
     out = np.zeros(residual.shape, np.float32)
     out[where] = table[cell]
