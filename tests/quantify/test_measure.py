@@ -506,29 +506,33 @@ def test_expiration_lung_is_baseline_and_its_ground_glass_is_found() -> None:
     assert float((q.lesion_mask[patch] > 0).mean()) > 0.6
 
 
-def _dependent_chest(*, whole_band: bool) -> tuple[Volume, np.ndarray]:
-    """The toy chest with 12.5 mm of -520 HU under its posterior pleura: along all of it, or one patch of it."""
+def _dependent_chest(*, whole_band: bool, spacing_mm: float) -> tuple[Volume, np.ndarray]:
+    """The toy chest (voxels of ``spacing_mm``) with 12.5 mm of -520 HU under its posterior pleura: along all
+    of it, or one patch of it."""
     vol, lungs, _ = _toy_chest()
     hu = vol.hu.astype(np.float32)
     z, y, x = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
-    depth = ndimage.distance_transform_edt(lungs > 0, sampling=2.5)
+    depth = ndimage.distance_transform_edt(lungs > 0, sampling=spacing_mm)
     dense = (lungs > 0) & (depth <= 12.5) & (y > 58) & (hu < -700)
     if not whole_band:
         dense &= ((x - 79) / 9) ** 2 + ((z - 24) / 8) ** 2 < 1
     hu[dense] = -520.0
-    return vol.with_array(np.rint(hu).astype(np.int16)), dense
+    return Volume(np.rint(hu).astype(np.int16), spacing_mm=(spacing_mm,) * 3), dense
 
 
+@pytest.mark.parametrize("spacing_mm", [2.5, 3.0])  # 3 mm: no inner voxel within 4 mm of the pleura
 @pytest.mark.parametrize("rule", [True, False])
-def test_dependent_band_is_normal_lung_a_patch_of_it_is_not(rule: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dependent_band_is_normal_lung_a_patch_of_it_is_not(
+    rule: bool, spacing_mm: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A band of dependent density along the whole posterior pleura is normal lung; a patch of the same density
     and depth is a lesion. Without the dependent-density rule the band is counted too."""
     from medai.quantify import opacities
 
     if not rule:
         monkeypatch.setattr(opacities, "_dependent_density", lambda residual, *a, **k: np.zeros_like(residual))
-    band_vol, band = _dependent_chest(whole_band=True)
-    patch_vol, patch = _dependent_chest(whole_band=False)
+    band_vol, band = _dependent_chest(whole_band=True, spacing_mm=spacing_mm)
+    patch_vol, patch = _dependent_chest(whole_band=False, spacing_mm=spacing_mm)
     band_read = float((quantify(band_vol, params=CLASSICAL).lesion_mask[band] > 0).mean())
     assert float((quantify(patch_vol, params=CLASSICAL).lesion_mask[patch] > 0).mean()) > 0.5
     assert (band_read < 0.1) if rule else (band_read > 0.5), band_read
