@@ -45,6 +45,8 @@ def test_layer_round_trip_and_shape_checks() -> None:
     rows = [{n: float(i + k) for k, n in enumerate(FEATURE_SETS["combined"])} for i in range(12)]
     labels = [CLASS_NAMES[i % 3] for i in range(12)]
     layer = fit_decision_layer(rows, labels, feature_set="combined", fitted_on="test")
+    assert layer.reads_logits and layer.needs_findings
+    assert not fit_decision_layer(rows, labels, feature_set="findings").reads_logits
     again = DecisionLayer.from_dict(layer.to_dict())
     np.testing.assert_allclose(again.probabilities(rows[3]), layer.probabilities(rows[3]))
     assert layer.probabilities(rows[0]).sum() == pytest.approx(1.0)
@@ -124,6 +126,7 @@ def test_served_model_uses_its_decision_layer_and_lung_restricted_input(
     assert clf.needs_quantification and clf.decision_layer is not None
     sick, clear = clf.predict(phantoms["covid19"].volume), clf.predict(phantoms["normal"].volume)
     assert sick.probabilities["covid19"] > clear.probabilities["covid19"]  # the findings decide, not the network
+    assert sick.evidence == clf.evidence == "findings"  # the viewer shows the opacities as the reason
     assert sum(sick.probabilities.values()) == pytest.approx(1.0)
     assert "quantify" in sick.timings
     np.testing.assert_allclose(clf.probabilities([phantoms["covid19"].volume])[0], list(sick.probabilities.values()))
