@@ -46,9 +46,9 @@ def test_the_real_normal_scan_reads_normal_and_ct0(scored: dict) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 13 not met: at 5 mm the real patient reads 1.0 % opacity and other_pneumonia (p covid19 0.34), "
-    "at 2.5 mm 0.0 % and normal; the findings-only decision cannot separate 1 % of partial volume from mild "
-    "disease (docs/ood.md)",
+    reason="issue 13 not met: at 5 mm the real patient reads 0.7 % opacity and other_pneumonia (p covid19 0.26, "
+    "graded CT-0), at 2.5 mm 0.0 % and normal; the findings-only decision cannot separate 1 % of partial volume "
+    "from mild disease (docs/ood.md)",
 )
 def test_thin_and_thick_reconstructions_agree(scored: dict) -> None:
     _, thin = scored["as-is"]
