@@ -2,7 +2,8 @@
 
 Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them); selenium uses the system driver,
 nothing is downloaded. The test waits for the first study's result, checks the label, the banner and that the
-axial image carries the overlay of the evidence that decided (saliency, or the opacities for a findings model), and saves a screenshot.
+axial image carries the overlay of the evidence that decided (saliency, or the opacities for a findings model),
+and saves a screenshot.
 """
 
 from __future__ import annotations
