@@ -157,6 +157,7 @@ class Prediction:
             "label": self.label,
             "indeterminate": self.indeterminate,
             "probabilities": dict(self.probabilities),
+            "evidence": self.evidence,  # what decided: network, findings or network+findings
             "saliency_class": self.saliency.class_name,
             "quantification": self.quantification.to_dict(),
             "qc_flags": list(self.qc_flags),

@@ -30,6 +30,7 @@ from medai.report.rendering import (
     Overlays,
     Plane,
     encode_png,
+    saliency_caption,
     saliency_colorbar,
 )
 from medai.volume import Volume
@@ -176,8 +177,8 @@ def case_report_html(
     )
     legend = (
         f'<div class="legend"><span><img alt="saliency colour scale" style="width:140px;height:10px;border:0" '
-        f'src="{_png_uri(saliency_colorbar(140, 10))}"> evidence for {html.escape(prediction.saliency.class_name)} '
-        "(weak to strong; model evidence, not a lesion outline)</span>"
+        f'src="{_png_uri(saliency_colorbar(140, 10))}"> '
+        f"{html.escape(saliency_caption(prediction.saliency.class_name, prediction.evidence))} (weak to strong)</span>"
         + "".join(
             f'<span><i class="swatch" style="background:{_rgb(c)}"></i>{name}</span>'
             for name, c in (("right lung", RIGHT_LUNG_RGB), ("left lung", LEFT_LUNG_RGB))

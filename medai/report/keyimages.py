@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medai.ingest.nifti import is_nifti_name
-from medai.report.rendering import WINDOW_PRESETS, font, heat_rgb, saliency_weight
+from medai.report.rendering import WINDOW_PRESETS, font, heat_rgb, saliency_caption, saliency_weight
 from medai.volume import Volume
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def _caption(prediction: Prediction) -> list[str]:
     return [
         f"{verdict}    p: {probs}",
         f"lesions {quant.lesion_percent:.1f}% of lung ({prediction.severity.value}); model {prediction.model_id}",
-        f"overlay: where the model found evidence for {prediction.saliency.class_name} (not a lesion outline)",
+        saliency_caption(prediction.saliency.class_name, prediction.evidence),
         RESEARCH_NOTICE,
     ]
 

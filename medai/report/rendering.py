@@ -171,6 +171,21 @@ def saliency_weight(t: np.ndarray, opacity: float) -> np.ndarray:
     return opacity * np.clip((t - SALIENCY_FLOOR) / (SALIENCY_FULL - SALIENCY_FLOOR), 0.0, 1.0)
 
 
+def saliency_caption(class_name: str, evidence: str) -> str:
+    """What the saliency overlay is, in the same words on key images and case reports.
+
+    With a ``findings`` decision (:attr:`medai.inference.classifier.Prediction.evidence`) the map is the network's
+    view only: the label comes from the measured opacities.
+
+    Example:
+        >>> saliency_caption("covid19", "findings")
+        "overlay: the network's view of covid19 evidence; the label comes from the measured opacities"
+    """
+    if evidence == "findings":
+        return f"overlay: the network's view of {class_name} evidence; the label comes from the measured opacities"
+    return f"overlay: where the model found evidence for {class_name} (not a lesion outline)"
+
+
 def saliency_colorbar(width: int = 256, height: int = 14) -> np.ndarray:
     """The saliency colour scale from its floor to the peak, as RGB uint8 ``(height, width, 3)`` (for legends)."""
     if width < 2 or height < 1:

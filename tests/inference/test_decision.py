@@ -127,6 +127,7 @@ def test_served_model_uses_its_decision_layer_and_lung_restricted_input(
     sick, clear = clf.predict(phantoms["covid19"].volume), clf.predict(phantoms["normal"].volume)
     assert sick.probabilities["covid19"] > clear.probabilities["covid19"]  # the findings decide, not the network
     assert sick.evidence == clf.evidence == "findings"  # the viewer shows the opacities as the reason
+    assert sick.to_dict()["evidence"] == "findings"  # and `medai predict --json` says so
     assert sum(sick.probabilities.values()) == pytest.approx(1.0)
     assert "quantify" in sick.timings
     np.testing.assert_allclose(clf.probabilities([phantoms["covid19"].volume])[0], list(sick.probabilities.values()))

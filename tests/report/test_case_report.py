@@ -31,6 +31,10 @@ def test_case_report_is_self_contained_with_banner_numbers_and_key_images(
     assert patient_id in page
     assert patient_id not in case_report_html(phantom.volume, prediction, show_identifiers=False)
     assert "Indeterminate:" not in page or prediction.indeterminate
+    by_network = dataclasses.replace(prediction, evidence="network")
+    by_findings = dataclasses.replace(prediction, evidence="findings")
+    assert "the label comes from the measured opacities" in case_report_html(phantom.volume, by_findings)
+    assert "the label comes from the measured opacities" not in case_report_html(phantom.volume, by_network)
     unsure = dataclasses.replace(prediction, indeterminate=True)
     assert "Indeterminate: the probabilities are close" in case_report_html(phantom.volume, unsure)
     other = small_phantom("normal", 0.0, 32, slices=24)
