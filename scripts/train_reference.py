@@ -18,8 +18,10 @@ The model is a research artefact trained on phantoms: not for clinical use.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -102,6 +104,7 @@ def _served_rows(clf: object, world: str, n: int | None, seed: int) -> list[tupl
             "lung_ml": pred.quantification.lung_volume_ml,
             "grade": pred.quantification.severity.value,  # of the lesion %; CT-0 below when the decision is normal
             "flags": pred.qc_flags,
+            "zones": {f"{s.value}_{z.value}": v for (s, z), v in pred.quantification.zone_lesion_percent.items()},
         }
         light = replace(case, volume=None)  # type: ignore[arg-type]  # keep the truth, not 20 MB of CT per case
         rows.append((light, decision_features(pred.logits, pred.quantification), measured))
@@ -131,6 +134,20 @@ def _scored(rows: list, layer: object, rule: DecisionRule) -> list:
     return out
 
 
+def _network_digest(ckpt: dict) -> str:
+    """sha256 of what makes the network's logits: its weights, spec, preprocessing and temperature.
+
+    Not of the exported ONNX file, whose bytes differ from one export of the same weights to the next.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(ckpt["model_state"].items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    extra = {k: ckpt.get(k) for k in ("model_spec", "preprocess", "temperature", "class_names")}
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int, threads: int | None) -> dict:
     """Fit the decision layer's three variants, choose one on the out-of-distribution validation worlds.
 
@@ -142,6 +159,9 @@ def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int
     from medai.evaluation.served import summarize
     from medai.inference.classifier import Classifier
     from medai.inference.decision import FEATURE_SETS
+    from medai.quantify.head import shipped_quantnet
+    from medai.quantify.measure import METHOD_HYBRID
+    from medai.quantify.params import QuantifyParams
     from medai.training.decision_fit import fit_decision_layer
     from medai.training.export import export_onnx
 
@@ -150,9 +170,6 @@ def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int
     clf = Classifier.load(base, threads=threads)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     rule = DecisionRule.from_dict(ckpt["decision_rule"])
-    print(f"decision layer: {n_fit} fitting cases (training world, seed set 1)", flush=True)
-    fit_rows = _served_rows(clf, "train", n_fit, 1)
-    selection = {}
     worlds = ["heldout"]
     try:
         import medai.phantoms.independent  # noqa: F401
@@ -160,9 +177,28 @@ def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int
         worlds.insert(0, "independent-val")
     except ImportError:
         print("no independent phantom family here: choosing on the leave-extremes-out world only", flush=True)
-    for world in worlds:
-        print(f"decision layer: {n_select} {world} cases to choose on", flush=True)
-        selection[world] = _served_rows(clf, world, n_select, 0)
+    # The served rows cost ~6 s a case; they depend only on the network and the quantification, so they are
+    # kept beside the run and reused while both are unchanged (a decision-layer change then costs seconds).
+    key = {
+        "network_sha256": _network_digest(ckpt),
+        "quantification": f"{METHOD_HYBRID} {QuantifyParams()!r} {shipped_quantnet().model_id}",
+        "n_fit": n_fit,
+        "n_select": n_select,
+        "worlds": worlds,
+    }
+    cache = out_dir / "decision_rows.pkl"
+    cached = pickle.loads(cache.read_bytes()) if cache.exists() else None
+    if cached is not None and cached["key"] == key:
+        print(f"decision layer: served rows reused from {cache}", flush=True)
+        fit_rows, selection = cached["fit"], cached["selection"]
+    else:
+        print(f"decision layer: {n_fit} fitting cases (training world, seed set 1)", flush=True)
+        fit_rows = _served_rows(clf, "train", n_fit, 1)
+        selection = {}
+        for world in worlds:
+            print(f"decision layer: {n_select} {world} cases to choose on", flush=True)
+            selection[world] = _served_rows(clf, world, n_select, 0)
+        cache.write_bytes(pickle.dumps({"key": key, "fit": fit_rows, "selection": selection}))
     comparison, layers = {}, {}
     for name in FEATURE_SETS:
         layer = fit_decision_layer(
