@@ -1,11 +1,14 @@
-"""Key images: a PNG montage of the most salient axial slices of a scored series.
+"""Key images: a PNG montage of the axial slices that show why a scored series got its label.
 
-Each tile is one source slice in a lung window (grey), with the positive
-saliency of :attr:`medai.inference.classifier.Prediction.saliency` as a colour overlay
-inside the lungs only (dark red to yellow: more evidence for the explained
-class). Slices are shown in the radiological convention (patient's right on
-the image's left, anterior up). A caption gives the label, the calibrated
-probabilities, the lesion percentage and severity, the model id and
+Each tile is one source slice in a lung window (grey) with the evidence that decided as a colour overlay.
+When the network decided, that is the positive saliency of
+:attr:`medai.inference.classifier.Prediction.saliency` inside the lungs only (dark red to yellow: more
+evidence for the explained class), on the most salient slices. When the measured findings decided
+(``Prediction.evidence == "findings"``, the shipped model), it is the measured opacities (ground glass cyan,
+consolidation magenta, the viewer's colours) on the slices with the most opacity; a series without any
+opacity falls back to the network's saliency, captioned as the network's view. Slices are shown in the
+radiological convention (patient's right on the image's left, anterior up). A caption gives the label, the
+calibrated probabilities, the lesion percentage and severity, the model id and
 "Research use only — not for diagnosis".
 
 Used by ``medai score --saliency-dir`` and by the demo; Pillow and numpy only.
@@ -22,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medai.ingest.nifti import is_nifti_name
-from medai.report.rendering import WINDOW_PRESETS, font, heat_rgb, saliency_caption, saliency_weight
+from medai.report.rendering import (
+    CONSOLIDATION_RGB,
+    GGO_RGB,
+    WINDOW_PRESETS,
+    font,
+    heat_rgb,
+    saliency_caption,
+    saliency_weight,
+)
 from medai.volume import Volume
 
 if TYPE_CHECKING:
@@ -30,8 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LUNG_WINDOW_HU",
+    "OPACITY_CAPTION",
     "RESEARCH_NOTICE",
     "key_image_array",
+    "key_slices",
+    "shows_opacities",
     "write_key_image",
     "write_saliency_nifti",
 ]
@@ -42,19 +56,58 @@ log = logging.getLogger(__name__)
 LUNG_WINDOW_HU = (WINDOW_PRESETS["lung"].level_hu, WINDOW_PRESETS["lung"].width_hu)
 #: Printed on every key image.
 RESEARCH_NOTICE = "Research use only — not for diagnosis"
+#: The overlay caption of key images that show the measured opacities.
+OPACITY_CAPTION = "overlay: the measured opacities that decided the label (ground glass cyan, consolidation magenta)"
 _CAPTION_PX = 82  # four caption lines of 19 px
 _LABEL_PX = 16
 
 
-def _lung_slice(prediction: Prediction, z: int, shape: tuple[int, int]) -> np.ndarray:
-    """The coarse lung mask of source slice ``z``, nearest-neighbour on the ``(y, x)`` source grid (bool)."""
-    quant = prediction.quantification
-    fz, fy, fx = quant.grid.factors
-    lungs = quant.lung_mask
-    k = min(z // fz, lungs.shape[0] - 1)
-    plane = np.repeat(np.repeat(lungs[k] > 0, fy, axis=0), fx, axis=1)[: shape[0], : shape[1]]
+def _coarse_slice(mask: np.ndarray, prediction: Prediction, z: int, shape: tuple[int, int]) -> np.ndarray:
+    """Source slice ``z`` of a coarse-grid mask, nearest-neighbour on the ``(y, x)`` source grid."""
+    fz, fy, fx = prediction.quantification.grid.factors
+    k = min(z // fz, mask.shape[0] - 1)
+    plane = np.repeat(np.repeat(mask[k], fy, axis=0), fx, axis=1)[: shape[0], : shape[1]]
     pad = ((0, shape[0] - plane.shape[0]), (0, shape[1] - plane.shape[1]))
     return np.pad(plane, pad, mode="edge") if any(p for _, p in pad) else plane
+
+
+def _lung_slice(prediction: Prediction, z: int, shape: tuple[int, int]) -> np.ndarray:
+    """The coarse lung mask of source slice ``z``, nearest-neighbour on the ``(y, x)`` source grid (bool)."""
+    return _coarse_slice(prediction.quantification.lung_mask > 0, prediction, z, shape)
+
+
+def _opacities(prediction: Prediction) -> np.ndarray:
+    """The coarse opacity mask inside the lungs: 0 none, 1 ground glass, 2 consolidation."""
+    quant = prediction.quantification
+    return np.where(quant.lung_mask > 0, quant.lesion_mask, 0).astype(np.uint8)
+
+
+def shows_opacities(prediction: Prediction) -> bool:
+    """Whether key images show the measured opacities: the findings decided and there are some to show."""
+    return prediction.evidence == "findings" and bool(_opacities(prediction).any())
+
+
+def key_slices(prediction: Prediction, n: int) -> list[int]:
+    """Source slice indices (ascending) of up to ``n`` key slices: where the evidence that decided is.
+
+    With :func:`shows_opacities`, the coarse slices with the most opacity (neighbours of a chosen slice are
+    skipped while others remain, so the slices spread over the disease), each at its middle source slice;
+    otherwise :meth:`medai.inference.saliency.SaliencyMap.top_slices`.
+
+    Raises:
+        ValueError: ``n`` < 1.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, not {n}")
+    if not shows_opacities(prediction):
+        return prediction.saliency.top_slices(n)
+    fz = prediction.quantification.grid.factors[0]
+    area = (_opacities(prediction) > 0).sum(axis=(1, 2))
+    ranked = [int(k) for k in np.argsort(-area, kind="stable") if area[k] > 0]
+    spread = [k for i, k in enumerate(ranked) if all(abs(k - j) > 1 for j in ranked[:i])]
+    chosen = (spread + [k for k in ranked if k not in spread])[:n]
+    last = prediction.saliency.source_shape[0] - 1
+    return sorted({min(k * fz + fz // 2, last) for k in chosen})
 
 
 def _radiological(image: np.ndarray, volume: Volume) -> np.ndarray:
@@ -70,6 +123,13 @@ def _radiological(image: np.ndarray, volume: Volume) -> np.ndarray:
 def _tile(volume: Volume, prediction: Prediction, z: int, *, alpha: float) -> np.ndarray:
     hu = np.asarray(volume.hu[z])
     grey = WINDOW_PRESETS["lung"].grey(hu).astype(np.float32) / 255.0
+    if shows_opacities(prediction):
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        plane = _coarse_slice(_opacities(prediction), prediction, z, hu.shape)
+        for value, colour in ((1, GGO_RGB), (2, CONSOLIDATION_RGB)):
+            where = plane == value
+            rgb[where] = (1.0 - alpha) * rgb[where] + alpha * (np.asarray(colour, np.float32) / 255.0)
+        return _radiological((rgb * 255.0 + 0.5).astype(np.uint8), volume)
     peak = prediction.saliency.positive_peak  # the evidence as a share of its own peak, as in the viewer
     heat = np.clip(prediction.saliency.source_slice(z) / peak, 0.0, 1.0) if peak > 0.0 else np.zeros(hu.shape)
     heat *= _lung_slice(prediction, z, hu.shape)
@@ -86,7 +146,9 @@ def _caption(prediction: Prediction) -> list[str]:
     return [
         f"{verdict}    p: {probs}",
         f"lesions {quant.lesion_percent:.1f}% of lung ({prediction.severity.value}); model {prediction.model_id}",
-        saliency_caption(prediction.saliency.class_name, prediction.evidence),
+        OPACITY_CAPTION
+        if shows_opacities(prediction)
+        else saliency_caption(prediction.saliency.class_name, prediction.evidence),
         RESEARCH_NOTICE,
     ]
 
@@ -105,10 +167,10 @@ def key_image_array(
     Args:
         volume: the scored volume (``prediction`` must come from it).
         prediction: from :meth:`medai.inference.classifier.Classifier.predict`.
-        n_slices: most salient slices to show (fewer when the map has fewer distinct peaks).
+        n_slices: key slices to show (:func:`key_slices`; fewer when the evidence has fewer distinct peaks).
         tile_px: size of each square tile in pixels.
-        alpha: largest opacity of the saliency overlay.
-        slices: the source slices to show (array indices along ``z``) instead of the ``n_slices`` most salient.
+        alpha: largest opacity of the overlay.
+        slices: the source slices to show (array indices along ``z``) instead of the ``n_slices`` key slices.
 
     Raises:
         ValueError: ``prediction`` does not belong to ``volume`` (other shape) or bad options.
@@ -129,7 +191,7 @@ def key_image_array(
             f"must be {volume.shape}"
         )
     if slices is None:
-        slices = prediction.saliency.top_slices(n_slices)
+        slices = key_slices(prediction, n_slices)
     elif not slices or not all(0 <= z < volume.shape[0] for z in slices):
         raise ValueError(f"slices must be indices in [0, {volume.shape[0]}), not {list(slices)}")
     columns = min(len(slices), 2 if len(slices) <= 4 else 3)

@@ -1,9 +1,10 @@
 """Key images as a DICOM Secondary Capture series, with highdicom, for the PACS hook and the viewer.
 
-One RGB Secondary Capture instance per key slice (the most salient slices of the prediction), each the
-key image of :mod:`medai.report.keyimages`: the slice in a lung window with the saliency overlay inside the
-lungs, and a caption burned in with the label, the probabilities, the lesion percentage and severity, the
-model id and the line "Research use only — not for diagnosis".
+One RGB Secondary Capture instance per key slice (where the evidence that decided is), each the key image
+of :mod:`medai.report.keyimages`: the slice in a lung window with that evidence as an overlay inside the
+lungs (the measured opacities when the findings decided, the saliency when the network did), and a caption
+burned in with the label, the probabilities, the lesion percentage and severity, the model id and the line
+"Research use only — not for diagnosis".
 
 Nothing identifying the patient is drawn: the caption is built from the prediction only (never from the
 header), so two patients' identical scans give identical pixels (a test checks it). The instances therefore
@@ -25,7 +26,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from medai.labels import INTENDED_USE
 from medai.report.dicom_sr import MANUFACTURER
-from medai.report.keyimages import key_image_array
+from medai.report.keyimages import key_image_array, key_slices, shows_opacities
 from medai.volume import Volume
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ def build_secondary_capture(
         prediction: its prediction (from ``volume``).
         sources: the source series' datasets (headers suffice); the first gives patient, study and equipment.
         series_number: SeriesNumber of the new series.
-        n_slices: key slices, one instance each (fewer when the saliency has fewer distinct peaks).
+        n_slices: key slices, one instance each (:func:`medai.report.keyimages.key_slices`: where the evidence that
+            decided is; fewer when it has fewer distinct peaks).
         tile_px: the image's slice tile in pixels.
         transfer_syntax: Explicit VR Little Endian or RLE Lossless.
 
@@ -83,7 +85,7 @@ def build_secondary_capture(
         raise ValueError(f"n_slices must be >= 1, not {n_slices}")
     series_uid = generate_uid()
     images: list[pydicom.Dataset] = []
-    for number, z in enumerate(prediction.saliency.top_slices(n_slices), start=1):
+    for number, z in enumerate(key_slices(prediction, n_slices), start=1):
         pixels = np.ascontiguousarray(key_image_array(volume, prediction, slices=[z], tile_px=tile_px))
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=sources[0],
@@ -104,7 +106,8 @@ def build_secondary_capture(
         sc.BodyPartExamined = "CHEST"  # unpaired: no Laterality (type 2C) needed
         sc.BurnedInAnnotation = "NO"
         sc.RecognizableVisualFeatures = "NO"
-        sc.DerivationDescription = "medai saliency overlay on a lung-window key slice"
+        overlay = "measured opacity" if shows_opacities(prediction) else "saliency"
+        sc.DerivationDescription = f"medai {overlay} overlay on a lung-window key slice"
         images.append(sc)
     log.info("%d key images for series %s", len(images), prediction.series_uid)
     return images
