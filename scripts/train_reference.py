@@ -148,8 +148,19 @@ def _network_digest(ckpt: dict) -> str:
     return digest.hexdigest()
 
 
-def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int, threads: int | None) -> dict:
-    """Fit the decision layer's three variants, choose one on the out-of-distribution validation worlds.
+def decision_stage(
+    checkpoint: Path,
+    *,
+    out_dir: Path,
+    n_fit: int,
+    n_select: int,
+    threads: int | None,
+    tolerances: Sequence[float] = (0.0,),
+) -> dict:
+    """Fit the decision layer's variants, choose one on the out-of-distribution validation worlds.
+
+    Variants: each feature set of ``FEATURE_SETS``; those that read the findings once per ``tolerances``
+    (points of measured opacity forgiven, :func:`medai.inference.decision.forgive`).
 
     Fit: ``n_fit`` training-world phantoms (seed set 1; the in-distribution test uses seed set 0). Choose:
     the variant with the best mean of (covid19 AUC + normals called normal) / 2 - ECE over the independent
@@ -158,7 +169,7 @@ def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int
     """
     from medai.evaluation.served import summarize
     from medai.inference.classifier import Classifier
-    from medai.inference.decision import FEATURE_SETS
+    from medai.inference.decision import FEATURE_SETS, FINDINGS
     from medai.quantify.head import shipped_quantnet
     from medai.quantify.measure import METHOD_HYBRID
     from medai.quantify.params import QuantifyParams
@@ -200,15 +211,22 @@ def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int
             selection[world] = _served_rows(clf, world, n_select, 0)
         cache.write_bytes(pickle.dumps({"key": key, "fit": fit_rows, "selection": selection}))
     comparison, layers = {}, {}
-    for name in FEATURE_SETS:
-        layer = fit_decision_layer(
-            [f for _, f, _ in fit_rows],
-            [c.label for c, _, _ in fit_rows],
-            feature_set=name,
-            fitted_on=f"{n_fit} training-world phantoms (medai.evaluation.worlds 'train', seed set 1)",
-        )
-        layers[name] = layer
-        comparison[name] = {w: summarize(_scored(rows, layer, rule), n_bootstrap=200) for w, rows in selection.items()}
+    for feature_set in FEATURE_SETS:
+        for tolerance in tolerances:
+            name = feature_set if tolerance == 0 else f"{feature_set}, {tolerance:g} % forgiven"
+            if tolerance and not set(FEATURE_SETS[feature_set]) & set(FINDINGS):
+                continue  # nothing to forgive in the logits
+            layer = fit_decision_layer(
+                [f for _, f, _ in fit_rows],
+                [c.label for c, _, _ in fit_rows],
+                feature_set=feature_set,
+                tolerance_percent=tolerance,
+                fitted_on=f"{n_fit} training-world phantoms (medai.evaluation.worlds 'train', seed set 1)",
+            )
+            layers[name] = layer
+            comparison[name] = {
+                w: summarize(_scored(rows, layer, rule), n_bootstrap=200) for w, rows in selection.items()
+            }
 
     def score(metrics: dict) -> float:
         return float(
@@ -218,7 +236,7 @@ def decision_stage(checkpoint: Path, *, out_dir: Path, n_fit: int, n_select: int
     chosen = max(comparison, key=lambda name: score(comparison[name]))
     for name, metrics in comparison.items():
         mark = "  <- chosen" if name == chosen else ""
-        print(f"  {name:9s} score {score(metrics):.3f} " + json.dumps(metrics, default=str)[:600] + mark, flush=True)
+        print(f"  {name:28s} score {score(metrics):.3f} " + json.dumps(metrics, default=str)[:600] + mark, flush=True)
     ckpt["decision_layer"] = layers[chosen].to_dict()
     ckpt["decision_ablation"] = {"chosen": chosen, "selection_worlds": list(selection), "metrics": comparison}
     torch.save(ckpt, checkpoint)
@@ -265,6 +283,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lung-margin-mm", type=float, default=10.0, help="lung-restricted input margin; 0: whole crop (default: 10)"
     )
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the decision stage")
+    parser.add_argument(
+        "--tolerances",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="decision-layer variants that forgive this many points of measured opacity (default: 0 only; "
+        "docs/ood.md has the ablation of 0 0.5 1 2)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 phantoms, 2 epochs, 30 held-out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -278,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_fit=args.n_fit,
             n_select=args.n_select,
             threads=args.threads,
+            tolerances=args.tolerances,
         )
         print(f"model card: {write_model_card(args.output)}")
         return 0
@@ -383,7 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.save(ckpt, args.output)
     t0 = time.perf_counter()
     decision_stage(
-        Path(args.output), out_dir=Path(args.out_dir), n_fit=args.n_fit, n_select=args.n_select, threads=args.threads
+        Path(args.output),
+        out_dir=Path(args.out_dir),
+        n_fit=args.n_fit,
+        n_select=args.n_select,
+        threads=args.threads,
+        tolerances=args.tolerances,
     )
     timings["decision layer"] = time.perf_counter() - t0
     card = write_model_card(args.output, timings=timings)

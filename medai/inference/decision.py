@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from medai.quantify.measure import Quantification, Side, Zone
 
-__all__ = ["FEATURE_SETS", "FINDINGS", "LOGITS", "DecisionLayer", "decision_features"]
+__all__ = ["FEATURE_SETS", "FINDINGS", "LOGITS", "DecisionLayer", "decision_features", "forgive"]
 
 LOGITS = ("logit_normal", "logit_covid19", "logit_other_pneumonia")
 FINDINGS = (
@@ -90,6 +90,45 @@ def decision_features(logits: Sequence[float] | np.ndarray, quant: Quantificatio
     return out
 
 
+# Burden features (log(1 + percent)) and pattern features (shares of the opacity) of FINDINGS.
+_BURDEN = ("log_lesion", "log_ground_glass", "log_consolidation", "log_lesser_side", "log_top_zone")
+_PATTERN = ("consolidation_share", "lower_share", "peripheral_share", "zones_involved")
+# A pattern feature counts in full once the burden above the tolerance reaches a few times this (percent).
+_PATTERN_HALF_PERCENT = 0.5
+
+
+def forgive(features: Mapping[str, float], tolerance_percent: float) -> dict[str, float]:
+    """``features`` with ``tolerance_percent`` points of measured opacity forgiven.
+
+    Every scanner and body adds some partial-volume "opacity" that is not disease (thick slices over the
+    diaphragm and vessels, the heart border, dependent lung); a layer fitted where that floor is near zero
+    reads the first percent as disease. Each burden (the lesion %, its ground glass and consolidation, the
+    lesser lung, the top zone) loses ``tolerance_percent`` points (never below 0), and each pattern share is
+    weighted by ``e / (e + 0.5)`` with ``e`` the lesion % left, so the pattern of an opacity that was forgiven
+    says nothing either. The logits pass unchanged.
+
+    Example:
+        >>> f = {"log_lesion": math.log1p(1.5), "log_ground_glass": math.log1p(1.5), "log_consolidation": 0.0,
+        ...      "log_lesser_side": math.log1p(0.2), "log_top_zone": math.log1p(6.0), "consolidation_share": 0.0,
+        ...      "lower_share": 2.0, "peripheral_share": 0.8, "zones_involved": 0.5, "logit_normal": 1.0}
+        >>> g = forgive(f, 2.0)
+        >>> g["log_lesion"], g["lower_share"], round(math.expm1(g["log_top_zone"]), 6), g["logit_normal"]
+        (0.0, 0.0, 4.0, 1.0)
+    """
+    out = dict(features)
+    if tolerance_percent <= 0:
+        return out
+    for name in _BURDEN:
+        if name in out:
+            out[name] = math.log1p(max(0.0, math.expm1(out[name]) - tolerance_percent))
+    excess = max(0.0, math.expm1(features["log_lesion"]) - tolerance_percent) if "log_lesion" in features else 0.0
+    weight = excess / (excess + _PATTERN_HALF_PERCENT)
+    for name in _PATTERN:
+        if name in out:
+            out[name] *= weight
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class DecisionLayer:
     """Standardised features -> multinomial logistic regression -> class probabilities.
@@ -100,6 +139,8 @@ class DecisionLayer:
         weights: ``(n_classes, n_features)``; bias: ``(n_classes,)``.
         class_names: the output order.
         fitted_on: where the coefficients came from (for the model card).
+        tolerance_percent: points of measured opacity forgiven before the features are read
+            (:func:`forgive`; 0 for layers fitted before it existed).
     """
 
     features: tuple[str, ...]
@@ -109,6 +150,7 @@ class DecisionLayer:
     bias: np.ndarray
     class_names: tuple[str, ...]
     fitted_on: str = ""
+    tolerance_percent: float = 0.0
 
     def __post_init__(self) -> None:
         k, f = len(self.class_names), len(self.features)
@@ -133,6 +175,7 @@ class DecisionLayer:
 
     def probabilities(self, features: Mapping[str, float]) -> np.ndarray:
         """Class probabilities ``(n_classes,)`` of one case's features."""
+        features = forgive(features, self.tolerance_percent)
         x = np.array([features[f] for f in self.features], dtype=np.float64)
         z = self.weights @ ((x - self.mean) / self.scale) + self.bias
         z -= z.max()
@@ -148,6 +191,7 @@ class DecisionLayer:
             "bias": self.bias.tolist(),
             "class_names": list(self.class_names),
             "fitted_on": self.fitted_on,
+            "tolerance_percent": self.tolerance_percent,
         }
 
     @classmethod
@@ -166,6 +210,7 @@ class DecisionLayer:
                 bias=np.asarray(data["bias"], np.float64),
                 class_names=tuple(data["class_names"]),
                 fitted_on=str(data.get("fitted_on", "")),
+                tolerance_percent=float(data.get("tolerance_percent", 0.0)),
             )
         except KeyError as exc:
             raise ValueError(f"decision layer must have {exc.args[0]!r}") from exc

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from medai.inference.decision import FEATURE_SETS, DecisionLayer
+from medai.inference.decision import FEATURE_SETS, DecisionLayer, forgive
 from medai.labels import CLASS_NAMES
 
 __all__ = ["fit_decision_layer"]
@@ -25,6 +25,7 @@ def fit_decision_layer(
     *,
     feature_set: str,
     regularization: float = 1.0,
+    tolerance_percent: float = 0.0,
     fitted_on: str = "",
 ) -> DecisionLayer:
     """Fit a decision layer on ``features`` (one mapping per case) and their true ``labels``.
@@ -34,6 +35,8 @@ def fit_decision_layer(
         labels: class names, one per case.
         feature_set: a key of :data:`~medai.inference.decision.FEATURE_SETS`.
         regularization: inverse L2 strength ``C`` of the logistic regression.
+        tolerance_percent: points of measured opacity forgiven before fitting and serving
+            (:func:`medai.inference.decision.forgive`).
         fitted_on: a description of the cases, kept in the model card.
 
     Raises:
@@ -48,6 +51,7 @@ def fit_decision_layer(
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"feature_set must be one of {sorted(FEATURE_SETS)}, not {feature_set!r}")
     names = FEATURE_SETS[feature_set]
+    features = [forgive(f, tolerance_percent) for f in features]
     x = np.array([[f[n] for n in names] for f in features], dtype=np.float64)
     y = np.array([CLASS_NAMES.index(label) for label in labels])
     if len(np.unique(y)) < 2:
@@ -67,4 +71,4 @@ def fit_decision_layer(
         else:
             weights[cls] = model.coef_[row]
             bias[cls] = model.intercept_[row]
-    return DecisionLayer(names, mean, scale, weights, bias, CLASS_NAMES, fitted_on)
+    return DecisionLayer(names, mean, scale, weights, bias, CLASS_NAMES, fitted_on, tolerance_percent)

@@ -11,7 +11,7 @@ import torch
 
 from medai.inference.calibration import DecisionRule
 from medai.inference.classifier import Classifier, QCFlag, _qc_flags
-from medai.inference.decision import FEATURE_SETS, FINDINGS, LOGITS, DecisionLayer, decision_features
+from medai.inference.decision import FEATURE_SETS, FINDINGS, LOGITS, DecisionLayer, decision_features, forgive
 from medai.inference.network_input import network_input
 from medai.labels import CLASS_NAMES
 from medai.phantoms import synthetic
@@ -54,6 +54,42 @@ def test_layer_round_trip_and_shape_checks() -> None:
         DecisionLayer(LOGITS, np.zeros(3), np.ones(3), np.zeros((2, 3)), np.zeros(3), CLASS_NAMES)
     with pytest.raises(ValueError, match="feature_set must be one of"):
         fit_decision_layer(rows, labels, feature_set="magic")
+
+
+def _findings_row(lesion: float, *, top_zone: float, pattern: float) -> dict[str, float]:
+    row = dict.fromkeys(LOGITS, 0.0) | dict.fromkeys(FINDINGS, pattern)
+    row.update(
+        log_lesion=np.log1p(lesion), log_ground_glass=np.log1p(lesion), log_consolidation=0.0,
+        log_lesser_side=np.log1p(lesion / 2), log_top_zone=np.log1p(top_zone),
+    )  # fmt: skip
+    return row
+
+
+def test_a_forgiving_layer_reads_a_partial_volume_percent_as_normal_and_disease_as_disease() -> None:
+    # Fitted where normals measure 0 %, a layer reads the first percent as disease; the same fit with 1.5 %
+    # forgiven reads a normal scan's 1.2 % of partial-volume "opacity" as normal, and 8 % as disease.
+    rng = np.random.default_rng(3)
+    rows, labels = [], []
+    for _ in range(60):
+        rows.append(_findings_row(0.0, top_zone=0.0, pattern=0.0))
+        labels.append("normal")
+        lesion = float(rng.uniform(0.8, 30.0))
+        rows.append(_findings_row(lesion, top_zone=2 * lesion, pattern=float(rng.uniform(0.3, 1.0))))
+        labels.append("covid19")
+    plain = fit_decision_layer(rows, labels, feature_set="findings")
+    forgiving = fit_decision_layer(rows, labels, feature_set="findings", tolerance_percent=1.5)
+    partial_volume = _findings_row(1.2, top_zone=4.0, pattern=0.8)
+    sick = _findings_row(8.0, top_zone=16.0, pattern=0.8)
+    normal = CLASS_NAMES.index("normal")
+    assert plain.probabilities(partial_volume)[normal] < 0.5
+    assert forgiving.probabilities(partial_volume)[normal] > 0.8
+    assert forgiving.probabilities(sick)[normal] < 0.1
+    assert forgive(partial_volume, 1.5)["log_lesion"] == 0.0 and forgive(partial_volume, 0.0) == partial_volume
+    again = DecisionLayer.from_dict(forgiving.to_dict())  # the tolerance is part of the stored layer
+    assert again.tolerance_percent == 1.5
+    np.testing.assert_allclose(again.probabilities(partial_volume), forgiving.probabilities(partial_volume))
+    older = {k: v for k, v in forgiving.to_dict().items() if k != "tolerance_percent"}
+    assert DecisionLayer.from_dict(older).tolerance_percent == 0.0  # layers stored before it forgive nothing
 
 
 def test_a_findings_layer_calls_clear_lungs_normal_whatever_the_network_says() -> None:

@@ -1,0 +1,41 @@
+"""scripts/train_reference.py: the decision stage's cache key follows the network, not the export's bytes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from medai.training.network import ModelSpec, build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_reference", ROOT / "scripts" / "train_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_served_rows_are_reused_only_for_the_same_network() -> None:
+    digest = _script()._network_digest
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(input_shape=(16, 16, 16), channels=(4, 8), strides=(1, 2)))
+    ckpt = {"model_state": model.state_dict(), "model_spec": {"channels": [4, 8]}, "temperature": 0.7}
+    same = {"model_state": {k: v.clone() for k, v in model.state_dict().items()}, **{
+        k: v for k, v in ckpt.items() if k != "model_state"
+    }}  # fmt: skip
+    assert digest(ckpt) == digest(same)  # a reloaded or re-exported checkpoint keeps its rows
+    same["decision_layer"] = {"features": ["log_lesion"]}  # refitting the layer does not change the network
+    assert digest(ckpt) == digest(same)
+    changed = {k: v.clone() for k, v in model.state_dict().items()}
+    name = next(k for k, v in changed.items() if v.is_floating_point())
+    changed[name].view(-1)[0] += 1e-3
+    assert digest({**ckpt, "model_state": changed}) != digest(ckpt)  # other weights: the rows are made again
+    assert digest({**ckpt, "temperature": 0.8}) != digest(ckpt)  # another temperature changes the logits' scale
