@@ -16,10 +16,12 @@ import base64
 import html
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from medai.labels import INTENDED_USE
+from medai.report.keyimages import OPACITY_CAPTION, key_slices, shows_opacities
 from medai.report.rendering import (
     CONSOLIDATION_RGB,
     GGO_RGB,
@@ -70,7 +72,10 @@ def _rgb(colour: tuple[int, int, int]) -> str:
 
 
 def key_views(volume: Volume, prediction: Prediction, *, n_axial: int = 3, size_px: int = 420) -> list[tuple[str, Any]]:
-    """The report's images: ``(caption, RGB array)`` for the most salient axial slices and one coronal view.
+    """The report's images: ``(caption, RGB array)`` for the key axial slices and one coronal view.
+
+    The key slices and the overlay are those of the key images (:func:`medai.report.keyimages.key_slices`):
+    the measured opacities where they decided the label, else the saliency.
 
     Example:
         >>> [caption for caption, _ in key_views(volume, prediction)]  # doctest: +SKIP
@@ -79,8 +84,10 @@ def key_views(volume: Volume, prediction: Prediction, *, n_axial: int = 3, size_
     overlays = Overlays.from_prediction(prediction)
     mpr = MPR(volume, overlays)
     layers = Layers(lung_contour=True, crosshair=False, size_px=size_px)
+    if shows_opacities(prediction):
+        layers = replace(layers, saliency_opacity=0.0, lesion_opacity=0.55)
     centre = volume.shape[1] // 2, volume.shape[2] // 2
-    slices = sorted({mpr.to_display((z, *centre))[0] for z in prediction.saliency.top_slices(n_axial)})
+    slices = sorted({mpr.to_display((z, *centre))[0] for z in key_slices(prediction, n_axial)})
     out = []
     for index in slices:
         caption = f"axial {index + 1}/{mpr.slices(Plane.AXIAL)} ({mpr.position_mm(Plane.AXIAL, index)})"
@@ -175,10 +182,20 @@ def case_report_html(
         f'<figcaption class="small">{html.escape(c)}</figcaption></figure>'
         for c, rgb in key_views(volume, prediction)
     )
+    if shows_opacities(prediction):
+        overlay_legend = f"<span>{html.escape(OPACITY_CAPTION)}</span>" + "".join(
+            f'<span><i class="swatch" style="background:{_rgb(c)}"></i>{name}</span>'
+            for name, c in (("ground glass", GGO_RGB), ("consolidation", CONSOLIDATION_RGB))
+        )
+    else:
+        overlay_legend = (
+            f'<span><img alt="saliency colour scale" style="width:140px;height:10px;border:0" '
+            f'src="{_png_uri(saliency_colorbar(140, 10))}"> '
+            f"{html.escape(saliency_caption(prediction.saliency.class_name, prediction.evidence))} (weak to strong)"
+            "</span>"
+        )
     legend = (
-        f'<div class="legend"><span><img alt="saliency colour scale" style="width:140px;height:10px;border:0" '
-        f'src="{_png_uri(saliency_colorbar(140, 10))}"> '
-        f"{html.escape(saliency_caption(prediction.saliency.class_name, prediction.evidence))} (weak to strong)</span>"
+        f'<div class="legend">{overlay_legend}'
         + "".join(
             f'<span><i class="swatch" style="background:{_rgb(c)}"></i>{name}</span>'
             for name, c in (("right lung", RIGHT_LUNG_RGB), ("left lung", LEFT_LUNG_RGB))

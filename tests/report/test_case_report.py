@@ -6,11 +6,13 @@ import dataclasses
 import re
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 from medai.inference.classifier import Classifier
 from medai.phantoms import synthetic
-from medai.report.case_report import RESEARCH_BANNER, case_report_html
+from medai.report.case_report import RESEARCH_BANNER, case_report_html, key_views
+from medai.report.keyimages import OPACITY_CAPTION
 
 
 def test_case_report_is_self_contained_with_banner_numbers_and_key_images(
@@ -33,8 +35,17 @@ def test_case_report_is_self_contained_with_banner_numbers_and_key_images(
     assert "Indeterminate:" not in page or prediction.indeterminate
     by_network = dataclasses.replace(prediction, evidence="network")
     by_findings = dataclasses.replace(prediction, evidence="findings")
-    assert "the label comes from the measured opacities" in case_report_html(phantom.volume, by_findings)
-    assert "the label comes from the measured opacities" not in case_report_html(phantom.volume, by_network)
+    findings_page, network_page = (case_report_html(phantom.volume, p) for p in (by_findings, by_network))
+    assert OPACITY_CAPTION in findings_page and "saliency colour scale" not in findings_page  # what decided
+    assert OPACITY_CAPTION not in network_page and "saliency colour scale" in network_page
+    assert (
+        key_views(phantom.volume, by_findings)[0][1].tobytes() != key_views(phantom.volume, by_network)[0][1].tobytes()
+    )
+    quant = dataclasses.replace(
+        prediction.quantification, lesion_mask=np.zeros_like(prediction.quantification.lesion_mask)
+    )  # a findings decision with no opacity to show: the network's view, said to be only that
+    clear = dataclasses.replace(by_findings, quantification=quant)
+    assert "the label comes from the measured opacities" in case_report_html(phantom.volume, clear)
     unsure = dataclasses.replace(prediction, indeterminate=True)
     assert "Indeterminate: the probabilities are close" in case_report_html(phantom.volume, unsure)
     other = small_phantom("normal", 0.0, 32, slices=24)
