@@ -243,6 +243,18 @@ def decision_stage(
     return ckpt["decision_ablation"]
 
 
+def _decision_stage_of(args: argparse.Namespace) -> dict:
+    """:func:`decision_stage` on the command line's checkpoint and options (alone or after training)."""
+    return decision_stage(
+        Path(args.output),
+        out_dir=Path(args.out_dir),
+        n_fit=args.n_fit,
+        n_select=args.n_select,
+        threads=args.threads,
+        tolerances=args.tolerances,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="models/medai-ref.pt", help="final checkpoint (default: %(default)s)")
@@ -298,14 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"model card: {write_model_card(args.output)}")
         return 0
     if args.decision_only:
-        decision_stage(
-            Path(args.output),
-            out_dir=Path(args.out_dir),
-            n_fit=args.n_fit,
-            n_select=args.n_select,
-            threads=args.threads,
-            tolerances=args.tolerances,
-        )
+        _decision_stage_of(args)
         print(f"model card: {write_model_card(args.output)}")
         return 0
     if args.quick:
@@ -409,14 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     torch.save(ckpt, args.output)
     t0 = time.perf_counter()
-    decision_stage(
-        Path(args.output),
-        out_dir=Path(args.out_dir),
-        n_fit=args.n_fit,
-        n_select=args.n_select,
-        threads=args.threads,
-        tolerances=args.tolerances,
-    )
+    _decision_stage_of(args)
     timings["decision layer"] = time.perf_counter() - t0
     card = write_model_card(args.output, timings=timings)
     print(f"model card: {card}")

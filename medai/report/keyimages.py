@@ -26,9 +26,8 @@ import numpy as np
 
 from medai.ingest.nifti import is_nifti_name
 from medai.report.rendering import (
-    CONSOLIDATION_RGB,
-    GGO_RGB,
     WINDOW_PRESETS,
+    draw_opacities,
     font,
     heat_rgb,
     saliency_caption,
@@ -76,15 +75,19 @@ def _lung_slice(prediction: Prediction, z: int, shape: tuple[int, int]) -> np.nd
     return _coarse_slice(prediction.quantification.lung_mask > 0, prediction, z, shape)
 
 
-def _opacities(prediction: Prediction) -> np.ndarray:
-    """The coarse opacity mask inside the lungs: 0 none, 1 ground glass, 2 consolidation."""
+def _shown_opacities(prediction: Prediction) -> np.ndarray | None:
+    """The coarse opacity mask inside the lungs (0 none, 1 ground glass, 2 consolidation) when key images show
+    it (the findings decided and there is some opacity), else None."""
+    if prediction.evidence != "findings":
+        return None
     quant = prediction.quantification
-    return np.where(quant.lung_mask > 0, quant.lesion_mask, 0).astype(np.uint8)
+    opacities = np.where(quant.lung_mask > 0, quant.lesion_mask, 0).astype(np.uint8)
+    return opacities if opacities.any() else None
 
 
 def shows_opacities(prediction: Prediction) -> bool:
     """Whether key images show the measured opacities: the findings decided and there are some to show."""
-    return prediction.evidence == "findings" and bool(_opacities(prediction).any())
+    return _shown_opacities(prediction) is not None
 
 
 def key_slices(prediction: Prediction, n: int) -> list[int]:
@@ -99,10 +102,11 @@ def key_slices(prediction: Prediction, n: int) -> list[int]:
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, not {n}")
-    if not shows_opacities(prediction):
+    opacities = _shown_opacities(prediction)
+    if opacities is None:
         return prediction.saliency.top_slices(n)
     fz = prediction.quantification.grid.factors[0]
-    area = (_opacities(prediction) > 0).sum(axis=(1, 2))
+    area = (opacities > 0).sum(axis=(1, 2))
     ranked = [int(k) for k in np.argsort(-area, kind="stable") if area[k] > 0]
     spread = [k for i, k in enumerate(ranked) if all(abs(k - j) > 1 for j in ranked[:i])]
     chosen = (spread + [k for k in ranked if k not in spread])[:n]
@@ -120,16 +124,13 @@ def _radiological(image: np.ndarray, volume: Volume) -> np.ndarray:
     return image
 
 
-def _tile(volume: Volume, prediction: Prediction, z: int, *, alpha: float) -> np.ndarray:
+def _tile(volume: Volume, prediction: Prediction, z: int, *, alpha: float, opacities: np.ndarray | None) -> np.ndarray:
     hu = np.asarray(volume.hu[z])
+    if opacities is not None:  # the measured opacities decided: draw them, as the viewer does
+        rgb = np.repeat(WINDOW_PRESETS["lung"].grey(hu)[..., None], 3, axis=2)
+        draw_opacities(rgb, _coarse_slice(opacities, prediction, z, hu.shape), alpha)
+        return _radiological(rgb, volume)
     grey = WINDOW_PRESETS["lung"].grey(hu).astype(np.float32) / 255.0
-    if shows_opacities(prediction):
-        rgb = np.repeat(grey[..., None], 3, axis=2)
-        plane = _coarse_slice(_opacities(prediction), prediction, z, hu.shape)
-        for value, colour in ((1, GGO_RGB), (2, CONSOLIDATION_RGB)):
-            where = plane == value
-            rgb[where] = (1.0 - alpha) * rgb[where] + alpha * (np.asarray(colour, np.float32) / 255.0)
-        return _radiological((rgb * 255.0 + 0.5).astype(np.uint8), volume)
     peak = prediction.saliency.positive_peak  # the evidence as a share of its own peak, as in the viewer
     heat = np.clip(prediction.saliency.source_slice(z) / peak, 0.0, 1.0) if peak > 0.0 else np.zeros(hu.shape)
     heat *= _lung_slice(prediction, z, hu.shape)
@@ -139,16 +140,14 @@ def _tile(volume: Volume, prediction: Prediction, z: int, *, alpha: float) -> np
     return _radiological((rgb * 255.0 + 0.5).astype(np.uint8), volume)
 
 
-def _caption(prediction: Prediction) -> list[str]:
+def _caption(prediction: Prediction, *, opacities_shown: bool) -> list[str]:
     probs = "  ".join(f"{name} {p:.2f}" for name, p in prediction.probabilities.items())
     verdict = prediction.label + (" (indeterminate)" if prediction.indeterminate else "")
     quant = prediction.quantification
     return [
         f"{verdict}    p: {probs}",
         f"lesions {quant.lesion_percent:.1f}% of lung ({prediction.severity.value}); model {prediction.model_id}",
-        OPACITY_CAPTION
-        if shows_opacities(prediction)
-        else saliency_caption(prediction.saliency.class_name, prediction.evidence),
+        OPACITY_CAPTION if opacities_shown else saliency_caption(prediction.saliency.class_name, prediction.evidence),
         RESEARCH_NOTICE,
     ]
 
@@ -190,6 +189,7 @@ def key_image_array(
             f"prediction must belong to the volume: saliency shape {prediction.saliency.source_shape} "
             f"must be {volume.shape}"
         )
+    opacities = _shown_opacities(prediction)
     if slices is None:
         slices = key_slices(prediction, n_slices)
     elif not slices or not all(0 <= z < volume.shape[0] for z in slices):
@@ -205,7 +205,7 @@ def key_image_array(
     scale = tile_px / max(ny * sy, nx * sx)  # keep physical aspect ratio
     size = (max(1, round(nx * sx * scale)), max(1, round(ny * sy * scale)))
     for i, z in enumerate(slices):
-        tile = Image.fromarray(np.ascontiguousarray(_tile(volume, prediction, z, alpha=alpha)))
+        tile = Image.fromarray(np.ascontiguousarray(_tile(volume, prediction, z, alpha=alpha, opacities=opacities)))
         tile = tile.resize(size, Image.Resampling.BILINEAR)
         left = (i % columns) * tile_px + (tile_px - size[0]) // 2
         top = (i // columns) * tile_px + (tile_px - size[1]) // 2
@@ -224,7 +224,7 @@ def key_image_array(
         )
     caption_font, typographic = font(13)
     y = rows * tile_px + 4
-    for line in _caption(prediction):
+    for line in _caption(prediction, opacities_shown=opacities is not None):
         draw.text((6, y), line if typographic else line.replace("—", "-"), fill=(255, 255, 255), font=caption_font)
         y += 19
     return np.asarray(canvas)

@@ -52,6 +52,7 @@ __all__ = [
     "Overlays",
     "Plane",
     "Window",
+    "draw_opacities",
     "encode_png",
     "font",
     "heat_rgb",
@@ -479,9 +480,7 @@ class MPR:
             cols.samples(width),
         )
         if overlays.lesions is not None and layers.lesion_opacity > 0:
-            labels = sampling.nearest(sampling.plane(overlays.lesions))
-            for value, colour in ((1, GGO_RGB), (2, CONSOLIDATION_RGB)):
-                _blend(rgb, labels == value, colour, layers.lesion_opacity)
+            draw_opacities(rgb, sampling.nearest(sampling.plane(overlays.lesions)), layers.lesion_opacity)
         if overlays.saliency is not None and layers.saliency_opacity > 0:
             t = sampling.linear(sampling.plane(overlays.saliency))
             where = t > SALIENCY_FLOOR
@@ -527,6 +526,18 @@ class _PlaneSampling:
         top = top[:, c0] * (1.0 - wc) + top[:, c1] * wc
         bottom = bottom[:, c0] * (1.0 - wc) + bottom[:, c1] * wc
         return top * (1.0 - wr)[:, None] + bottom * wr[:, None]
+
+
+def draw_opacities(rgb: np.ndarray, labels: np.ndarray, opacity: float) -> None:
+    """Blend ground glass (label 1, :data:`GGO_RGB`) and consolidation (2, :data:`CONSOLIDATION_RGB`) into ``rgb``.
+
+    Args:
+        rgb: uint8 ``(h, w, 3)``, changed in place.
+        labels: ``(h, w)`` opacity labels of the same pixels (0 none).
+        opacity: weight of the colour, 0..1.
+    """
+    for value, colour in ((1, GGO_RGB), (2, CONSOLIDATION_RGB)):
+        _blend(rgb, labels == value, colour, opacity)
 
 
 def _blend(rgb: np.ndarray, where: np.ndarray, colour: tuple[int, int, int], opacity: float) -> None:

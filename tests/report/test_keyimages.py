@@ -12,7 +12,14 @@ from scipy import ndimage
 
 from medai.inference.classifier import Classifier
 from medai.phantoms import synthetic
-from medai.report.keyimages import OPACITY_CAPTION, _caption, key_image_array, key_slices, write_key_image
+from medai.report.keyimages import (
+    OPACITY_CAPTION,
+    _caption,
+    key_image_array,
+    key_slices,
+    shows_opacities,
+    write_key_image,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +56,7 @@ def test_key_image_png_has_tiles_overlay_and_caption(scored: tuple, tmp_path: Pa
     assert _saliency_colours(tiles).mean() < saliency_share - 0.002  # not the network's map (only the yellow text)
     caption = image[((len(slices) + 1) // 2) * 200 :]
     assert (caption > 200).any()  # text
-    assert OPACITY_CAPTION in _caption(pred)
+    assert OPACITY_CAPTION in _caption(pred, opacities_shown=shows_opacities(pred))
     assert not list(path.parent.glob(".*.tmp"))
 
 
@@ -90,7 +97,9 @@ def test_a_findings_decision_without_opacities_shows_the_networks_view(
     quant = replace(pred.quantification, lesion_mask=np.zeros_like(pred.quantification.lesion_mask))
     clear = replace(pred, quantification=quant)
     assert key_slices(clear, 2) == clear.saliency.top_slices(2)
-    assert "the network's view" in _caption(clear)[2] and OPACITY_CAPTION not in _caption(clear)
+    assert not shows_opacities(clear)
+    caption = _caption(clear, opacities_shown=False)
+    assert "the network's view" in caption[2] and OPACITY_CAPTION not in caption
 
 
 def test_wrong_volume_is_refused(scored: tuple, tmp_path: Path) -> None:
