@@ -170,6 +170,7 @@ def decision_stage(
     from medai.evaluation.served import summarize
     from medai.inference.classifier import Classifier
     from medai.inference.decision import FEATURE_SETS, FINDINGS
+    from medai.phantoms.synthetic import GENERATOR
     from medai.quantify.head import shipped_quantnet
     from medai.quantify.measure import METHOD_HYBRID
     from medai.quantify.params import QuantifyParams
@@ -193,6 +194,7 @@ def decision_stage(
     key = {
         "network_sha256": _network_digest(ckpt),
         "quantification": f"{METHOD_HYBRID} {QuantifyParams()!r} {shipped_quantnet().model_id}",
+        "phantoms": GENERATOR,
         "n_fit": n_fit,
         "n_select": n_select,
         "worlds": worlds,

@@ -53,6 +53,7 @@ from medai.phantoms.render import render_anatomy
 from medai.volume import Volume
 
 __all__ = [
+    "GENERATOR",
     "HELDOUT_RANGES",
     "TRAIN_RANGES",
     "Acquisition",
@@ -69,6 +70,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Bumped whenever the phantom drawn for a seed changes (2: pericardial fat and cardiophrenic fat pads), so that
+# anything cached from generated phantoms (e.g. the decision layer's served rows) is made again.
+GENERATOR = "medai.phantoms.synthetic/2"
 
 
 class LungLabel(enum.IntEnum):
