@@ -185,12 +185,6 @@ class Anatomy:
     spleen_hu: float = 47.0
     kidney_hu: float = 32.0
     bowel_seed: int = 0  # layout of the gas-filled colon and small-bowel loops under the diaphragm
-    # Drawn from their own stream ([seed, 11]). Fat that the lung borders: a pericardial layer, thickest over
-    # the front and the base of the heart (and lobulated), and fat pads in the cardiophrenic angles. Partial-
-    # volumed against lung, it reads -300..-100 HU beside the heart; it is not lung and not opacity.
-    pericardial_fat_mm: float = 0.0  # the layer's thickness scale beyond the 4 mm mediastinal margin
-    cardiophrenic_pad_mm: tuple[float, float] = (0.0, 0.0)  # (right, left) fat pad radius; 0: none
-    fat_phase: tuple[float, float] = (0.0, 0.0)  # lobulation of the pericardial layer
 
     # --- analytic geometry, vectorised over broadcastable coordinate arrays -------------------------
 
@@ -235,31 +229,6 @@ class Anatomy:
         c, s = np.cos(rot), np.sin(rot)
         u, v = c * (x - hx) + s * (y - hy), -s * (x - hx) + c * (y - hy)
         return ellipsoid_sdf(u, v, z - hz, ha + margin, hb + margin, hc + margin)
-
-    def pericardial_fat_sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Signed distance (mm, negative inside) to the fat around the heart that the lung borders.
-
-        The layer reaches ``4 + t`` mm from the heart (the first 4 mm are the mediastinal margin), ``t`` growing
-        toward the front and the base of the heart and lobulated; the cardiophrenic pads are flat ellipsoids
-        on the diaphragm beside the heart's lower corners. Inf everywhere when the patient has neither.
-        """
-        hx, hy, hz, ha, hb, hc, _ = self.heart
-        heart = self.heart_sdf(x, y, z)
-        out = np.full(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), np.inf, np.float32)
-        if self.pericardial_fat_mm > 0:
-            front = np.clip((hy - y) / hb, 0, 1)
-            base = np.clip((hz - z) / hc, 0, 1)
-            angle = np.arctan2(y - hy, x - hx)
-            lobes = 1 + 0.35 * np.sin(3 * angle + self.fat_phase[0]) * np.cos(2.5 * (z - hz) / hc + self.fat_phase[1])
-            t = self.pericardial_fat_mm * (0.25 + 0.75 * front) * (0.6 + 0.8 * base) * lobes
-            out = np.minimum(out, heart - 4.0 - t)
-        for side, radius in zip((-1, 1), self.cardiophrenic_pad_mm, strict=True):
-            if radius <= 0:
-                continue
-            cx, cy = hx + side * 0.8 * ha, hy - 0.4 * hb
-            cz = float(self.diaphragm(np.float32(cx), np.float32(cy))) + 0.35 * radius
-            out = np.minimum(out, ellipsoid_sdf(x - cx, y - cy, z - cz, radius, 0.8 * radius, 0.55 * radius))
-        return out
 
     def lung_sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Signed distance (mm, negative inside) to the lungs, both sides."""
@@ -435,17 +404,6 @@ def sample_anatomy(seed: int, *, patient_scale: float = 1.0) -> Anatomy:
         spleen_hu=float(extra.uniform(42, 52)),
         kidney_hu=float(extra.uniform(28, 38)),
         bowel_seed=int(extra.integers(2**31 - 1)),
-    )
-    peri = np.random.default_rng([seed, 11])
-    body_fat = anat_kw["fat_mm"] + anat_kw["extra_fat_mm"]  # type: ignore[operator]
-    layer = 0.0 if peri.random() < 0.15 else min(peri.uniform(1.0, 7.0) * s + 0.2 * body_fat, 20.0 * s)
-    pads = tuple(
-        float(peri.uniform(8.0, 22.0) * s + 0.15 * body_fat) if peri.random() < 0.45 else 0.0 for _ in range(2)
-    )
-    anat_kw.update(
-        pericardial_fat_mm=float(layer),
-        cardiophrenic_pad_mm=pads,
-        fat_phase=(float(peri.uniform(0, 2 * np.pi)), float(peri.uniform(0, 2 * np.pi))),
     )
     if expiration:  # expiration: denser parenchyma, a stronger dependent gradient
         anat_kw["lung_hu"] = lung_hu + 110 * expiration

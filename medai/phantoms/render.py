@@ -216,17 +216,12 @@ def render_anatomy(
             weight[lb] *= 1 - np.broadcast_to(frac, tuple(sl.stop - sl.start for sl in b))[fb]
 
     hx, hy, hz, ha, hb, hc, _ = a.heart
-    reach = max(ha, hb) + 8 * s + 1.8 * a.pericardial_fat_mm + 2 * max(a.cardiophrenic_pad_mm)
-    hbox = grid.box(
-        np.array([hx - reach, hy - reach, hz - hc - 8 - max(a.cardiophrenic_pad_mm)]),
-        np.array([hx + reach, hy + reach, hz + hc + 8]),
-    )
+    reach = max(ha, hb) + 8 * s
+    hbox = grid.box(np.array([hx - reach, hy - reach, hz - hc - 8]), np.array([hx + reach, hy + reach, hz + hc + 8]))
     if hbox is not None:
         hzz, hyy, hxx = grid.axes(hbox)
         heart = a.heart_sdf(hxx, hyy, hzz)
         above = hzz > a.diaphragm(hxx, hyy) - 22
-        # pericardial fat and cardiophrenic pads take their place from the lung (not lung in the truth)
-        paint_over(_coverage(a.pericardial_fat_sdf(hxx, hyy, hzz), h) * above, a.fat_hu + 5, Tissue.FAT, hbox)
         paint(_coverage(heart - 3 * s, h) * above, a.fat_hu, Tissue.FAT, hbox)
         paint(_coverage(heart, h) * above, enhance.heart_hu, Tissue.BLOOD, hbox)
 
