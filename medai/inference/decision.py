@@ -121,7 +121,7 @@ def forgive(features: Mapping[str, float], tolerance_percent: float) -> dict[str
     for name in _BURDEN:
         if name in out:
             out[name] = math.log1p(max(0.0, math.expm1(out[name]) - tolerance_percent))
-    excess = max(0.0, math.expm1(features["log_lesion"]) - tolerance_percent) if "log_lesion" in features else 0.0
+    excess = math.expm1(out.get("log_lesion", 0.0))  # the lesion % left after the tolerance
     weight = excess / (excess + _PATTERN_HALF_PERCENT)
     for name in _PATTERN:
         if name in out:

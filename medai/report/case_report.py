@@ -71,6 +71,11 @@ def _rgb(colour: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*colour)
 
 
+def _swatches(*entries: tuple[str, tuple[int, int, int]]) -> str:
+    """Legend entries: a colour swatch and its name for each ``(name, colour)``."""
+    return "".join(f'<span><i class="swatch" style="background:{_rgb(c)}"></i>{name}</span>' for name, c in entries)
+
+
 def key_views(volume: Volume, prediction: Prediction, *, n_axial: int = 3, size_px: int = 420) -> list[tuple[str, Any]]:
     """The report's images: ``(caption, RGB array)`` for the key axial slices and one coronal view.
 
@@ -183,9 +188,8 @@ def case_report_html(
         for c, rgb in key_views(volume, prediction)
     )
     if shows_opacities(prediction):
-        overlay_legend = f"<span>{html.escape(OPACITY_CAPTION)}</span>" + "".join(
-            f'<span><i class="swatch" style="background:{_rgb(c)}"></i>{name}</span>'
-            for name, c in (("ground glass", GGO_RGB), ("consolidation", CONSOLIDATION_RGB))
+        overlay_legend = f"<span>{html.escape(OPACITY_CAPTION)}</span>" + _swatches(
+            ("ground glass", GGO_RGB), ("consolidation", CONSOLIDATION_RGB)
         )
     else:
         overlay_legend = (
@@ -196,10 +200,7 @@ def case_report_html(
         )
     legend = (
         f'<div class="legend">{overlay_legend}'
-        + "".join(
-            f'<span><i class="swatch" style="background:{_rgb(c)}"></i>{name}</span>'
-            for name, c in (("right lung", RIGHT_LUNG_RGB), ("left lung", LEFT_LUNG_RGB))
-        )
+        + _swatches(("right lung", RIGHT_LUNG_RGB), ("left lung", LEFT_LUNG_RGB))
         + "</div>"
     )
     model = html.escape(prediction.model_id) + (f" (card: {html.escape(model_card)})" if model_card else "")

@@ -102,7 +102,11 @@ def key_slices(prediction: Prediction, n: int) -> list[int]:
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, not {n}")
-    opacities = _shown_opacities(prediction)
+    return _key_slices(prediction, n, _shown_opacities(prediction))
+
+
+def _key_slices(prediction: Prediction, n: int, opacities: np.ndarray | None) -> list[int]:
+    """:func:`key_slices` given :func:`_shown_opacities` (computed once by callers that draw it too)."""
     if opacities is None:
         return prediction.saliency.top_slices(n)
     fz = prediction.quantification.grid.factors[0]
@@ -191,7 +195,7 @@ def key_image_array(
         )
     opacities = _shown_opacities(prediction)
     if slices is None:
-        slices = key_slices(prediction, n_slices)
+        slices = _key_slices(prediction, n_slices, opacities)
     elif not slices or not all(0 <= z < volume.shape[0] for z in slices):
         raise ValueError(f"slices must be indices in [0, {volume.shape[0]}), not {list(slices)}")
     columns = min(len(slices), 2 if len(slices) <= 4 else 3)

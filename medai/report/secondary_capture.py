@@ -85,6 +85,7 @@ def build_secondary_capture(
         raise ValueError(f"n_slices must be >= 1, not {n_slices}")
     series_uid = generate_uid()
     images: list[pydicom.Dataset] = []
+    overlay = "measured opacity" if shows_opacities(prediction) else "saliency"
     for number, z in enumerate(key_slices(prediction, n_slices), start=1):
         pixels = np.ascontiguousarray(key_image_array(volume, prediction, slices=[z], tile_px=tile_px))
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -106,7 +107,6 @@ def build_secondary_capture(
         sc.BodyPartExamined = "CHEST"  # unpaired: no Laterality (type 2C) needed
         sc.BurnedInAnnotation = "NO"
         sc.RecognizableVisualFeatures = "NO"
-        overlay = "measured opacity" if shows_opacities(prediction) else "saliency"
         sc.DerivationDescription = f"medai {overlay} overlay on a lung-window key slice"
         images.append(sc)
     log.info("%d key images for series %s", len(images), prediction.series_uid)
