@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import edt
 import numpy as np
 from scipy import ndimage
 
@@ -46,6 +47,7 @@ __all__ = [
     "PreprocessParams",
     "canonical_axes",
     "check_hounsfield",
+    "depth_mm",
     "fast_lung_mask",
     "to_model_input",
 ]
@@ -358,6 +360,23 @@ def check_hounsfield(volume: Volume) -> None:
         )
 
 
+def depth_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Each voxel's distance to the nearest voxel outside ``mask`` (0 outside; voxel units without spacing).
+
+    An exact Euclidean distance transform, as ``scipy.ndimage.distance_transform_edt`` (within float32 rounding:
+    the served pipeline thresholds these depths, never needs float64), 2.5-3x faster on one thread (the ``edt``
+    package's separable transform; scipy also builds the nearest-voxel index arrays). Voxels beyond the array's
+    edge do not count as outside, as in scipy.
+
+    Example:
+        >>> m = np.zeros((1, 1, 7), bool); m[0, 0, 1:6] = True
+        >>> depth_mm(m, (1.0, 1.0, 2.0))[0, 0].tolist()
+        [0.0, 2.0, 4.0, 6.0, 4.0, 2.0, 0.0]
+    """
+    anisotropy = (1.0, 1.0, 1.0) if spacing_mm is None else tuple(float(s) for s in spacing_mm)
+    return edt.edt(np.ascontiguousarray(mask, dtype=bool), anisotropy=anisotropy, black_border=False, parallel=1)
+
+
 def _mask_box(
     lungs: np.ndarray, factors: tuple[int, int, int], perm: tuple[int, ...], flips: tuple[bool, ...], shape: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -388,7 +407,7 @@ def _outside_lungs(
     lung_grid = on.reshape(tuple(grid))
     if not lung_grid.any():
         return np.zeros(tuple(grid), dtype=bool)
-    return ndimage.distance_transform_edt(~lung_grid) > margin_vox
+    return depth_mm(~lung_grid) > margin_vox
 
 
 def to_model_input(

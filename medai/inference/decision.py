@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from medai.preprocess import depth_mm
 from medai.quantify.measure import Quantification, Side, Zone
 
 __all__ = ["FEATURE_SETS", "FINDINGS", "LOGITS", "DecisionLayer", "decision_features", "forgive"]
@@ -51,7 +51,7 @@ def _peripheral_share(quant: Quantification) -> float:
     if n == 0:
         return 0.0
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(lungs))  # EDT on the lungs' box
-    depth = ndimage.distance_transform_edt(np.pad(lungs[box], 1), sampling=quant.grid.spacing_mm)[1:-1, 1:-1, 1:-1]
+    depth = depth_mm(np.pad(lungs[box], 1), quant.grid.spacing_mm)[1:-1, 1:-1, 1:-1]
     return float(np.count_nonzero(lesion[box] & (depth <= PERIPHERAL_MM))) / n
 
 

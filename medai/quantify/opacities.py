@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from medai.preprocess import depth_mm
 from medai.quantify.grid import neighbour_extreme
 from medai.quantify.lungs import bbox
 
@@ -264,7 +265,7 @@ def _dependent_density(
     """
     edges = (*DEPENDENT_DEPTH_EDGES_MM, DEPENDENT_FADE_MM)
     n_bins = len(edges) - 1  # the last bin is the fade check's
-    depth = ndimage.distance_transform_edt(lung, sampling=spacing_mm)
+    depth = depth_mm(lung, spacing_mm)
     near = lung & (depth < edges[-1])
     where = np.nonzero(near)
     ap_third = (3 * where[ap_dim]) // residual.shape[ap_dim]
