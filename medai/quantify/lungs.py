@@ -406,11 +406,15 @@ def drop_unsupported_dense(
         >>> int(out.sum())
         576
     """
-    lungs = sides > 0
-    dense = lungs & (coarse >= params.consolidation_range_hu[0])
-    labels, n = ndimage.label(dense)
-    if n == 0:
+    all_lungs = sides > 0
+    all_dense = all_lungs & (coarse >= params.consolidation_range_hu[0])
+    if not all_dense.any():
         return sides
+    # Everything below happens on the dense voxels' box grown by one voxel (a face's neighbour lies in it;
+    # np.roll's wrap-around reaches only the box's edge planes, which are handled as the array's edges are).
+    box = bbox(all_dense, (1, 1, 1))
+    full_sides, sides, coarse, lungs, dense = sides, sides[box], coarse[box], all_lungs[box], all_dense[box]
+    labels, n = ndimage.label(dense)
     aerated = lungs & (coarse < params.support_aerated_hu)
     faces = np.zeros(n + 1, np.int64)
     touching = np.zeros(n + 1, np.int64)
@@ -437,7 +441,7 @@ def drop_unsupported_dense(
     contact = touching[1:] / np.maximum(faces[1:], 1)
     in_left = np.bincount(members, weights=sides[dense] == 2, minlength=n + 1)[1:]
     side_of = np.where(in_left > 0, 2, 1)  # its side (a component touching both lungs counts as the left)
-    side_size = np.array([np.count_nonzero(sides == s) for s in (0, 1, 2)])[side_of]
+    side_size = np.array([np.count_nonzero(full_sides == s) for s in (0, 1, 2)])[side_of]
     block_ml = float(np.prod(spacing_mm)) / 1000.0
     drop = (
         ((contact < params.support_min_contact) | ((contact < params.support_fat_contact) & fat_like) | fat)
@@ -445,9 +449,9 @@ def drop_unsupported_dense(
         & (sizes * block_ml >= params.support_min_ml)
     )
     if not drop.any():
-        return sides
-    out = sides.copy()
-    out[np.isin(labels, index[drop])] = 0
+        return full_sides
+    out = full_sides.copy()
+    out[box][np.isin(labels, index[drop])] = 0
     return out
 
 

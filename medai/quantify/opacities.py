@@ -275,10 +275,10 @@ def _dependent_density(
     depth_bin = np.digitize(depth[where], edges[1:])
     cell = (z_third * 3 + ap_third) * n_bins + depth_bin  # one code per (height, AP third, depth bin)
     # The quantile of each cell's inner voxels (the surface layer is partial volume with the chest wall), all
-    # cells at once: sort by cell, then by residual.
+    # cells at once: sort by cell.
     used = inner[where]
-    codes, values = cell[used], residual[where][used]
-    order = np.lexsort((values, codes))
+    codes, values = cell[used].astype(np.int16), residual[where][used]
+    order = np.argsort(codes, kind="stable")  # a radix sort of small codes; a percentile needs no sorted values
     codes, values = codes[order], values[order]
     starts = np.searchsorted(codes, np.arange(9 * n_bins + 1))
     flat = np.full(9 * n_bins, np.nan)
