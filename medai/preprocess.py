@@ -50,6 +50,7 @@ __all__ = [
     "depth_mm",
     "fast_lung_mask",
     "to_model_input",
+    "within_mm",
 ]
 
 log = logging.getLogger(__name__)
@@ -377,6 +378,49 @@ def depth_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float] | None = N
     return edt.edt(np.ascontiguousarray(mask, dtype=bool), anisotropy=anisotropy, black_border=False, parallel=1)
 
 
+def _shifted(d: int) -> tuple[slice, slice]:
+    """(destination, source) slices that move an axis by ``d`` voxels."""
+    return (slice(d, None), slice(None, -d or None)) if d >= 0 else (slice(None, d), slice(-d, None))
+
+
+def within_mm(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Voxels at most ``radius_mm`` from a voxel of ``mask`` (voxel units without spacing).
+
+    The same as ``depth_mm(~mask, spacing_mm) <= radius_mm`` (tested), for a radius of a few voxels several times
+    faster: a dilation by the closed ellipsoid of that radius, as one shifted OR per (z, y) offset of rows that
+    were first dilated along x by the ellipsoid's half-width there.
+
+    Example:
+        >>> m = np.zeros((1, 1, 9), bool); m[0, 0, 4] = True
+        >>> within_mm(m, 4.0, (1.0, 1.0, 2.0))[0, 0].astype(int).tolist()
+        [0, 0, 1, 1, 1, 1, 1, 0, 0]
+    """
+    mask = np.asarray(mask, dtype=bool)
+    step = (1.0, 1.0, 1.0) if spacing_mm is None else tuple(float(v) for v in spacing_mm)
+    r2 = float(radius_mm) ** 2
+    reach = [min(math.floor(radius_mm / v), n - 1) for v, n in zip(step, mask.shape, strict=True)]
+    rows = [mask]  # rows[e]: mask dilated along x by e voxels each way
+    out = np.zeros_like(mask)
+    for dz in range(-reach[0], reach[0] + 1):
+        for dy in range(-reach[1], reach[1] + 1):
+            rest = r2 - (dz * step[0]) ** 2 - (dy * step[1]) ** 2
+            if rest < 0:
+                continue
+            e = 0
+            while e < reach[2] and (dz * step[0]) ** 2 + (dy * step[1]) ** 2 + ((e + 1) * step[2]) ** 2 <= r2:
+                e += 1
+            while len(rows) <= e:
+                k = len(rows)
+                grown = rows[-1].copy()
+                grown[..., k:] |= mask[..., :-k]
+                grown[..., :-k] |= mask[..., k:]
+                rows.append(grown)
+            src = rows[e]
+            (dst_z, src_z), (dst_y, src_y) = _shifted(dz), _shifted(dy)
+            out[dst_z, dst_y] |= src[src_z, src_y]
+    return out
+
+
 def _mask_box(
     lungs: np.ndarray, factors: tuple[int, int, int], perm: tuple[int, ...], flips: tuple[bool, ...], shape: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -407,7 +451,7 @@ def _outside_lungs(
     lung_grid = on.reshape(tuple(grid))
     if not lung_grid.any():
         return np.zeros(tuple(grid), dtype=bool)
-    return depth_mm(~lung_grid) > margin_vox
+    return ~within_mm(lung_grid, margin_vox)
 
 
 def to_model_input(

@@ -16,6 +16,7 @@ from medai.preprocess import (
     depth_mm,
     fast_lung_mask,
     to_model_input,
+    within_mm,
 )
 from medai.volume import Volume
 
@@ -186,3 +187,26 @@ def test_depth_is_the_exact_euclidean_distance_transform(spacing) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
         for threshold in (3.0, 10.0, 30.0):
             assert np.array_equal(got <= threshold, want <= threshold)
+
+
+@pytest.mark.parametrize(
+    ("radius", "spacing"),
+    [
+        (2.37, None),
+        (2.0, None),
+        (3.0, None),
+        (10.0, (3.48, 2.6748, 2.6748)),
+        (10.0, (2.5, 2.5, 2.5)),
+        (7.5, (5.0, 0.8, 1.1)),
+    ],
+)
+def test_within_is_the_distance_transform_thresholded(radius, spacing) -> None:
+    """within_mm (a dilation by an ellipsoid) marks exactly the voxels the exact distance transform puts within
+    the radius of the mask, ties on the radius included (2.0 and 10.0 on 2.5 mm fall on voxel centres)."""
+    rng = np.random.default_rng(11)
+    for density in (0.02, 0.5, 0.97):
+        mask = ndimage.uniform_filter(rng.random((19, 27, 33)), 3) > 1 - density
+        got = within_mm(mask, radius, spacing)
+        want = depth_mm(~mask, spacing) <= radius
+        assert np.array_equal(got, want), (density, int((got != want).sum()))
+    assert not within_mm(np.zeros((4, 5, 6), bool), radius, spacing).any()

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from medai.preprocess import depth_mm
+from medai.preprocess import within_mm
+from medai.quantify.lungs import bbox
 from medai.quantify.measure import Quantification, Side, Zone
 
 __all__ = ["FEATURE_SETS", "FINDINGS", "LOGITS", "DecisionLayer", "decision_features", "forgive"]
@@ -50,9 +51,9 @@ def _peripheral_share(quant: Quantification) -> float:
     n = int(np.count_nonzero(lesion))
     if n == 0:
         return 0.0
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(lungs))  # EDT on the lungs' box
-    depth = depth_mm(np.pad(lungs[box], 1), quant.grid.spacing_mm)[1:-1, 1:-1, 1:-1]
-    return float(np.count_nonzero(lesion[box] & (depth <= PERIPHERAL_MM))) / n
+    box = bbox(lungs, (1, 1, 1))  # on the lungs' box; beyond it (and the volume's edge) is not lung
+    near_surface = within_mm(~np.pad(lungs[box], 1), PERIPHERAL_MM, quant.grid.spacing_mm)[1:-1, 1:-1, 1:-1]
+    return float(np.count_nonzero(lesion[box] & near_surface)) / n
 
 
 def decision_features(logits: Sequence[float] | np.ndarray, quant: Quantification) -> dict[str, float]:
