@@ -61,7 +61,9 @@ from medai.quantify.grid import QuantGrid, block_mean, coarse_grid, upsample_mas
 from medai.quantify.lungs import (
     add_aerated_rim,
     bbox,
+    drop_detached_parts,
     drop_unsupported_dense,
+    peel_surface_fat,
     segment_lungs,
     split_sides,
     trim_below_aerated_base,
@@ -89,8 +91,9 @@ METHOD = (
     "thresholds against the fitted parenchyma baseline)"
 )
 METHOD_HYBRID = (
-    "medai.quantify/7 hybrid (learned lungs + aerated rim - below the aerated base - dense parts no aerated lung "
-    "borders - fat, classical opacities against a baseline that follows expiration and dependent density; "
+    "medai.quantify/8 hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
+    "surface - dense parts no aerated lung borders - fat - parts detached above the apex or under the base, "
+    "classical opacities against a baseline that follows expiration and dependent density; "
     "CT-0 below 1 %)"
 )
 
@@ -207,7 +210,9 @@ def quantify(
             learned_lungs(volume.direction, coarse, grid.spacing_mm, params=params), coarse, params=params
         )
         lungs = trim_below_aerated_base(lungs, coarse, grid.spacing_mm, sup_high=sup_high, params=params)
+        lungs = peel_surface_fat(lungs, coarse, params=params)
         lungs = drop_unsupported_dense(lungs, coarse, grid.spacing_mm, params=params)
+        lungs = drop_detached_parts(lungs, sup_high=sup_high)
     elif lung_mask is None:
         lungs = segment_lungs(
             coarse, grid.spacing_mm, lr_dim=lr_dim, right_low=right_low, params=params, sup_high=sup_high

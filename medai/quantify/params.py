@@ -114,3 +114,7 @@ class QuantifyParams:
     # dropped the training world's partly aerated lobar consolidation).
     support_fat_range_hu: tuple[float, float] = (-140.0, -70.0)
     support_fat_share: float = 0.6
+    # Lung voxels in surface_fat_range_hu (nearly pure fat: at most about an eighth of consolidation or air mixed
+    # in) reached from the lung mask's surface through more such voxels are the chest wall's, the pericardium's or
+    # the abdomen's fat, where a lung head carried the mask on along dense disease (peel_surface_fat).
+    surface_fat_range_hu: tuple[float, float] = (-140.0, -85.0)
