@@ -408,9 +408,9 @@ def drop_detached_parts(sides: np.ndarray, *, sup_high: bool, max_share: float =
         >>> int(drop_detached_parts(sides, sup_high=True).sum())  # only the lung is left
         160
     """
+    box = bbox(sides > 0, (0, 0, 0))  # everything below works in the lungs' box
     full = sides.copy()
-    out = full[bbox(sides > 0, (0, 0, 0))]  # a view: everything below works in the lungs' box
-    sides = sides[bbox(sides > 0, (0, 0, 0))]
+    out, sides = full[box], sides[box]  # out is a view into full
     for side in (1, 2):
         labels, n = ndimage.label(sides == side)
         if n < 2:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -10,9 +12,12 @@ from medai.errors import InvalidSeriesError
 from medai.labels import CLASS_NAMES, LESION_NOISE_FLOOR_PERCENT, Severity, severity_from_percent
 from medai.quantify.grid import QuantGrid, block_mean, coarse_grid, upsample_mask
 from medai.quantify.head import DEFAULT_QUANT_MODEL
-from medai.quantify.measure import Side, Zone, quantify
+from medai.quantify.measure import Quantification, Side, Zone, quantify
 from medai.quantify.params import QuantifyParams, QuantMethod
 from medai.volume import Volume
+
+if TYPE_CHECKING:
+    from medai.phantoms.independent import IndependentPhantom
 
 CLASSICAL = QuantifyParams(method=QuantMethod.CLASSICAL)
 LEARNED = QuantifyParams(method=QuantMethod.LEARNED)
@@ -581,8 +586,8 @@ def test_detached_parts_above_the_apex_or_under_the_base_are_not_lung() -> None:
     neck = (slice(36, 39), slice(10, 14), slice(5, 10))  # above the right apex
     bubble = (slice(2, 7), slice(8, 16), slice(26, 34))  # under the left base, in its columns
     beside = (slice(12, 20), slice(26, 29), slice(5, 12))  # within the right lung's slices, behind it
-    for part in (neck, bubble, beside):
-        sides[part] = sides[8, 10, 5] if part is neck or part is beside else 2
+    sides[neck] = sides[beside] = 1
+    sides[bubble] = 2
     out = drop_detached_parts(sides, sup_high=True)
     assert not out[neck].any() and not out[bubble].any()
     assert (out[beside] == 1).all()
@@ -595,19 +600,26 @@ def test_detached_parts_above_the_apex_or_under_the_base_are_not_lung() -> None:
     assert (drop_detached_parts(big, sup_high=True)[0:7, 5:25, 19:40] == 2).all()
 
 
+def _independent_phantom(split: str, index: int) -> IndependentPhantom:
+    """Case ``index`` of the independent family's ``split`` as ``medai.evaluation.worlds`` draws it (seed set 0,
+    256 matrix), generating that case alone (the world would generate every case before it)."""
+    from medai.phantoms.independent import generate_independent, sample_independent_spec
+
+    rng = np.random.default_rng([0, 0 if split == "val" else 1])
+    specs = [sample_independent_spec(rng, label=CLASS_NAMES[i % 3], split=split, matrix=256) for i in range(index + 1)]
+    return generate_independent(specs[index])
+
+
 def test_air_around_the_neck_is_not_lung_on_an_independent_phantom(monkeypatch: pytest.MonkeyPatch) -> None:
     """The independent family's case 5 of its validation seeds (lobar pneumonia, neck and shoulders in the scan):
     the lung head takes in ~130 ml of air on each side above the apices; the served quantification does not."""
-    from medai.phantoms.independent import generate_independent, sample_independent_spec
     from medai.quantify import measure
 
-    rng = np.random.default_rng([0, 0])  # medai.evaluation.worlds' independent-val seed set 0
-    specs = [sample_independent_spec(rng, label=CLASS_NAMES[i % 3], split="val", matrix=256) for i in range(6)]
-    ph = generate_independent(specs[5])
+    ph = _independent_phantom("val", 5)
     truth = ndimage.binary_dilation(ph.lung_mask > 0, iterations=3)
 
-    def extra_ml(q: object) -> float:
-        lungs = q.grid.upsample(q.lung_mask) > 0  # type: ignore[attr-defined]
+    def extra_ml(q: Quantification) -> float:
+        lungs = q.grid.upsample(q.lung_mask) > 0
         return float(np.count_nonzero(lungs & ~truth)) * ph.volume.voxel_volume_ml
 
     served = quantify(ph.volume)
@@ -643,10 +655,6 @@ def test_lungs_stay_within_a_quarter_on_severe_covid_in_a_small_body() -> None:
     """The independent family's case 16 of its test seeds (COVID-19, 54 % of a 1.7 l lung): the lung head carries
     the mask into the chest wall's fat along the pleural consolidation and into the stomach, +34 % lung volume;
     the served quantification stays within the issue's 25 %."""
-    from medai.phantoms.independent import generate_independent, sample_independent_spec
-
-    rng = np.random.default_rng([0, 1])  # medai.evaluation.worlds' independent-test seed set 0
-    specs = [sample_independent_spec(rng, label=CLASS_NAMES[i % 3], split="test", matrix=256) for i in range(17)]
-    ph = generate_independent(specs[16])
+    ph = _independent_phantom("test", 16)
     q = quantify(ph.volume)
     assert abs(q.lung_volume_ml / ph.lung_volume_ml - 1.0) <= 0.25, (q.lung_volume_ml, ph.lung_volume_ml)
