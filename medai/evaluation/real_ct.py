@@ -9,7 +9,7 @@ into ``cache/real/`` (ignored by git). Images: CC BY 3.0, Armato et al. 2011, do
 It is the only real patient, so it is never training data. :func:`real_cases` makes the test cases:
 
 * normals: the scan as it is; averaged to 5 mm slices; with added low-dose noise; a small field of view
-  that cuts the body;
+  that cuts the body; the lungs denser, more so at the back, as a shallower breath would show them;
 * lesions inserted into the real lungs with exact ground truth: COVID-19 (peripheral, posterior and
   lower ground glass with consolidating cores) at three burdens; lobar consolidation with air
   bronchograms in two lobes; a segmental wedge; a focal round pneumonia.
@@ -162,6 +162,20 @@ def _thick(volume: Volume, lungs: np.ndarray, factor: int) -> tuple[Volume, np.n
     return out, majority.reshape(n // factor, *volume.shape[1:]).astype(np.uint8)
 
 
+def _shallow_breath(volume: Volume, lungs: np.ndarray) -> Volume:
+    """The scan as a shallower breath would show it: the lungs 70 HU denser in front and 190 HU denser at the back
+    (about -790 to -670 HU: gravity pools the blood and the collapse in the dependent lung), vessels and all."""
+    inside = lungs > 0
+    rows = np.flatnonzero(inside.any(axis=(0, 2)))
+    y = (np.arange(volume.shape[1], dtype=np.float32) - rows[0]) / max(1, rows[-1] - rows[0])
+    if volume.direction[1, 1] < 0:  # posterior at low rows
+        y = 1.0 - y
+    added = 70.0 + 120.0 * np.clip(y, 0.0, 1.0)[None, :, None]
+    hu = volume.hu.astype(np.float32)
+    hu = np.where(inside, hu + added, hu)
+    return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+
+
 def real_cases(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterator[RealCase]:
     """The real-patient test cases (see the module docstring), generated lazily.
 
@@ -190,6 +204,7 @@ def real_cases(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterato
         origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
     )
     yield RealCase("small-fov", "normal", small, lungs[box].copy(), none[box].copy(), {"fov_mm": 260})
+    yield RealCase("shallow-breath", "normal", _shallow_breath(volume, lungs), lungs, none, {"breath": "shallow"})
 
     # distance to the lung boundary (peripheral = small), on a coarse copy for speed
     inside = lungs > 0

@@ -103,7 +103,9 @@ def segment_opacities(
     # The lung's surface layer is partial volume with the chest wall.
     inner = _erode(lung, (0, 1, 2), border=True)
     value, sharp = _opacity_values(coarse[box], lung, inner, spacing_mm, params)
-    baseline = _parenchyma_baseline(value, inner, ap_dim=ap_dim, ap_mm=spacing_mm[ap_dim], params=params)
+    baseline = _parenchyma_baseline(
+        value, inner, ap_dim=ap_dim, ap_mm=spacing_mm[ap_dim], params=params, posterior_high=posterior_high
+    )
     baseline = baseline + _dependent_density(
         value - baseline, lung, inner, spacing_mm, ap_dim=ap_dim, posterior_high=posterior_high
     )
@@ -168,52 +170,93 @@ EXPIRATION_CAP_HU = -450.0
 # The gravity gradient a baseline may take up: HU per mm from anterior to posterior (supine expiration reaches
 # about 0.8; more is disease pooled in the dependent lung).
 MAX_GRADIENT_HU_PER_MM = 1.2
+# A slab with less than this share of its inner lung under baseline_max_hu is dense: the median of its few clear
+# voxels would be a censored median, far under its parenchyma (a half-expired lung is -780 HU in front and -680
+# behind: read against -765, its whole dependent half was "ground glass", a held-out normal 28.6 %) ...
+DENSE_SLAB_SHARE = 0.5
+# ... and it is dense parenchyma, read like an expiration scan's slab, when its low quantile rises from the clear
+# slab in front of it (or from dense parenchyma so read) no faster than gravity does (MAX_GRADIENT_HU_PER_MM): a
+# band of dependent atelectasis or disease filling the back of the lung rises faster.
 
 
 def _parenchyma_baseline(
-    value: np.ndarray, inner: np.ndarray, *, ap_dim: int, ap_mm: float, params: QuantifyParams
+    value: np.ndarray,
+    inner: np.ndarray,
+    *,
+    ap_dim: int,
+    ap_mm: float,
+    params: QuantifyParams,
+    posterior_high: bool = True,
 ) -> np.ndarray:
     """The patient's normal-parenchyma HU at every voxel: a line along the anterior-posterior axis.
 
-    Fitted (weighted least squares) through the medians of the clearly aerated
-    (``< baseline_max_hu``) inner-lung values in ``baseline_slabs`` slabs, so
+    Fitted (weighted least squares) through one level per slab of ``baseline_slabs`` slabs, so
     opacities, vessels and the lung's surface do not pull it; the gravity
-    gradient of dependent lung is what the slope takes up. Capped below the
-    ground-glass floor. Fewer than two usable slabs: one level, the median.
+    gradient of dependent lung is what the slope takes up. A clear slab's level is the median of its clearly
+    aerated (``< baseline_max_hu``) inner-lung values, and the line is capped below the ground-glass floor.
     An expiration scan (hardly any lung below ``baseline_max_hu``) has no clear
     part: its line goes through a low quantile of each slab instead, capped at
-    :data:`EXPIRATION_CAP_HU`.
+    :data:`EXPIRATION_CAP_HU`. So does a dense slab (:data:`DENSE_SLAB_SHARE`) of a lung that is clear in
+    front, when its low quantile rises from the parenchyma in front of it no faster than gravity
+    (:data:`MAX_GRADIENT_HU_PER_MM`): a half-expired lung, not a band or disease filling the back. Whenever a
+    slab is read so, the slope is kept within that gradient. Fewer than two usable slabs: one level, the median.
+
+    ``posterior_high``: posterior lies at high indices along ``ap_dim``.
     """
     position = np.arange(value.shape[ap_dim], dtype=np.float32)
     shape = [1, 1, 1]
     shape[ap_dim] = -1
     position = position.reshape(shape)
     cap = params.ggo_floor_hu - params.ggo_min_contrast_hu
-    aerated = inner & (value < params.baseline_max_hu)
     n_inner = int(inner.sum())
-    quantile = 50.0
-    if n_inner >= 200 and int(aerated.sum()) < EXPIRATION_SHARE * n_inner:
-        aerated, quantile, cap = inner, EXPIRATION_QUANTILE, EXPIRATION_CAP_HU
-    if int(aerated.sum()) < 50:
+    n_clear = int((inner & (value < params.baseline_max_hu)).sum())
+    expiration = n_inner >= 200 and n_clear < EXPIRATION_SHARE * n_inner
+    if n_clear < 50 and not expiration:
         return np.full(value.shape, cap, np.float32)
-    where = np.broadcast_to(position, value.shape)[aerated]
-    values = value[aerated]
+    where = np.broadcast_to(position, value.shape)[inner]
+    values = value[inner]
     edges = np.linspace(float(where.min()), float(where.max()) + 1e-3, params.baseline_slabs + 1)
     slab = np.digitize(where, edges[1:-1])
+    members = [values[slab == i] for i in range(params.baseline_slabs)]
+    aerated = [m[m < params.baseline_max_hu] for m in members]
+    clear = [m.size >= 50 and a.size >= DENSE_SLAB_SHARE * m.size for m, a in zip(members, aerated, strict=True)]
     centres, levels, weights = [], [], []
-    for i in range(params.baseline_slabs):
-        members = values[slab == i]
-        if members.size >= 50:
-            centres.append(0.5 * (edges[i] + edges[i + 1]))
-            levels.append(float(np.percentile(members, quantile)))
-            weights.append(math.sqrt(members.size))
+    dense = expiration
+    last: tuple[float, float] | None = None  # centre and low quantile of the last slab read as parenchyma
+    # From the non-dependent side: a dense slab continues the parenchyma in front of it.
+    for i in range(params.baseline_slabs) if posterior_high else reversed(range(params.baseline_slabs)):
+        m, a = members[i], aerated[i]
+        if m.size < 50:
+            continue
+        centre = 0.5 * (edges[i] + edges[i + 1])
+        low = float(np.percentile(m, EXPIRATION_QUANTILE))
+        gravity = MAX_GRADIENT_HU_PER_MM * ap_mm * abs(centre - last[0]) if last else 0.0
+        if expiration or (not clear[i] and last and low <= last[1] + gravity):
+            level, n, dense, last = low, m.size, True, (centre, low)
+        elif a.size >= 50:
+            level, n = float(np.median(a)), a.size
+            if clear[i]:
+                last = (centre, low)
+        else:
+            continue
+        centres.append(centre)
+        levels.append(level)
+        weights.append(math.sqrt(n))
+    if dense:
+        cap = EXPIRATION_CAP_HU
     if len(centres) < 2:
-        return np.full(value.shape, min(float(np.percentile(values, quantile)), cap), np.float32)
+        one = (
+            np.percentile(values, EXPIRATION_QUANTILE)
+            if expiration
+            else np.median(values[values < params.baseline_max_hu])
+        )
+        return np.full(value.shape, min(float(one), cap), np.float32)
     slope, intercept = np.polyfit(centres, levels, 1, w=weights)
-    if quantile != 50.0:
+    if dense:
         # Disease pools in the dependent lung: a steeper line than gravity gives is lesion taken for baseline.
         # Keep the slope within bounds, pivoting on the weighted centre of the slabs.
-        limited = float(np.clip(slope, 0.0, MAX_GRADIENT_HU_PER_MM * ap_mm))
+        bound = MAX_GRADIENT_HU_PER_MM * ap_mm
+        limited = float(np.clip(slope, 0.0, bound) if posterior_high else np.clip(slope, -bound, 0.0))
         centre = float(np.average(centres, weights=weights))
         intercept += (slope - limited) * centre
         slope = limited

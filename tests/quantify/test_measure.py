@@ -423,8 +423,8 @@ def test_phantom_lungs_without_lobar_consolidation(phantom_results: list) -> Non
 _TARGETS_NOT_MET = (
     "targets not met on these 9 thin-slice phantoms (asked of every case here): lung Dice 0.914 and 0.943 on the two "
     "lobar cases (>= 0.95 asked), grade 8/9 (a COVID-19 case at 30 % reads 22 %); lesion % MAE 2.85 (<= 3) is met "
-    "(issue-13 head, medai.quantify/8: 2.46 with /7, whose fat rule did not peel the pleural part of this world's "
-    "-100 HU consolidation; docs/ood.md)"
+    "(issue-13 head, medai.quantify/8 and /9: 2.46 with /7, whose fat rule did not peel the pleural part of this "
+    "world's -100 HU consolidation; docs/ood.md)"
 )
 
 
@@ -522,6 +522,49 @@ def test_expiration_lung_is_baseline_and_its_ground_glass_is_found() -> None:
     clear = (q.lung_mask > 0) & aerated & ~ndimage.binary_dilation(patch, iterations=3)
     assert float((q.lesion_mask[clear] > 0).mean()) < 0.03
     assert float((q.lesion_mask[patch] > 0).mean()) > 0.6
+
+
+def _half_expired_chest() -> tuple[Volume, np.ndarray]:
+    """The toy chest's aerated lung from -800 HU in front to -670 at the back (clear in front, dense behind: a
+    quarter of it below -760), with noise. Returns the volume and the aerated lung."""
+    vol, lungs, _ = _toy_chest()
+    hu = vol.hu.astype(np.float32)
+    y = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]][1]
+    aerated = (lungs > 0) & (hu < -700)
+    hu[aerated] = -735.0 + 65.0 * (y[aerated] - 48) / 27 + np.random.default_rng(3).normal(0, 15, int(aerated.sum()))
+    return vol.with_array(np.rint(hu).astype(np.int16)), aerated
+
+
+def _patchy_dependent_chest(coverage: float) -> tuple[Volume, np.ndarray]:
+    """The toy chest (clear lung, -850 HU) with ``coverage`` % of its dependent half in faint ground glass
+    (-680 HU) blobs about 15 mm across. Returns the volume and the blobs."""
+    vol, lungs, _ = _toy_chest()
+    hu = vol.hu.astype(np.float32)
+    y = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]][1]
+    back = (lungs > 0) & (hu < -700) & (y > 48)
+    blobs = ndimage.gaussian_filter(np.random.default_rng(4).normal(size=hu.shape), 2.5)
+    ggo = back & (blobs > np.percentile(blobs[back], 100.0 - coverage))
+    hu[ggo] += 170.0
+    return vol.with_array(np.rint(hu).astype(np.int16)), ggo
+
+
+def test_dense_dependent_lung_is_baseline_where_the_front_is_clear() -> None:
+    """A half-expired lung (clear in front, -670 HU behind) is not ground glass: the median of the few clear
+    voxels of its dense slabs is censored far below them, and that read a held-out normal as 28.6 % lesion."""
+    vol, aerated = _half_expired_chest()
+    q = quantify(vol, params=CLASSICAL)
+    assert float((q.lesion_mask[aerated & (q.lung_mask > 0)] > 0).mean()) < 0.03
+
+
+def test_ground_glass_filling_the_dependent_lung_is_not_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faint ground glass over most of a clear lung's dependent half is found: its slabs are dense, but they rise
+    from the clear lung in front faster than gravity does. Let the gravity bound go and they become baseline."""
+    from medai.quantify import opacities
+
+    vol, ggo = _patchy_dependent_chest(85.0)
+    assert float((quantify(vol, params=CLASSICAL).lesion_mask[ggo] > 0).mean()) > 0.7
+    monkeypatch.setattr(opacities, "MAX_GRADIENT_HU_PER_MM", 10.0)
+    assert float((quantify(vol, params=CLASSICAL).lesion_mask[ggo] > 0).mean()) < 0.6
 
 
 def _dependent_chest(*, whole_band: bool, spacing_mm: float) -> tuple[Volume, np.ndarray]:
