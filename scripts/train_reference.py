@@ -164,12 +164,13 @@ def decision_stage(
 
     Fit: ``n_fit`` training-world phantoms (seed set 1; the in-distribution test uses seed set 0). Choose:
     the variant with the best mean of (covid19 AUC + normals called normal) / 2 - ECE over the independent
-    phantom family's validation split (when present) and the leave-extremes-out world. Writes the chosen
-    layer and the comparison into the checkpoint.
+    phantom family's validation split (when present) and the leave-extremes-out world. The layer the
+    checkpoint already has is a candidate too, scored on the same rows, and stays when it wins. Writes the
+    chosen layer and the comparison into the checkpoint.
     """
     from medai.evaluation.served import summarize
     from medai.inference.classifier import Classifier
-    from medai.inference.decision import FEATURE_SETS, FINDINGS
+    from medai.inference.decision import FEATURE_SETS, FINDINGS, DecisionLayer
     from medai.phantoms.synthetic import GENERATOR
     from medai.quantify.head import shipped_quantnet
     from medai.quantify.measure import METHOD_HYBRID
@@ -229,6 +230,16 @@ def decision_stage(
             comparison[name] = {
                 w: summarize(_scored(rows, layer, rule), n_bootstrap=200) for w, rows in selection.items()
             }
+
+    incumbent = ckpt.get("decision_layer")
+    if incumbent is not None:
+        # The layer the checkpoint already has competes too: refitting on new measurements is a candidate, not a
+        # given (a layer fitted before a quantification change can still generalise better).
+        kept = DecisionLayer.from_dict(incumbent)
+        before = str(ckpt.get("decision_ablation", {}).get("chosen", "previous")).split(" (kept")[0]
+        name = f"{before} (kept, fitted before)"
+        layers[name] = kept
+        comparison[name] = {w: summarize(_scored(rows, kept, rule), n_bootstrap=200) for w, rows in selection.items()}
 
     def score(metrics: dict) -> float:
         return float(
