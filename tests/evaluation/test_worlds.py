@@ -63,6 +63,12 @@ def test_real_patient_world_has_exact_ground_truth() -> None:
     assert abs(cases["thick-5mm"].lung_volume_ml - cases["as-is"].lung_volume_ml) < 0.05 * cases["as-is"].lung_volume_ml
     lobar = cases["lobar-right_lower"]
     assert (lobar.lesion_mask == 2).sum() > (lobar.lesion_mask == 1).sum()  # mostly consolidation
+    shallow, as_is = cases["shallow-breath"].volume.hu, cases["as-is"].volume.hu
+    inside = cases["as-is"].lung_mask > 0
+    added = shallow.astype(np.int32) - as_is
+    parenchyma = inside & (as_is > -900) & (as_is < -800)
+    assert not added[~inside].any() and added[parenchyma].min() >= 50 and added[inside].max() <= 191
+    assert not added[inside & (as_is > 40)].any()  # vessels keep their density
 
 
 def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:

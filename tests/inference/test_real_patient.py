@@ -16,7 +16,7 @@ from medai.inference.classifier import Classifier, Prediction
 
 ROOT = Path(__file__).resolve().parents[2]
 DICOM_FOLDER = ROOT / "cache" / "real" / "lidc-dicom"
-WANTED = ("as-is", "thick-5mm", "covid-moderate", "covid-severe", "lobar-right_lower")
+WANTED = ("as-is", "thick-5mm", "shallow-breath", "covid-moderate", "covid-severe", "lobar-right_lower")
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_FOLDER / "cxr.nii.gz").is_file(), reason="the real CT is missing: run `make real-ct`"
@@ -53,6 +53,17 @@ def test_thin_and_thick_reconstructions_agree(scored: dict) -> None:
     assert abs(thick.lesion_percent - thin.lesion_percent) < 2.0
     lungs = thin.quantification.lung_volume_ml
     assert abs(thick.quantification.lung_volume_ml - lungs) < 0.05 * lungs
+
+
+def test_a_shallower_breath_is_not_ground_glass(scored: dict) -> None:
+    """Aerated lung 70 HU denser in front and 190 HU at the back (a shallow breath): the dense back half read
+    10.6 % of ground glass until medai.quantify/9 levelled dense slabs that rise no faster than gravity by their
+    own parenchyma. 2.7 % remains (the lung's texture against a 40 HU margin; docs/ood.md, failure mode 9), and
+    the decision layer calls it covid19: that part is not solved."""
+    case, pred = scored["shallow-breath"]
+    assert pred.lesion_percent < 4.0, pred.lesion_percent
+    lungs = case.lung_volume_ml
+    assert abs(pred.quantification.lung_volume_ml - lungs) < 0.10 * lungs
 
 
 @pytest.mark.parametrize("name", ["covid-moderate", "covid-severe"])
