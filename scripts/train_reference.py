@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from medai.training.config import TrainConfig
 from medai.training.data import prepare_synthetic, synthetic_inputs
 from medai.training.loop import train
 from medai.training.network import count_params, estimate_flops, load_checkpoint, predict_logits
+
+if TYPE_CHECKING:
+    from medai.inference.decision import DecisionLayer
 
 
 def heldout_set(n: int, *, seed: int, params_dict: dict, workers: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -148,6 +152,19 @@ def _network_digest(ckpt: dict) -> str:
     return digest.hexdigest()
 
 
+def _incumbent(ckpt: dict) -> tuple[str, DecisionLayer] | None:
+    """The checkpoint's own decision layer as a candidate: ``(name, layer)``, or None when it has none.
+
+    Named after the variant it was chosen as (``findings (kept, fitted before)``), however often it was kept.
+    """
+    from medai.inference.decision import DecisionLayer
+
+    if ckpt.get("decision_layer") is None:
+        return None
+    before = str(ckpt.get("decision_ablation", {}).get("chosen", "previous")).split(" (kept")[0]
+    return f"{before} (kept, fitted before)", DecisionLayer.from_dict(ckpt["decision_layer"])
+
+
 def decision_stage(
     checkpoint: Path,
     *,
@@ -170,7 +187,7 @@ def decision_stage(
     """
     from medai.evaluation.served import summarize
     from medai.inference.classifier import Classifier
-    from medai.inference.decision import FEATURE_SETS, FINDINGS, DecisionLayer
+    from medai.inference.decision import FEATURE_SETS, FINDINGS
     from medai.phantoms.synthetic import GENERATOR
     from medai.quantify.head import shipped_quantnet
     from medai.quantify.measure import METHOD_HYBRID
@@ -231,13 +248,11 @@ def decision_stage(
                 w: summarize(_scored(rows, layer, rule), n_bootstrap=200) for w, rows in selection.items()
             }
 
-    incumbent = ckpt.get("decision_layer")
+    incumbent = _incumbent(ckpt)
     if incumbent is not None:
         # The layer the checkpoint already has competes too: refitting on new measurements is a candidate, not a
         # given (a layer fitted before a quantification change can still generalise better).
-        kept = DecisionLayer.from_dict(incumbent)
-        before = str(ckpt.get("decision_ablation", {}).get("chosen", "previous")).split(" (kept")[0]
-        name = f"{before} (kept, fitted before)"
+        name, kept = incumbent
         layers[name] = kept
         comparison[name] = {w: summarize(_scored(rows, kept, rule), n_bootstrap=200) for w, rows in selection.items()}
 

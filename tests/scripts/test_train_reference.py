@@ -1,4 +1,5 @@
-"""scripts/train_reference.py: the decision stage's cache key follows the network, not the export's bytes."""
+"""scripts/train_reference.py: the decision stage's cache key follows the network, not the export's bytes; the
+checkpoint's own decision layer competes with the refits."""
 
 from __future__ import annotations
 
@@ -39,3 +40,15 @@ def test_served_rows_are_reused_only_for_the_same_network() -> None:
     changed[name].view(-1)[0] += 1e-3
     assert digest({**ckpt, "model_state": changed}) != digest(ckpt)  # other weights: the rows are made again
     assert digest({**ckpt, "temperature": 0.8}) != digest(ckpt)  # another temperature changes the logits' scale
+
+
+def test_the_checkpoints_own_layer_is_a_candidate_named_for_its_variant() -> None:
+    incumbent = _script()._incumbent
+    layer = torch.load(ROOT / "models" / "medai-ref.pt", map_location="cpu", weights_only=False)["decision_layer"]
+    assert incumbent({"model_state": {}}) is None  # a freshly trained checkpoint has none
+    name, kept = incumbent({"decision_layer": layer, "decision_ablation": {"chosen": "findings"}})
+    assert name == "findings (kept, fitted before)"
+    assert kept.to_dict() == layer  # the same coefficients, not a refit
+    again, _ = incumbent({"decision_layer": layer, "decision_ablation": {"chosen": name}})
+    assert again == name  # kept twice: still named for the variant
+    assert incumbent({"decision_layer": layer})[0] == "previous (kept, fitted before)"
