@@ -162,11 +162,14 @@ def _thick(volume: Volume, lungs: np.ndarray, factor: int) -> tuple[Volume, np.n
     return out, majority.reshape(n // factor, *volume.shape[1:]).astype(np.uint8)
 
 
+SHALLOW_SMOOTH_MM = 2.0
+
+
 def _shallow_breath(volume: Volume, lungs: np.ndarray) -> Volume:
     """The scan as a shallower breath would show it: less air in the lungs, so aerated lung 70 HU denser in front
     and 190 HU denser at the back (about -790 to -670 HU: gravity pools the blood and the collapse in the
     dependent lung). Only the air-holding tissue changes: the added density falls to nothing towards soft-tissue
-    density (vessels, the hila) and towards air (airway lumen)."""
+    density (vessels, the hila) and towards air (airway lumen), and the lung's noise stays as it was."""
     inside = lungs > 0
     rows = np.flatnonzero(inside.any(axis=(0, 2)))
     y = (np.arange(volume.shape[1], dtype=np.float32) - rows[0]) / max(1, rows[-1] - rows[0])
@@ -174,7 +177,12 @@ def _shallow_breath(volume: Volume, lungs: np.ndarray) -> Volume:
         y = 1.0 - y
     added = 70.0 + 120.0 * np.clip(y, 0.0, 1.0)[None, :, None]
     hu = volume.hu.astype(np.float32)
-    aerated = np.clip((40.0 - hu) / 890.0, 0.0, 1.0) * np.clip((hu + 1000.0) / 100.0, 0.0, 1.0)
+    # Parenchyma (under -300 HU) gains in full; partial volume with vessels less, vessels nothing. Airway lumen
+    # is told from parenchyma on a smoothed copy: voxel by voxel, a ramp towards air would modulate the added
+    # density by the noise (clear lung's voxels at -950 HU would gain half what those at -850 gain) and make
+    # a coarse texture no shallower breath makes.
+    local = ndimage.gaussian_filter(hu, [SHALLOW_SMOOTH_MM / s for s in volume.spacing_mm])
+    aerated = np.clip((40.0 - hu) / 340.0, 0.0, 1.0) * np.clip((local + 1000.0) / 100.0, 0.0, 1.0)
     hu = np.where(inside, hu + added * aerated, hu)
     return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
 

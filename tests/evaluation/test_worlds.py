@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medai.cli import main as cli_main
 from medai.evaluation.real_ct import DEFAULT_FOLDER, real_cases
@@ -67,8 +68,12 @@ def test_real_patient_world_has_exact_ground_truth() -> None:
     inside = cases["as-is"].lung_mask > 0
     added = shallow.astype(np.int32) - as_is
     parenchyma = inside & (as_is > -900) & (as_is < -800)
-    assert not added[~inside].any() and added[parenchyma].min() >= 50 and added[inside].max() <= 191
+    assert not added[~inside].any() and np.median(added[parenchyma]) >= 100 and added[inside].max() <= 191
     assert not added[inside & (as_is > 40)].any()  # vessels keep their density
+    # ... and the lung its noise: what is added does not follow it (voxel by voxel it did, 0.09)
+    noise = as_is - ndimage.gaussian_filter(as_is.astype(np.float32), 2.0 / np.array(cases["as-is"].volume.spacing_mm))
+    aerated = inside & (as_is < -700)
+    assert abs(np.corrcoef(added[aerated], noise[aerated])[0, 1]) < 0.03
 
 
 def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:
