@@ -91,10 +91,10 @@ METHOD = (
     "thresholds against the fitted parenchyma baseline)"
 )
 METHOD_HYBRID = (
-    "medai.quantify/9 hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
+    "medai.quantify/10 hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
     "surface - dense parts no aerated lung borders - fat - parts detached above the apex or under the base, "
-    "classical opacities against a baseline that follows expiration, half-expired dense slabs and dependent "
-    "density; "
+    "classical opacities against a baseline that follows expiration, half-expired dense slabs, censored slabs' "
+    "texture and dependent density; "
     "CT-0 below 1 %)"
 )
 

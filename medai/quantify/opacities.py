@@ -177,6 +177,22 @@ DENSE_SLAB_SHARE = 0.5
 # ... and it is dense parenchyma, read like an expiration scan's slab, when its low quantile rises from the clear
 # slab in front of it (or from dense parenchyma so read) no faster than gravity does (MAX_GRADIENT_HU_PER_MM): a
 # band of dependent atelectasis or disease filling the back of the lung rises faster.
+# A slab with less than this share of its inner lung under baseline_max_hu is censored: the median of its clear
+# voxels, and the low quantile of a dense slab, read under its parenchyma (a shallow breath's -770 HU slab read
+# -790) ...
+CENSORED_SHARE = 0.9
+# ... so its level is its own low tail lifted by the spread that the lung's uncensored slabs show between that
+# quantile and their median (the patient's texture; disease, above the parenchyma, does not move a low quantile),
+# never above the slab's median.
+TAIL_QUANTILE = 10.0
+
+
+def _uncensored_level(level: float, members: np.ndarray, tail_spread: float | None) -> float:
+    """``level`` of a censored slab (``members``) lifted towards its parenchyma's median (:data:`CENSORED_SHARE`)."""
+    if tail_spread is None:
+        return level
+    lifted = float(np.percentile(members, TAIL_QUANTILE)) + tail_spread
+    return max(level, min(lifted, float(np.median(members))))
 
 
 def _parenchyma_baseline(
@@ -194,6 +210,8 @@ def _parenchyma_baseline(
     opacities, vessels and the lung's surface do not pull it; the gravity
     gradient of dependent lung is what the slope takes up. A clear slab's level is the median of its clearly
     aerated (``< baseline_max_hu``) inner-lung values, and the line is capped below the ground-glass floor.
+    A censored slab (:data:`CENSORED_SHARE`), dense or clear, is read by its low tail and the texture of the
+    lung's uncensored slabs (:func:`_uncensored_level`), never under its old reading nor over its median.
     An expiration scan (hardly any lung below ``baseline_max_hu``) has no clear
     part: its line goes through a low quantile of each slab instead, capped at
     :data:`EXPIRATION_CAP_HU`. So does a dense slab (:data:`DENSE_SLAB_SHARE`) of a lung that is clear in
@@ -222,6 +240,14 @@ def _parenchyma_baseline(
     clear = [m.size >= 50 and a.size >= DENSE_SLAB_SHARE * m.size for m, a in zip(members, aerated, strict=True)]
     centres, levels, weights = [], [], []
     dense = expiration
+    uncensored = [
+        (m.size, float(np.median(m) - np.percentile(m, TAIL_QUANTILE)))
+        for m, a in zip(members, aerated, strict=True)
+        if m.size >= 50 and a.size >= CENSORED_SHARE * m.size
+    ]
+    spread = None  # an expiration scan has no clear part to learn the texture from: its quantile stands
+    if uncensored and not expiration:
+        spread = float(np.average([d for _, d in uncensored], weights=[n for n, _ in uncensored]))
     last: tuple[float, float] | None = None  # centre and low quantile of the last slab read as parenchyma
     # From the non-dependent side: a dense slab continues the parenchyma in front of it.
     for i in range(params.baseline_slabs) if posterior_high else reversed(range(params.baseline_slabs)):
@@ -232,9 +258,11 @@ def _parenchyma_baseline(
         low = float(np.percentile(m, EXPIRATION_QUANTILE))
         gravity = MAX_GRADIENT_HU_PER_MM * ap_mm * abs(centre - last[0]) if last else 0.0
         if expiration or (not clear[i] and last and low <= last[1] + gravity):
-            level, n, dense, last = low, m.size, True, (centre, low)
+            level, n, dense, last = _uncensored_level(low, m, spread), m.size, True, (centre, low)
         elif a.size >= 50:
             level, n = float(np.median(a)), a.size
+            if a.size < CENSORED_SHARE * m.size:
+                level = _uncensored_level(level, m, spread)
             if clear[i]:
                 last = (centre, low)
         else:
