@@ -118,6 +118,18 @@ def _served_rows(clf: object, world: str, n: int | None, seed: int) -> list[tupl
     return rows
 
 
+def _cached_rows(cache: Path, key: dict, clf: object, world: str, n: int, seed: int) -> list:
+    """:func:`_served_rows`, kept in ``cache`` and reused while ``key`` is unchanged."""
+    cached = pickle.loads(cache.read_bytes()) if cache.exists() else None
+    if cached is not None and cached["key"] == key:
+        print(f"decision layer: {world} rows reused from {cache}", flush=True)
+        return cached["rows"]
+    print(f"decision layer: {n} {world} cases to fit on (seed set {seed})", flush=True)
+    rows = _served_rows(clf, world, n, seed)
+    cache.write_bytes(pickle.dumps({"key": key, "rows": rows}))
+    return rows
+
+
 def _scored(rows: list, layer: object, rule: DecisionRule) -> list:
     from medai.evaluation.served import ScoredCase
     from medai.inference.classifier import UNRELIABLE_FLAGS
@@ -165,6 +177,43 @@ def _incumbent(ckpt: dict) -> tuple[str, DecisionLayer] | None:
     return f"{before} (kept, fitted before)", DecisionLayer.from_dict(ckpt["decision_layer"])
 
 
+# Worlds a decision layer can be fitted on, each with ``n_fit`` cases of seed set 1 (their test and choosing cases
+# are seed set 0): the training world, and the leave-extremes-out world, whose acquisitions lie outside
+# training's and whose normal lungs carry the partial-volume opacity that the training world's hardly have.
+FIT_WORLDS = ("train", "heldout")
+_FIT_DESCRIPTION = {
+    "train": "training-world phantoms (medai.evaluation.worlds 'train', seed set 1)",
+    "heldout": "leave-extremes-out phantoms (medai.evaluation.worlds 'heldout', seed set 1)",
+}
+
+
+def _fit_sources(fit_worlds: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """``(name suffix, worlds)`` of each set of fitting rows: every fit world alone, then all of them pooled.
+
+    The training world's suffix is empty, so its variants keep the names they had before other worlds could fit.
+    """
+    unknown = set(fit_worlds) - set(FIT_WORLDS)
+    if unknown or not fit_worlds:
+        raise ValueError(f"fit worlds must be some of {FIT_WORLDS}, not {sorted(unknown) or 'none'}")
+    sources = [("" if w == "train" else f" on {w}", (w,)) for w in fit_worlds]
+    if len(fit_worlds) > 1:
+        sources.append((f" on {'+'.join(fit_worlds)}", tuple(fit_worlds)))
+    return sources
+
+
+def _choosing_worlds(worlds: Sequence[str], fit_worlds: Sequence[str]) -> list[str]:
+    """The validation worlds the variants are chosen on: those no variant was fitted on (a layer fitted on a world
+    would be judged on its own distribution there).
+
+    Raises:
+        ValueError: every validation world is also a fit world.
+    """
+    choosing = [w for w in worlds if w not in fit_worlds]
+    if not choosing:
+        raise ValueError(f"nothing left to choose on: every validation world ({worlds}) is fitted on")
+    return choosing
+
+
 def decision_stage(
     checkpoint: Path,
     *,
@@ -173,16 +222,19 @@ def decision_stage(
     n_select: int,
     threads: int | None,
     tolerances: Sequence[float] = (0.0,),
+    fit_worlds: Sequence[str] = ("train",),
 ) -> dict:
     """Fit the decision layer's variants, choose one on the out-of-distribution validation worlds.
 
     Variants: each feature set of ``FEATURE_SETS``; those that read the findings once per ``tolerances``
-    (points of measured opacity forgiven, :func:`medai.inference.decision.forgive`).
+    (points of measured opacity forgiven, :func:`medai.inference.decision.forgive`); each fitted on every
+    source of :func:`_fit_sources`.
 
-    Fit: ``n_fit`` training-world phantoms (seed set 1; the in-distribution test uses seed set 0). Choose:
-    the variant with the best mean of (covid19 AUC + normals called normal) / 2 - ECE over the independent
-    phantom family's validation split (when present) and the leave-extremes-out world. The layer the
-    checkpoint already has is a candidate too, scored on the same rows, and stays when it wins. Writes the
+    Fit: ``n_fit`` cases of seed set 1 of each of ``fit_worlds`` (:data:`FIT_WORLDS`; their test and choosing
+    cases are seed set 0). Choose: the variant with the best mean of (covid19 AUC + normals called normal) / 2
+    - ECE over the validation worlds, the independent phantom family's validation split (when present) and the
+    leave-extremes-out world, less those fitted on (:func:`_choosing_worlds`; all are still reported). The layer
+    the checkpoint already has is a candidate too, scored on the same rows, and stays when it wins. Writes the
     chosen layer and the comparison into the checkpoint.
     """
     from medai.evaluation.served import summarize
@@ -230,23 +282,34 @@ def decision_stage(
             print(f"decision layer: {n_select} {world} cases to choose on", flush=True)
             selection[world] = _served_rows(clf, world, n_select, 0)
         cache.write_bytes(pickle.dumps({"key": key, "fit": fit_rows, "selection": selection}))
-    comparison, layers = {}, {}
-    for feature_set in FEATURE_SETS:
-        for tolerance in tolerances:
-            name = feature_set if tolerance == 0 else f"{feature_set}, {tolerance:g} % forgiven"
-            if tolerance and not set(FEATURE_SETS[feature_set]) & set(FINDINGS):
-                continue  # nothing to forgive in the logits
-            layer = fit_decision_layer(
-                [f for _, f, _ in fit_rows],
-                [c.label for c, _, _ in fit_rows],
-                feature_set=feature_set,
-                tolerance_percent=tolerance,
-                fitted_on=f"{n_fit} training-world phantoms (medai.evaluation.worlds 'train', seed set 1)",
+    rows_of = {"train": fit_rows}
+    for world in fit_worlds:
+        if world != "train":
+            rows_of[world] = _cached_rows(
+                out_dir / f"decision_rows_fit-{world}.pkl", {**key, "fit_world": world}, clf, world, n_fit, 1
             )
-            layers[name] = layer
-            comparison[name] = {
-                w: summarize(_scored(rows, layer, rule), n_bootstrap=200) for w, rows in selection.items()
-            }
+    choosing = _choosing_worlds(worlds, fit_worlds)
+    print(f"decision layer: fitted on {' / '.join(fit_worlds)}, chosen on {' + '.join(choosing)}", flush=True)
+    comparison, layers = {}, {}
+    for suffix, sources in _fit_sources(fit_worlds):
+        rows = [row for world in sources for row in rows_of[world]]
+        fitted_on = " + ".join(f"{n_fit} {_FIT_DESCRIPTION[w]}" for w in sources)
+        for feature_set in FEATURE_SETS:
+            for tolerance in tolerances:
+                name = (feature_set if tolerance == 0 else f"{feature_set}, {tolerance:g} % forgiven") + suffix
+                if tolerance and not set(FEATURE_SETS[feature_set]) & set(FINDINGS):
+                    continue  # nothing to forgive in the logits
+                layer = fit_decision_layer(
+                    [f for _, f, _ in rows],
+                    [c.label for c, _, _ in rows],
+                    feature_set=feature_set,
+                    tolerance_percent=tolerance,
+                    fitted_on=fitted_on,
+                )
+                layers[name] = layer
+                comparison[name] = {
+                    w: summarize(_scored(sel, layer, rule), n_bootstrap=200) for w, sel in selection.items()
+                }
 
     incumbent = _incumbent(ckpt)
     if incumbent is not None:
@@ -258,7 +321,13 @@ def decision_stage(
 
     def score(metrics: dict) -> float:
         return float(
-            np.mean([(m.get("covid19_auc", 0.0) + m["normals_called_normal"]) / 2 - m["ece"] for m in metrics.values()])
+            np.mean(
+                [
+                    (m.get("covid19_auc", 0.0) + m["normals_called_normal"]) / 2 - m["ece"]
+                    for w, m in metrics.items()
+                    if w in choosing
+                ]
+            )
         )
 
     chosen = max(comparison, key=lambda name: score(comparison[name]))
@@ -266,7 +335,13 @@ def decision_stage(
         mark = "  <- chosen" if name == chosen else ""
         print(f"  {name:28s} score {score(metrics):.3f} " + json.dumps(metrics, default=str)[:600] + mark, flush=True)
     ckpt["decision_layer"] = layers[chosen].to_dict()
-    ckpt["decision_ablation"] = {"chosen": chosen, "selection_worlds": list(selection), "metrics": comparison}
+    ckpt["decision_ablation"] = {
+        "chosen": chosen,
+        "fit_worlds": list(fit_worlds),
+        "selection_worlds": choosing,
+        "reported_worlds": list(selection),
+        "metrics": comparison,
+    }
     torch.save(ckpt, checkpoint)
     return ckpt["decision_ablation"]
 
@@ -280,6 +355,7 @@ def _decision_stage_of(args: argparse.Namespace) -> dict:
         n_select=args.n_select,
         threads=args.threads,
         tolerances=args.tolerances,
+        fit_worlds=args.fit_worlds,
     )
 
 
@@ -330,6 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[0.0],
         help="decision-layer variants that forgive this many points of measured opacity (default: 0 only; "
         "docs/ood.md has the ablation of 0 0.5 1 2)",
+    )
+    parser.add_argument(
+        "--fit-worlds",
+        nargs="+",
+        choices=FIT_WORLDS,
+        default=["train"],
+        help="worlds the decision layer's variants are fitted on, alone and pooled; the choice is made on the "
+        "validation worlds not among them (default: %(default)s; docs/ood.md has the ablation of train heldout)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 phantoms, 2 epochs, 30 held-out")
     args = parser.parse_args(argv)

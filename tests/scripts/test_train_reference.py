@@ -1,5 +1,5 @@
 """scripts/train_reference.py: the decision stage's cache key follows the network, not the export's bytes; the
-checkpoint's own decision layer competes with the refits."""
+checkpoint's own decision layer competes with the refits; a layer is chosen on worlds it was not fitted on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 
 from medai.training.network import ModelSpec, build_model
@@ -52,3 +53,19 @@ def test_the_checkpoints_own_layer_is_a_candidate_named_for_its_variant() -> Non
     again, _ = incumbent({"decision_layer": layer, "decision_ablation": {"chosen": name}})
     assert again == name  # kept twice: still named for the variant
     assert incumbent({"decision_layer": layer})[0] == "previous (kept, fitted before)"
+
+
+def test_the_decision_layer_is_chosen_on_worlds_it_was_not_fitted_on() -> None:
+    script = _script()
+    assert script._fit_sources(["train"]) == [("", ("train",))]  # the names of the variants before
+    assert script._fit_sources(["train", "heldout"]) == [
+        ("", ("train",)),
+        (" on heldout", ("heldout",)),
+        (" on train+heldout", ("train", "heldout")),
+    ]
+    assert script._choosing_worlds(["independent-val", "heldout"], ["train"]) == ["independent-val", "heldout"]
+    assert script._choosing_worlds(["independent-val", "heldout"], ["train", "heldout"]) == ["independent-val"]
+    with pytest.raises(ValueError, match="nothing left to choose on"):
+        script._choosing_worlds(["heldout"], ["heldout"])
+    with pytest.raises(ValueError, match="fit worlds"):
+        script._fit_sources(["independent-val"])
