@@ -187,12 +187,12 @@ CENSORED_SHARE = 0.9
 TAIL_QUANTILE = 10.0
 
 
-def _uncensored_level(level: float, members: np.ndarray, tail_spread: float | None) -> float:
-    """``level`` of a censored slab (``members``) lifted towards its parenchyma's median (:data:`CENSORED_SHARE`)."""
+def _uncensored_level(level: float, tail: float, median: float, tail_spread: float | None) -> float:
+    """``level`` of a censored slab (:data:`CENSORED_SHARE`) lifted towards its parenchyma's median: its
+    :data:`TAIL_QUANTILE` (``tail``) plus ``tail_spread``, never over its ``median``."""
     if tail_spread is None:
         return level
-    lifted = float(np.percentile(members, TAIL_QUANTILE)) + tail_spread
-    return max(level, min(lifted, float(np.median(members))))
+    return max(level, min(tail + tail_spread, median))
 
 
 def _parenchyma_baseline(
@@ -240,9 +240,14 @@ def _parenchyma_baseline(
     clear = [m.size >= 50 and a.size >= DENSE_SLAB_SHARE * m.size for m, a in zip(members, aerated, strict=True)]
     centres, levels, weights = [], [], []
     dense = expiration
+    # Each usable slab's tail quantile, low quantile and median, in one partition.
+    tail, low, median = np.full((3, params.baseline_slabs), np.nan)
+    for i, m in enumerate(members):
+        if m.size >= 50:
+            tail[i], low[i], median[i] = np.percentile(m, (TAIL_QUANTILE, EXPIRATION_QUANTILE, 50.0))
     uncensored = [
-        (m.size, float(np.median(m) - np.percentile(m, TAIL_QUANTILE)))
-        for m, a in zip(members, aerated, strict=True)
+        (m.size, float(median[i] - tail[i]))
+        for i, (m, a) in enumerate(zip(members, aerated, strict=True))
         if m.size >= 50 and a.size >= CENSORED_SHARE * m.size
     ]
     spread = None  # an expiration scan has no clear part to learn the texture from: its quantile stands
@@ -255,16 +260,16 @@ def _parenchyma_baseline(
         if m.size < 50:
             continue
         centre = 0.5 * (edges[i] + edges[i + 1])
-        low = float(np.percentile(m, EXPIRATION_QUANTILE))
         gravity = MAX_GRADIENT_HU_PER_MM * ap_mm * abs(centre - last[0]) if last else 0.0
-        if expiration or (not clear[i] and last and low <= last[1] + gravity):
-            level, n, dense, last = _uncensored_level(low, m, spread), m.size, True, (centre, low)
+        if expiration or (not clear[i] and last and low[i] <= last[1] + gravity):
+            level = _uncensored_level(float(low[i]), float(tail[i]), float(median[i]), spread)
+            n, dense, last = m.size, True, (centre, float(low[i]))
         elif a.size >= 50:
             level, n = float(np.median(a)), a.size
             if a.size < CENSORED_SHARE * m.size:
-                level = _uncensored_level(level, m, spread)
+                level = _uncensored_level(level, float(tail[i]), float(median[i]), spread)
             if clear[i]:
-                last = (centre, low)
+                last = (centre, float(low[i]))
         else:
             continue
         centres.append(centre)

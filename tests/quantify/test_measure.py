@@ -576,7 +576,7 @@ def test_a_censored_slab_is_read_at_its_parenchyma(tail: bool, monkeypatch: pyte
     from medai.quantify import opacities
 
     if not tail:
-        monkeypatch.setattr(opacities, "_uncensored_level", lambda level, members, spread: level)  # the old reading
+        monkeypatch.setattr(opacities, "_uncensored_level", lambda level, *_: level)  # the old reading
     rng = np.random.default_rng(3)
     parenchyma = np.linspace(-880.0, -740.0, 80)  # 0.7 HU per mm over 200 mm, rows 2.5 mm apart
     value = (parenchyma[None, :, None] + rng.normal(0.0, 40.0, (20, 80, 30))).astype(np.float32)
