@@ -23,7 +23,7 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,16 +118,15 @@ def _served_rows(clf: object, world: str, n: int | None, seed: int) -> list[tupl
     return rows
 
 
-def _cached_rows(cache: Path, key: dict, clf: object, world: str, n: int, seed: int) -> list:
-    """:func:`_served_rows`, kept in ``cache`` and reused while ``key`` is unchanged."""
+def _cached(cache: Path, key: dict, make: Callable[[], dict], what: str) -> dict:
+    """What ``make()`` returns, kept in ``cache`` beside ``key`` and reused while ``key`` is unchanged."""
     cached = pickle.loads(cache.read_bytes()) if cache.exists() else None
     if cached is not None and cached["key"] == key:
-        print(f"decision layer: {world} rows reused from {cache}", flush=True)
-        return cached["rows"]
-    print(f"decision layer: {n} {world} cases to fit on (seed set {seed})", flush=True)
-    rows = _served_rows(clf, world, n, seed)
-    cache.write_bytes(pickle.dumps({"key": key, "rows": rows}))
-    return rows
+        print(f"decision layer: {what} reused from {cache}", flush=True)
+        return cached
+    made = make()
+    cache.write_bytes(pickle.dumps({"key": key, **made}))
+    return made
 
 
 def _scored(rows: list, layer: object, rule: DecisionRule) -> list:
@@ -269,25 +268,26 @@ def decision_stage(
         "n_select": n_select,
         "worlds": worlds,
     }
-    cache = out_dir / "decision_rows.pkl"
-    cached = pickle.loads(cache.read_bytes()) if cache.exists() else None
-    if cached is not None and cached["key"] == key:
-        print(f"decision layer: served rows reused from {cache}", flush=True)
-        fit_rows, selection = cached["fit"], cached["selection"]
-    else:
-        print(f"decision layer: {n_fit} fitting cases (training world, seed set 1)", flush=True)
-        fit_rows = _served_rows(clf, "train", n_fit, 1)
-        selection = {}
-        for world in worlds:
-            print(f"decision layer: {n_select} {world} cases to choose on", flush=True)
-            selection[world] = _served_rows(clf, world, n_select, 0)
-        cache.write_bytes(pickle.dumps({"key": key, "fit": fit_rows, "selection": selection}))
+
+    def served(world: str, n: int, seed: int, purpose: str) -> list:
+        print(f"decision layer: {n} {world} cases {purpose} (seed set {seed})", flush=True)
+        return _served_rows(clf, world, n, seed)
+
+    def fit_and_choose() -> dict:
+        fit = served("train", n_fit, 1, "to fit on")
+        return {"fit": fit, "selection": {w: served(w, n_select, 0, "to choose on") for w in worlds}}
+
+    made = _cached(out_dir / "decision_rows.pkl", key, fit_and_choose, "served rows")
+    fit_rows, selection = made["fit"], made["selection"]
     rows_of = {"train": fit_rows}
     for world in fit_worlds:
         if world != "train":
-            rows_of[world] = _cached_rows(
-                out_dir / f"decision_rows_fit-{world}.pkl", {**key, "fit_world": world}, clf, world, n_fit, 1
-            )
+            rows_of[world] = _cached(
+                out_dir / f"decision_rows_fit-{world}.pkl",
+                {**key, "fit_world": world},
+                lambda world=world: {"rows": served(world, n_fit, 1, "to fit on")},
+                f"{world} rows",
+            )["rows"]
     choosing = _choosing_worlds(worlds, fit_worlds)
     print(f"decision layer: fitted on {' / '.join(fit_worlds)}, chosen on {' + '.join(choosing)}", flush=True)
     comparison, layers = {}, {}
@@ -317,7 +317,7 @@ def decision_stage(
         # given (a layer fitted before a quantification change can still generalise better).
         name, kept = incumbent
         layers[name] = kept
-        comparison[name] = {w: summarize(_scored(rows, kept, rule), n_bootstrap=200) for w, rows in selection.items()}
+        comparison[name] = {w: summarize(_scored(sel, kept, rule), n_bootstrap=200) for w, sel in selection.items()}
 
     def score(metrics: dict) -> float:
         return float(

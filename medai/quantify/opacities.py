@@ -238,6 +238,7 @@ def _parenchyma_baseline(
     members = [values[slab == i] for i in range(params.baseline_slabs)]
     aerated = [m[m < params.baseline_max_hu] for m in members]
     clear = [m.size >= 50 and a.size >= DENSE_SLAB_SHARE * m.size for m, a in zip(members, aerated, strict=True)]
+    uncensored = [m.size >= 50 and a.size >= CENSORED_SHARE * m.size for m, a in zip(members, aerated, strict=True)]
     centres, levels, weights = [], [], []
     dense = expiration
     # Each usable slab's tail quantile, low quantile and median, in one partition.
@@ -245,14 +246,10 @@ def _parenchyma_baseline(
     for i, m in enumerate(members):
         if m.size >= 50:
             tail[i], low[i], median[i] = np.percentile(m, (TAIL_QUANTILE, EXPIRATION_QUANTILE, 50.0))
-    uncensored = [
-        (m.size, float(median[i] - tail[i]))
-        for i, (m, a) in enumerate(zip(members, aerated, strict=True))
-        if m.size >= 50 and a.size >= CENSORED_SHARE * m.size
-    ]
     spread = None  # an expiration scan has no clear part to learn the texture from: its quantile stands
-    if uncensored and not expiration:
-        spread = float(np.average([d for _, d in uncensored], weights=[n for n, _ in uncensored]))
+    if any(uncensored) and not expiration:
+        kept = [i for i, u in enumerate(uncensored) if u]
+        spread = float(np.average(median[kept] - tail[kept], weights=[members[i].size for i in kept]))
     last: tuple[float, float] | None = None  # centre and low quantile of the last slab read as parenchyma
     # From the non-dependent side: a dense slab continues the parenchyma in front of it.
     for i in range(params.baseline_slabs) if posterior_high else reversed(range(params.baseline_slabs)):
@@ -266,7 +263,7 @@ def _parenchyma_baseline(
             n, dense, last = m.size, True, (centre, float(low[i]))
         elif a.size >= 50:
             level, n = float(np.median(a)), a.size
-            if a.size < CENSORED_SHARE * m.size:
+            if not uncensored[i]:
                 level = _uncensored_level(level, float(tail[i]), float(median[i]), spread)
             if clear[i]:
                 last = (centre, float(low[i]))

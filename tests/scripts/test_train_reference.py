@@ -69,3 +69,18 @@ def test_the_decision_layer_is_chosen_on_worlds_it_was_not_fitted_on() -> None:
         script._choosing_worlds(["heldout"], ["heldout"])
     with pytest.raises(ValueError, match="fit worlds"):
         script._fit_sources(["independent-val"])
+
+
+def test_served_rows_are_kept_beside_their_key(tmp_path: Path) -> None:
+    cached = _script()._cached
+    made: list[int] = []
+
+    def make() -> dict:
+        made.append(1)
+        return {"rows": [len(made)]}
+
+    cache = tmp_path / "rows.pkl"
+    assert cached(cache, {"quantification": "a"}, make, "rows") == {"rows": [1]}
+    assert cached(cache, {"quantification": "a"}, make, "rows")["rows"] == [1]  # reused, not made again
+    assert cached(cache, {"quantification": "b"}, make, "rows") == {"rows": [2]}  # another key: made again
+    assert len(made) == 2
