@@ -103,6 +103,10 @@ def read_nifti(path: str | Path) -> Volume:
         raise InvalidSeriesError(
             QCReason.IMPLAUSIBLE_DIMENSIONS, f"NIfTI {str(path)!r} must hold a 3D volume, not shape {data.shape}"
         )
+    if 0 in data.shape:
+        raise InvalidSeriesError(
+            QCReason.IMPLAUSIBLE_DIMENSIONS, f"NIfTI {str(path)!r} holds no voxels (shape {data.shape})"
+        )
     affine = _RAS_FROM_LPS @ np.asarray(img.affine, dtype=np.float64)  # type: ignore[attr-defined]  # LPS affine
     spacing_xyz = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(spacing_xyz <= 0):

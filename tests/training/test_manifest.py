@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medai.errors import ManifestError
+from medai.errors import InvalidSeriesError, ManifestError, QCReason
 from medai.ingest.nifti import read_nifti, write_nifti
 from medai.labels import CLASS_NAMES
 from medai.training.manifest import ManifestRow, Split, assign_splits, load_case, read_manifest, write_manifest
@@ -126,3 +126,13 @@ def test_read_nifti_rejects_4d(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.int16), np.eye(4)), str(tmp_path / "t.nii"))
     with pytest.raises(Exception, match="3D volume"):
         read_nifti(tmp_path / "t.nii")
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_read_nifti_rejects_a_volume_without_voxels(tmp_path, dtype):
+    # found by the coverage-guided fuzzer: a float volume with a zero dimension reached numpy's min() and raised
+    # ValueError, not a typed error naming the file
+    nib.save(nib.Nifti1Image(np.zeros((4, 0, 3), dtype), np.eye(4)), str(tmp_path / "e.nii"))
+    with pytest.raises(InvalidSeriesError, match="holds no voxels") as caught:
+        read_nifti(tmp_path / "e.nii")
+    assert caught.value.reason is QCReason.IMPLAUSIBLE_DIMENSIONS and "e.nii" in str(caught.value)
