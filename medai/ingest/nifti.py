@@ -78,7 +78,10 @@ def read_nifti(path: str | Path) -> Volume:
     fit are kept as int16, anything else becomes float32.
 
     Raises:
-        InvalidSeriesError: the file is unreadable or not a 3D volume.
+        InvalidSeriesError: the file is unreadable (``unreadable``), not a 3D volume with voxels
+            (``implausible_dimensions``), holds values that are not real and finite (``not_hounsfield``), or has
+            a non-finite or singular affine (``inconsistent_geometry``) or a sheared one
+            (``inconsistent_orientation``).
 
     Example:
         >>> import tempfile, os
@@ -107,11 +110,29 @@ def read_nifti(path: str | Path) -> Volume:
         raise InvalidSeriesError(
             QCReason.IMPLAUSIBLE_DIMENSIONS, f"NIfTI {str(path)!r} holds no voxels (shape {data.shape})"
         )
+    if data.dtype.kind not in "iuf":
+        raise InvalidSeriesError(
+            QCReason.NOT_HOUNSFIELD,
+            f"NIfTI {str(path)!r} holds {data.dtype} values; a CT volume holds real numbers (HU), not colour, "
+            "complex or structured data",
+        )
     affine = _RAS_FROM_LPS @ np.asarray(img.affine, dtype=np.float64)  # type: ignore[attr-defined]  # LPS affine
+    if not np.all(np.isfinite(affine)):
+        raise InvalidSeriesError(
+            QCReason.INCONSISTENT_GEOMETRY, f"NIfTI {str(path)!r} has a non-finite affine (NaN or infinity)"
+        )
     spacing_xyz = np.linalg.norm(affine[:3, :3], axis=0)
-    if np.any(spacing_xyz <= 0):
+    # NIfTI stores float32: round away the representation noise (0.699999988 -> 0.7)
+    spacing = tuple(round(float(s), 5) for s in spacing_xyz[::-1])
+    if min(spacing) <= 0:
         raise InvalidSeriesError(QCReason.INCONSISTENT_GEOMETRY, f"NIfTI {str(path)!r} has a singular affine")
     direction = affine[:3, :3] / spacing_xyz[None, :]
+    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-2:
+        raise InvalidSeriesError(
+            QCReason.INCONSISTENT_ORIENTATION,
+            f"NIfTI {str(path)!r} has a sheared affine (its axes are not orthogonal; a gantry tilt kept in the "
+            "geometry?): resample it onto an orthogonal grid first",
+        )
     hu = np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0))
     if np.issubdtype(hu.dtype, np.floating):
         if np.all(np.isfinite(hu)) and np.all(hu == np.round(hu)) and hu.min() >= -32768 and hu.max() <= 32767:
@@ -120,10 +141,14 @@ def read_nifti(path: str | Path) -> Volume:
             hu = hu.astype(np.float32)
     elif hu.dtype != np.int16:
         hu = hu.astype(np.int16) if hu.min() >= -32768 and hu.max() <= 32767 else hu.astype(np.float32)
+    if hu.dtype == np.float32 and not np.all(np.isfinite(hu)):
+        raise InvalidSeriesError(
+            QCReason.NOT_HOUNSFIELD,
+            f"NIfTI {str(path)!r} holds non-finite values (NaN or infinity, or beyond float32), not HU",
+        )
     return Volume(
         hu,
-        # NIfTI stores float32: round away the representation noise (0.699999988 -> 0.7)
-        spacing_mm=tuple(round(float(s), 5) for s in spacing_xyz[::-1]),  # type: ignore[arg-type]
+        spacing_mm=spacing,  # type: ignore[arg-type]
         origin_mm=tuple(float(o) for o in affine[:3, 3]),  # type: ignore[arg-type]
         direction=direction,
         header={"SourceFormat": "NIfTI", "SourcePath": str(path)},

@@ -23,10 +23,10 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PADDING_HU", "FrameTask", "decode_frames"]
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 #: HU written where PixelPaddingValue marks air outside the reconstruction field of view.
@@ -252,6 +253,21 @@ def _check_decoded(array: np.ndarray, task: FrameTask, out: np.ndarray) -> None:
         )
 
 
+def _parsed(read: Callable[..., _T], task: FrameTask, series_uid: str, *args: Any) -> _T:
+    """``read(*args)``, with pydicom's errors on a corrupt pixel module (an unknown VR, a value it cannot convert)
+    raised as ``unreadable`` naming the instance: the header gate parsed the other elements, not PixelData."""
+    try:
+        return read(*args)
+    except InvalidSeriesError:
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise InvalidSeriesError(
+            QCReason.UNREADABLE,
+            f"{task.source}: its pixel module cannot be parsed ({type(exc).__name__}: {str(exc)[:200]})",
+            series_uid=series_uid,
+        ) from exc
+
+
 def decode_frames(plan: Sequence[FrameTask], *, series_uid: str = "", workers: int | None = None) -> np.ndarray:
     """Decode ``plan`` (one task per slice, in z order) into a ``(z, y, x)`` HU array.
 
@@ -275,7 +291,7 @@ def decode_frames(plan: Sequence[FrameTask], *, series_uid: str = "", workers: i
     modules: dict[int, _PixelModule] = {}
     for task in plan:
         if id(task.dataset) not in modules:
-            modules[id(task.dataset)] = _pixel_module(task.dataset, task.source, series_uid)
+            modules[id(task.dataset)] = _parsed(_pixel_module, task, series_uid, task.dataset, task.source, series_uid)
     shape = {(m.rows, m.columns) for m in modules.values()}
     if len(shape) != 1:
         raise InvalidSeriesError(
@@ -290,7 +306,7 @@ def decode_frames(plan: Sequence[FrameTask], *, series_uid: str = "", workers: i
     for task in plan:
         module = modules[id(task.dataset)]
         if module.frames > 1 and module.native_offset is None:
-            _ = task.dataset.PixelData
+            _parsed(getattr, task, series_uid, task.dataset, "PixelData")
     dtype = np.int16 if integral else np.float32
     try:
         return _decode_into(plan, modules, np.empty((len(plan), rows, cols), dtype), workers)

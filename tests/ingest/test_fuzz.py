@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medai.errors import MedaiError
+from medai.errors import MedaiError, QCReason
 from medai.ingest.discovery import find_series
 from medai.ingest.load import load_series
 from medai.ingest.qc import SelectionRules, select_series
@@ -89,6 +89,13 @@ def test_every_crash_ever_found_is_replayed() -> None:
             warnings.simplefilter("ignore")
             outcome = fuzz.check_input(path.read_bytes(), workspace)
         assert outcome, path.name
+
+
+def test_a_pixel_module_pydicom_cannot_parse_is_unreadable() -> None:
+    # the header gate parses every element ingestion reads but PixelData, whose value pydicom converts when
+    # decoding asks for it: this input's PixelData has an unknown VR (pydicom raised NotImplementedError)
+    data = (CRASHES / "pixel-data-unknown-vr.bin").read_bytes()
+    assert fuzz.check_input(data, fuzz.Workspace()) == QCReason.UNREADABLE.value
 
 
 # ---------------------------------------------------------------- structured mutations (hypothesis)

@@ -136,3 +136,43 @@ def test_read_nifti_rejects_a_volume_without_voxels(tmp_path, dtype):
     with pytest.raises(InvalidSeriesError, match="holds no voxels") as caught:
         read_nifti(tmp_path / "e.nii")
     assert caught.value.reason is QCReason.IMPLAUSIBLE_DIMENSIONS and "e.nii" in str(caught.value)
+
+
+def _shear(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a[0, 1] = 0.3
+    return a
+
+
+def _non_finite(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a[0, 3] = np.inf
+    return a
+
+
+@pytest.mark.parametrize(
+    ("data", "affine", "reason", "words"),
+    [
+        (np.full((4, 5, 6), np.nan, np.float32), np.eye(4), QCReason.NOT_HOUNSFIELD, "non-finite values"),
+        (np.full((4, 5, 6), 1e300, np.float64), np.eye(4), QCReason.NOT_HOUNSFIELD, "beyond float32"),
+        (np.zeros((4, 5, 6), np.complex64), np.eye(4), QCReason.NOT_HOUNSFIELD, "complex64 values"),
+        (np.zeros((4, 5, 6), [("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4), QCReason.NOT_HOUNSFIELD, "colour"),
+        (np.zeros((4, 5, 6), np.int16), _non_finite(np.eye(4)), QCReason.INCONSISTENT_GEOMETRY, "non-finite affine"),
+        (np.zeros((4, 5, 6), np.int16), _shear(np.eye(4)), QCReason.INCONSISTENT_ORIENTATION, "sheared affine"),
+    ],
+    ids=["nan", "beyond-float32", "complex", "rgb", "infinite-origin", "sheared"],
+)
+def test_read_nifti_refuses_what_is_not_a_ct_volume_by_name(tmp_path, data, affine, reason, words):
+    # a volume that loaded with NaN HU or a non-finite or sheared geometry would fail later, silently or far
+    # from its cause (found by hand after the fuzzer's zero-size find; each is a byte or two away from a seed)
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "bad.nii"))
+    with pytest.raises(InvalidSeriesError, match=words) as caught:
+        read_nifti(tmp_path / "bad.nii")
+    assert caught.value.reason is reason and "bad.nii" in str(caught.value)
+
+
+def test_read_nifti_keeps_real_float_and_wide_integer_volumes(tmp_path):
+    nib.save(nib.Nifti1Image(np.full((4, 5, 6), -1000.5, np.float32), np.eye(4)), str(tmp_path / "f.nii"))
+    nib.save(nib.Nifti1Image(np.full((4, 5, 6), -1000, np.int32), np.eye(4)), str(tmp_path / "i.nii"))
+    assert read_nifti(tmp_path / "f.nii").hu.dtype == np.float32
+    assert read_nifti(tmp_path / "i.nii").hu.dtype == np.int16
