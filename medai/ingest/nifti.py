@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medai.errors import InvalidSeriesError, QCReason
+from medai.ingest.qc import DEFAULT_RULES
 from medai.volume import Volume
 
 __all__ = ["NIFTI_SUFFIXES", "is_mask_beside_case", "is_nifti_name", "nifti_stem", "read_nifti", "write_nifti"]
@@ -78,9 +79,10 @@ def read_nifti(path: str | Path) -> Volume:
     fit are kept as int16, anything else becomes float32.
 
     Raises:
-        InvalidSeriesError: the file is unreadable (``unreadable``), not a 3D volume with voxels
-            (``implausible_dimensions``), holds values that are not real and finite (``not_hounsfield``), or has
-            a non-finite or singular affine (``inconsistent_geometry``) or a sheared one
+        InvalidSeriesError: the file is unreadable (``unreadable``); not a 3D volume with voxels of a CT's size
+            (``implausible_dimensions``; :attr:`~medai.ingest.qc.SelectionRules.voxel_size_range_mm`); holds
+            values that are not real and finite (``not_hounsfield``); or has a non-finite or singular affine
+            (``inconsistent_geometry``) or a sheared one
             (``inconsistent_orientation``).
 
     Example:
@@ -126,6 +128,12 @@ def read_nifti(path: str | Path) -> Volume:
     spacing = tuple(round(float(s), 5) for s in spacing_xyz[::-1])
     if min(spacing) <= 0:
         raise InvalidSeriesError(QCReason.INCONSISTENT_GEOMETRY, f"NIfTI {str(path)!r} has a singular affine")
+    low, high = DEFAULT_RULES.voxel_size_range_mm
+    if not (low <= min(spacing) and max(spacing) <= high):
+        raise InvalidSeriesError(
+            QCReason.IMPLAUSIBLE_DIMENSIONS,
+            f"NIfTI {str(path)!r} voxel size must lie within {low:g}..{high:g} mm, not {spacing} (z, y, x)",
+        )
     direction = affine[:3, :3] / spacing_xyz[None, :]
     if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-2:
         raise InvalidSeriesError(

@@ -64,6 +64,9 @@ class SelectionRules:
     # Largest matrix (Rows, Columns) and total voxels accepted, checked before allocating.
     max_matrix: int = 4096
     max_voxels: int = 1_500_000_000
+    # Voxel edges (pixel spacing, slice step) outside this range are not a CT's (mm): a header's unit error or
+    # corruption, which would otherwise make every volume and lesion size meaningless.
+    voxel_size_range_mm: tuple[float, float] = (0.05, 25.0)
     # Gantry tilt: largest angle between the stacking direction and the slice normal.
     max_tilt_deg: float = 0.5
     # Two slices closer than this along the normal are duplicates.
@@ -245,6 +248,12 @@ def check_frames(
             QCReason.INCONSISTENT_GEOMETRY,
             f"PixelSpacing must be positive and equal on all slices, not {_distinct([tuple(s) for s in spacings])}",
         )
+    low, high = rules.voxel_size_range_mm
+    if not (low <= spacings.min() and spacings.max() <= high):
+        raise fail(
+            QCReason.IMPLAUSIBLE_DIMENSIONS,
+            f"PixelSpacing must lie within {low:g}..{high:g} mm, not {_distinct([tuple(s) for s in spacings])[:3]}",
+        )
     checks.append("matrix_and_pixel_spacing")
     orientations = np.asarray([f.orientation for f in frames], dtype=np.float64)
     if np.ptp(orientations, axis=0).max() > rules.orientation_tolerance:
@@ -317,6 +326,11 @@ def check_frames(
                 f"slice steps must be uniform within {tolerance:.3f} mm, not {steps.min():.3f} to {steps.max():.3f} mm",
             )
         checks.append("uniform_spacing")
+        if not low <= median <= high:
+            raise fail(
+                QCReason.IMPLAUSIBLE_DIMENSIONS,
+                f"the slice step must lie within {low:g}..{high:g} mm, not {median:.3f} mm",
+            )
     coverage = float(along[-1] - along[0])
     if coverage < rules.min_coverage_mm and len(frames) >= 2:
         raise fail(

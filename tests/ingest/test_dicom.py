@@ -386,6 +386,23 @@ def test_truncated_pixel_data(write_series) -> None:
     assert exc.reason is QCReason.TRUNCATED_PIXEL_DATA and f"must hold {MATRIX * MATRIX * 2} bytes" in str(exc)
 
 
+@pytest.mark.parametrize(
+    ("volume", "attributes", "words"),
+    [
+        (None, {"PixelSpacing": ["1e39", "1e39"]}, "PixelSpacing must lie within 0.05..25 mm"),
+        (None, {"PixelSpacing": ["7e-4", "7e-4"]}, "PixelSpacing must lie within 0.05..25 mm"),  # metres
+        (make_volume(spacing=(40.0, 0.7, 0.7)), {}, "slice step must lie within 0.05..25 mm, not 40.000"),
+    ],
+    ids=["huge-pixels", "pixels-in-metres", "slices-40mm-apart"],
+)
+def test_voxels_no_ct_has_are_refused(write_series, volume, attributes, words) -> None:
+    _, paths = write_series(volume=volume)
+    for path in paths:
+        mutate(path, lambda ds: [setattr(ds, k, v) for k, v in attributes.items()])
+    exc = _reason(paths[0].parent, rules=SelectionRules(min_coverage_mm=0.0))
+    assert exc.reason is QCReason.IMPLAUSIBLE_DIMENSIONS and words in str(exc)
+
+
 def test_truncated_file_on_disk(write_series) -> None:
     _, paths = write_series()
     data = paths[4].read_bytes()

@@ -159,8 +159,9 @@ def _non_finite(a: np.ndarray) -> np.ndarray:
         (np.zeros((4, 5, 6), [("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4), QCReason.NOT_HOUNSFIELD, "colour"),
         (np.zeros((4, 5, 6), np.int16), _non_finite(np.eye(4)), QCReason.INCONSISTENT_GEOMETRY, "non-finite affine"),
         (np.zeros((4, 5, 6), np.int16), _shear(np.eye(4)), QCReason.INCONSISTENT_ORIENTATION, "sheared affine"),
+        (np.zeros((4, 5, 6), np.int16), np.diag([7e-4, 7e-4, 1e-3, 1]), QCReason.IMPLAUSIBLE_DIMENSIONS, "0.05..25"),
     ],
-    ids=["nan", "beyond-float32", "complex", "rgb", "infinite-origin", "sheared"],
+    ids=["nan", "beyond-float32", "complex", "rgb", "infinite-origin", "sheared", "metres"],
 )
 def test_read_nifti_refuses_what_is_not_a_ct_volume_by_name(tmp_path, data, affine, reason, words):
     # a volume that loaded with NaN HU or a non-finite or sheared geometry would fail later, silently or far
