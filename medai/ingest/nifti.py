@@ -9,6 +9,7 @@ and nowhere else.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,18 @@ def read_nifti(path: str | Path) -> Volume:
     path = Path(path)
     try:
         img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise InvalidSeriesError(QCReason.UNREADABLE, f"cannot read NIfTI {str(path)!r}: {exc}") from exc
+    # Checked on the header, before the data is read: a small .nii.gz can declare (and inflate to) gigabytes.
+    rules = DEFAULT_RULES
+    if max(shape[:2], default=0) > rules.max_matrix or math.prod(shape) > rules.max_voxels:
+        raise InvalidSeriesError(
+            QCReason.IMPLAUSIBLE_DIMENSIONS,
+            f"NIfTI {str(path)!r} must have an in-plane matrix of at most {rules.max_matrix} and at most "
+            f"{rules.max_voxels} voxels, not shape {shape}",
+        )
+    try:
         data = np.asanyarray(img.dataobj)  # type: ignore[attr-defined]
     except Exception as exc:
         raise InvalidSeriesError(QCReason.UNREADABLE, f"cannot read NIfTI {str(path)!r}: {exc}") from exc
@@ -128,7 +141,7 @@ def read_nifti(path: str | Path) -> Volume:
     spacing = tuple(round(float(s), 5) for s in spacing_xyz[::-1])
     if min(spacing) <= 0:
         raise InvalidSeriesError(QCReason.INCONSISTENT_GEOMETRY, f"NIfTI {str(path)!r} has a singular affine")
-    low, high = DEFAULT_RULES.voxel_size_range_mm
+    low, high = rules.voxel_size_range_mm
     if not (low <= min(spacing) and max(spacing) <= high):
         raise InvalidSeriesError(
             QCReason.IMPLAUSIBLE_DIMENSIONS,

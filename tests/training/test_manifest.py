@@ -177,3 +177,15 @@ def test_read_nifti_keeps_real_float_and_wide_integer_volumes(tmp_path):
     nib.save(nib.Nifti1Image(np.full((4, 5, 6), -1000, np.int32), np.eye(4)), str(tmp_path / "i.nii"))
     assert read_nifti(tmp_path / "f.nii").hu.dtype == np.float32
     assert read_nifti(tmp_path / "i.nii").hu.dtype == np.int16
+
+
+def test_read_nifti_refuses_a_declared_giant_before_reading_it(tmp_path):
+    # a small .nii.gz can declare, and inflate to, gigabytes: the shape is judged on the header first
+    header = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)).header.copy()
+    header.set_data_shape((5000, 5000, 400))
+    with open(tmp_path / "giant.nii", "wb") as handle:
+        header.write_to(handle)
+        handle.write(bytes(1024))
+    with pytest.raises(InvalidSeriesError, match=r"at most 4096 .* not shape \(5000, 5000, 400\)") as caught:
+        read_nifti(tmp_path / "giant.nii")
+    assert caught.value.reason is QCReason.IMPLAUSIBLE_DIMENSIONS
