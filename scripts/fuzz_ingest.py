@@ -136,50 +136,10 @@ def _peak_rss_mb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
-def _enhanced_seed(volume) -> bytes:  # type: ignore[no-untyped-def]
-    """``volume`` as one Enhanced CT object (shared and per-frame functional groups), explicit little endian."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, "1.2.3.4.5.1"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.6"
-    ds.Modality, ds.ImageType = "CT", ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
-    n, rows, cols = volume.shape
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    measures, orientation, transform = Dataset(), Dataset(), Dataset()
-    measures.PixelSpacing, measures.SliceThickness = list(volume.spacing_mm[1:]), volume.spacing_mm[0]
-    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, 0, "HU"
-    shared = Dataset()
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
-    shared.PixelValueTransformationSequence = DicomSequence([transform])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    frames = []
-    for k in range(n):
-        item, position = Dataset(), Dataset()
-        position.ImagePositionPatient = [float(c) for c in volume.index_to_patient(np.array([k, 0, 0]))]
-        item.PlanePositionSequence = DicomSequence([position])
-        frames.append(item)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.PixelData = np.ascontiguousarray(volume.hu).astype("<i2").tobytes()
-    out = io.BytesIO()
-    pydicom.dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
-
-
 def seed_corpus(folder: Path) -> list[Path]:
     """Valid inputs for every target (and every regression file) as the fuzzer's starting corpus."""
     from medai.ingest.nifti import write_nifti
-    from medai.phantoms.ctwriter import TransferSyntax, write_ct_series
+    from medai.phantoms.ctwriter import TransferSyntax, write_ct_series, write_enhanced_ct
 
     folder.mkdir(parents=True, exist_ok=True)
     volume = _base_volume(slices=2, matrix=8)
@@ -189,8 +149,8 @@ def seed_corpus(folder: Path) -> list[Path]:
             first = write_ct_series(volume, tmp, transfer_syntax=syntax)[0]
             seeds += [bytes([TARGETS.index("file")]) + first.read_bytes()]
             seeds += [bytes([TARGETS.index("series")]) + first.read_bytes()]
-    seeds += [bytes([TARGETS.index("file")]) + _enhanced_seed(volume)]
     with tempfile.TemporaryDirectory() as tmp:
+        seeds += [bytes([TARGETS.index("file")]) + write_enhanced_ct(volume, Path(tmp) / "e.dcm").read_bytes()]
         write_nifti(volume, Path(tmp) / "v.nii")
         raw = (Path(tmp) / "v.nii").read_bytes()
         seeds += [bytes([TARGETS.index("nifti")]) + raw, bytes([TARGETS.index("nifti")]) + gzip.compress(raw)]

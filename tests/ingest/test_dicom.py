@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 import medai
 from medai.cli import main as cli_main
@@ -27,7 +26,7 @@ from medai.ingest.discovery import find_series, read_header
 from medai.ingest.load import check_series, load_series
 from medai.ingest.qc import SelectionRules, select_per_study, select_series
 from medai.ingest.sources import DicomSource
-from medai.phantoms.ctwriter import TransferSyntax, write_ct_series
+from medai.phantoms.ctwriter import TransferSyntax, write_ct_series, write_enhanced_ct
 from medai.volume import Volume
 
 N_SLICES, MATRIX = 24, 64
@@ -170,54 +169,14 @@ def test_non_integer_slope_gives_float32(write_series) -> None:
     assert np.allclose(loaded.hu, (expected.hu.astype(np.float64) + 1024) * 0.5 - 512.25)
 
 
-def _enhanced_ct(volume: Volume, path: Path, order: np.ndarray, *, syntax: TransferSyntax) -> None:
-    """Write ``volume`` as one Enhanced CT object, frames stored in ``order``."""
-    ds = Dataset()
-    ds.SOPClassUID = EnhancedCTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.Modality = "CT"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
-    ds.PatientID, ds.PatientName, ds.SeriesDescription, ds.SeriesNumber = "P1", "Enhanced^Phantom", "enhanced", 7
-    ds.Rows, ds.Columns, ds.NumberOfFrames = MATRIX, MATRIX, len(order)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing = list(SPACING[1:])
-    measures.SliceThickness = SPACING[0]
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    transform = Dataset()
-    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, 0, "HU"
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
-    shared.PixelValueTransformationSequence = DicomSequence([transform])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    per_frame = []
-    for k in order:
-        item, position = Dataset(), Dataset()
-        position.ImagePositionPatient = [float(c) for c in volume.index_to_patient(np.array([k, 0, 0]))]
-        item.PlanePositionSequence = DicomSequence([position])
-        per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    frames = np.ascontiguousarray(volume.hu[order])
-    if syntax is TransferSyntax.EXPLICIT:
-        ds.PixelData = frames.astype("<i2").tobytes()
-    else:
-        ds.compress(syntax.uid, frames, generate_instance_uid=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-
-
 @pytest.mark.parametrize("syntax", [TransferSyntax.EXPLICIT, TransferSyntax.JPEG2000], ids=lambda s: s.value)
 def test_enhanced_ct_multiframe(tmp_path: Path, syntax: TransferSyntax) -> None:
     expected = make_volume()
     order = np.random.default_rng(1).permutation(N_SLICES)
-    _enhanced_ct(expected, tmp_path / "enh" / "enhanced.dcm", order, syntax=syntax)
+    attributes = {"SeriesDescription": "enhanced", "SeriesNumber": 7}
+    write_enhanced_ct(
+        expected, tmp_path / "enh" / "enhanced.dcm", order=order, transfer_syntax=syntax, attributes=attributes
+    )
     (info,) = find_series(tmp_path / "enh")
     assert (info.n_instances, info.n_slices) == (1, N_SLICES)
     volume = load_series(info)
