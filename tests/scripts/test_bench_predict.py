@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_predict", ROOT / "scripts" / "bench_predict.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_predict")
 
 
 def test_bench_predict_runs_both_pipelines_and_the_network_timing(tmp_path, capsys):

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import load_script
 
 
 def test_bench_viewer_prints_the_reruns_the_peer_ratio_and_the_webgl_payload(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("bench_viewer", ROOT / "scripts" / "bench_viewer.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_viewer")
     argv = ["--slices", "40", "--matrix", "96", "--repeats", "2", "--workdir", str(tmp_path)]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_variants_are_built_and_judged_by_the_parity_rule(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("eval_variants", ROOT / "scripts" / "eval_variants.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_script("eval_variants")
     out = tmp_path / "variants.json"
     argv = ["--heldout", "6", "--calibration", "3", "--runs", "2", "--out-dir", str(tmp_path), "--json", str(out)]
     assert module.main(argv) == 0

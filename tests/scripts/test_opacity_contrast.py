@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("opacity_contrast", ROOT / "scripts" / "opacity_contrast.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("opacity_contrast")
 
 
 def test_components_are_read_against_the_lung_around_them(script) -> None:  # type: ignore[no-untyped-def]

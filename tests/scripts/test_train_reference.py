@@ -3,8 +3,6 @@ checkpoint's own decision layer competes with the refits; a layer is chosen on w
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -12,17 +10,13 @@ import pytest
 import torch
 
 from medai.training.network import ModelSpec, build_model
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_reference", ROOT / "scripts" / "train_reference.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_reference")
 
 
 def test_served_rows_are_reused_only_for_the_same_network() -> None:
