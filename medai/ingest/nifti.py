@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medai.errors import InvalidSeriesError, QCReason
-from medai.ingest.qc import DEFAULT_RULES
+from medai.ingest.qc import DEFAULT_RULES, ORTHONORMAL_TOLERANCE
 from medai.volume import Volume
 
 __all__ = ["NIFTI_SUFFIXES", "is_mask_beside_case", "is_nifti_name", "nifti_stem", "read_nifti", "write_nifti"]
@@ -148,7 +148,7 @@ def read_nifti(path: str | Path) -> Volume:
             f"NIfTI {str(path)!r} voxel size must lie within {low:g}..{high:g} mm, not {spacing} (z, y, x)",
         )
     direction = affine[:3, :3] / spacing_xyz[None, :]
-    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-2:
+    if np.abs(direction.T @ direction - np.eye(3)).max() > ORTHONORMAL_TOLERANCE:
         raise InvalidSeriesError(
             QCReason.INCONSISTENT_ORIENTATION,
             f"NIfTI {str(path)!r} has a sheared affine (its axes are not orthogonal; a gantry tilt kept in the "

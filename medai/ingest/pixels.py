@@ -23,10 +23,11 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PADDING_HU", "FrameTask", "decode_frames"]
 
-_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 #: HU written where PixelPaddingValue marks air outside the reconstruction field of view.
@@ -253,17 +253,18 @@ def _check_decoded(array: np.ndarray, task: FrameTask, out: np.ndarray) -> None:
         )
 
 
-def _parsed(read: Callable[..., _T], task: FrameTask, series_uid: str, *args: Any) -> _T:
-    """``read(*args)``, with pydicom's errors on a corrupt pixel module (an unknown VR, a value it cannot convert)
-    raised as ``unreadable`` naming the instance: the header gate parsed the other elements, not PixelData."""
+@contextmanager
+def _unreadable_pixel_module(source: DicomSource, series_uid: str) -> Iterator[None]:
+    """pydicom's errors on a corrupt pixel module (an unknown VR, a value it cannot convert) raised as ``unreadable``
+    naming the instance: the header gate parsed every other element ingestion reads, not PixelData."""
     try:
-        return read(*args)
+        yield
     except InvalidSeriesError:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise InvalidSeriesError(
             QCReason.UNREADABLE,
-            f"{task.source}: its pixel module cannot be parsed ({type(exc).__name__}: {str(exc)[:200]})",
+            f"{source}: its pixel module cannot be parsed ({type(exc).__name__}: {str(exc)[:200]})",
             series_uid=series_uid,
         ) from exc
 
@@ -291,7 +292,8 @@ def decode_frames(plan: Sequence[FrameTask], *, series_uid: str = "", workers: i
     modules: dict[int, _PixelModule] = {}
     for task in plan:
         if id(task.dataset) not in modules:
-            modules[id(task.dataset)] = _parsed(_pixel_module, task, series_uid, task.dataset, task.source, series_uid)
+            with _unreadable_pixel_module(task.source, series_uid):
+                modules[id(task.dataset)] = _pixel_module(task.dataset, task.source, series_uid)
     shape = {(m.rows, m.columns) for m in modules.values()}
     if len(shape) != 1:
         raise InvalidSeriesError(
@@ -306,7 +308,8 @@ def decode_frames(plan: Sequence[FrameTask], *, series_uid: str = "", workers: i
     for task in plan:
         module = modules[id(task.dataset)]
         if module.frames > 1 and module.native_offset is None:
-            _parsed(getattr, task, series_uid, task.dataset, "PixelData")
+            with _unreadable_pixel_module(task.source, series_uid):
+                _ = task.dataset.PixelData
     dtype = np.int16 if integral else np.float32
     try:
         return _decode_into(plan, modules, np.empty((len(plan), rows, cols), dtype), workers)

@@ -105,6 +105,9 @@ class SelectionRules:
 
 #: The rules used when none are given.
 DEFAULT_RULES = SelectionRules()
+#: How far a direction's axes may be from unit length and orthogonality (DICOM ImageOrientationPatient, a NIfTI
+#: affine).
+ORTHONORMAL_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -264,9 +267,9 @@ def check_frames(
         )
     row_dir, col_dir = orientations[0, :3], orientations[0, 3:]
     if (
-        abs(np.linalg.norm(row_dir) - 1) > 1e-2
-        or abs(np.linalg.norm(col_dir) - 1) > 1e-2
-        or abs(row_dir @ col_dir) > 1e-2
+        abs(np.linalg.norm(row_dir) - 1) > ORTHONORMAL_TOLERANCE
+        or abs(np.linalg.norm(col_dir) - 1) > ORTHONORMAL_TOLERANCE
+        or abs(row_dir @ col_dir) > ORTHONORMAL_TOLERANCE
     ):
         raise fail(
             QCReason.INCONSISTENT_ORIENTATION,
