@@ -6,8 +6,13 @@ leave-extremes-out, the independent phantom family, the real patient) with the s
 (bootstrap 95 % CI), ECE, normals called normal and graded CT-0, covid19 specificity and sensitivity,
 lesion % MAE, worst lung-volume error, severity agreement. ``--json`` keeps every number and every case.
 
+``ece_if_calibrated`` is the ECE (median and 95th percentile) that a perfectly calibrated model would show on the
+same confidences and as many cases: an observed ECE inside it is sampling noise. ``--from-json`` recomputes
+every summary from the cases an earlier run wrote, without scoring anything (for a metric added since).
+
 Example:
     python scripts/eval_ood.py --worlds train heldout independent-val real --n 60 --json .bench/ood.json
+    python scripts/eval_ood.py --from-json .bench/ood.json
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ ROWS = (
     "covid19_auc_ci",
     "accuracy",
     "ece",
+    "ece_if_calibrated",
     "normals_called_normal",
     "normals_ct0",
     "covid19_specificity",
@@ -56,9 +62,7 @@ def _met(name: str, value: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medai.evaluation.served import score_cases, summarize
-    from medai.evaluation.worlds import WORLDS, world_cases
-    from medai.inference.classifier import Classifier
+    from medai.evaluation.worlds import WORLDS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="ONNX model (default: $MEDAI_MODEL or the shipped model)")
@@ -69,7 +73,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="write every number and every case here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="summarize the cases of an earlier run's --json again (nothing is scored; --worlds, --n, --model "
+        "and --matrix are then those of that run; --json rewrites it with the new summaries)",
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        model, results, cases = _resummarize(args)
+    else:
+        model, results, cases = _score(args)
+    worlds = list(results)
+    width = max(len(w) for w in worlds) + 4
+    print("\n" + " " * 34 + "".join(f"{w:>{width + 8}s}" for w in worlds))
+    for name in ROWS:
+        cells = []
+        for world in worlds:
+            value = results[world].get(name, "n/a")
+            text = f"{value[0]:.3f}-{value[1]:.3f}" if isinstance(value, list) else str(value)
+            cells.append(f"{text + _met(name, value):>{width + 8}s}")
+        print(f"{name:34s}" + "".join(cells))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"model": model, "argv": sys.argv[1:], "summary": results, "cases": cases}
+        args.json.write_text(json.dumps(payload, indent=1, default=str))
+        print(f"written {args.json}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> tuple[str, dict, dict]:
+    """Score every world of ``args`` with the served pipeline: (model id, summaries, cases)."""
+    from medai.evaluation.served import score_cases, summarize
+    from medai.evaluation.worlds import world_cases
+    from medai.inference.classifier import Classifier
 
     clf = Classifier.load(args.model, threads=args.threads)
     print(f"model {clf.scoring_id}; {os.cpu_count()} cores", flush=True)
@@ -91,21 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         results[world] = summarize(rows, n_bootstrap=args.bootstrap, seed=args.seed)
         results[world]["seconds"] = round(time.perf_counter() - start, 1)
         cases[world] = [r.to_dict() for r in rows]
-    width = max(len(w) for w in args.worlds) + 4
-    print("\n" + " " * 34 + "".join(f"{w:>{width + 8}s}" for w in args.worlds))
-    for name in ROWS:
-        cells = []
-        for world in args.worlds:
-            value = results[world].get(name, "n/a")
-            text = f"{value[0]:.3f}-{value[1]:.3f}" if isinstance(value, list) else str(value)
-            cells.append(f"{text + _met(name, value):>{width + 8}s}")
-        print(f"{name:34s}" + "".join(cells))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"model": clf.scoring_id, "argv": sys.argv[1:], "summary": results, "cases": cases}
-        args.json.write_text(json.dumps(payload, indent=1, default=str))
-        print(f"written {args.json}")
-    return 0
+    return clf.scoring_id, results, cases
+
+
+def _resummarize(args: argparse.Namespace) -> tuple[str, dict, dict]:
+    """The summaries of an earlier run's cases, computed again (its scoring time kept): (model id, summaries, cases)."""
+    from medai.evaluation.served import ScoredCase, summarize
+
+    earlier = json.loads(args.from_json.read_text())
+    print(f"model {earlier['model']}; cases of {args.from_json} (run with {' '.join(earlier['argv'])})", flush=True)
+    results = {}
+    for world, rows in earlier["cases"].items():
+        results[world] = summarize([ScoredCase.from_dict(r) for r in rows], n_bootstrap=args.bootstrap, seed=args.seed)
+        if "seconds" in earlier["summary"].get(world, {}):
+            results[world]["seconds"] = earlier["summary"][world]["seconds"]
+    return earlier["model"], results, earlier["cases"]
 
 
 if __name__ == "__main__":

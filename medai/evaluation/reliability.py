@@ -15,7 +15,14 @@ from sklearn.metrics import brier_score_loss
 
 from medai.evaluation.metrics import check_multiclass
 
-__all__ = ["CalibrationMode", "ReliabilityBins", "brier_score", "expected_calibration_error", "reliability_bins"]
+__all__ = [
+    "CalibrationMode",
+    "ReliabilityBins",
+    "brier_score",
+    "ece_if_calibrated",
+    "expected_calibration_error",
+    "reliability_bins",
+]
 
 
 class CalibrationMode(enum.StrEnum):
@@ -146,6 +153,36 @@ def expected_calibration_error(
     k = np.asarray(probabilities).shape[1]
     eces = [reliability_bins(labels, probabilities, n_bins=n_bins, mode=mode, class_index=c).ece for c in range(k)]
     return float(np.mean(eces))
+
+
+def ece_if_calibrated(
+    probabilities: np.ndarray, *, n_bins: int = 10, n_draws: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """(median, 95th percentile) of the top-label ECE that a perfectly calibrated model would show here.
+
+    The ECE of a finite set of cases is biased upwards: with few cases per bin the observed accuracy scatters
+    around the confidence even when the probabilities are exact. This draws each case's label from its own
+    predicted probabilities ``n_draws`` times (the model is then calibrated by construction) and measures the
+    ECE of each draw, on the same confidences and bins. An observed ECE inside this range cannot be told
+    from sampling noise; a target below its median cannot be shown on this many cases at all.
+
+    Example:
+        >>> p = np.tile([0.8, 0.1, 0.1], (60, 1))
+        >>> median, high = ece_if_calibrated(p, n_draws=500)
+        >>> 0.02 < median < 0.08 < high
+        True
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError(f"probabilities must be (n_cases, n_classes) with n_cases >= 1, not shape {p.shape}")
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, not {n_draws}")
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
+    draws = rng.random((n_draws, p.shape[0], 1))
+    labels = np.minimum((draws > cumulative[None]).sum(axis=2), p.shape[1] - 1)
+    eces = [reliability_bins(y, p, n_bins=n_bins).ece for y in labels]
+    return float(np.median(eces)), float(np.percentile(eces, 95))
 
 
 def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -19,7 +19,13 @@ from medai.evaluation.metrics import (
     roc_auc,
     roc_curve,
 )
-from medai.evaluation.reliability import CalibrationMode, brier_score, expected_calibration_error, reliability_bins
+from medai.evaluation.reliability import (
+    CalibrationMode,
+    brier_score,
+    ece_if_calibrated,
+    expected_calibration_error,
+    reliability_bins,
+)
 
 
 def brute_force_auc(positive: np.ndarray, scores: np.ndarray) -> float:
@@ -250,3 +256,41 @@ def test_bootstrap_with_zero_replicates_has_nan_bounds_and_checks_arguments() ->
         bootstrap_ci(lambda i: 0.0, labels, n_bootstrap=-1)
     with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\)"):
         bootstrap_ci(lambda i: 0.0, labels, confidence=1.0)
+
+
+def test_ece_if_calibrated_matches_the_binomial_spread_of_one_bin() -> None:
+    # 60 cases, all at confidence 0.8 in one bin: a calibrated model's ECE is |k / 60 - 0.8|, k ~ Binomial(60, 0.8)
+    from scipy.stats import binom
+
+    n = 60
+    gaps = np.abs(np.arange(n + 1) / n - 0.8)
+    order = np.argsort(gaps)
+    cdf = np.cumsum(binom.pmf(np.arange(n + 1), n, 0.8)[order])
+    exact_median = gaps[order][np.searchsorted(cdf, 0.5)]
+    exact_95 = gaps[order][np.searchsorted(cdf, 0.95)]
+    median, high = ece_if_calibrated(np.tile([0.8, 0.15, 0.05], (n, 1)), n_draws=4000)
+    assert median == pytest.approx(exact_median, abs=0.0175)  # one case is 1/60
+    assert high == pytest.approx(exact_95, abs=0.0175)
+    assert ece_if_calibrated(np.tile([0.8, 0.15, 0.05], (n, 1)), n_draws=4000) == (median, high)  # seeded
+
+
+def test_ece_if_calibrated_shrinks_with_cases_and_tells_miscalibration_from_noise() -> None:
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.4, 1.0, 2000)
+    p = np.stack([conf, (1 - conf) * 0.6, (1 - conf) * 0.4], axis=1)
+    few, _ = ece_if_calibrated(p[:60])
+    many, many_high = ece_if_calibrated(p)
+    assert 0.06 < few < 0.16 and many < 0.03 and many < few / 3
+    # labels drawn from the model's own probabilities land above the 95th percentile about once in 20 draws;
+    # an overconfident model lands far above it
+    calibrated = [expected_calibration_error((rng.random(2000) > conf).astype(int), p) for _ in range(20)]
+    assert sum(e > many_high for e in calibrated) <= 3
+    overconfident = (rng.random(2000) > conf - 0.15).astype(int)  # 15 points less accurate than it says
+    assert expected_calibration_error(overconfident, p) > 3 * many_high
+
+
+def test_ece_if_calibrated_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="probabilities must be"):
+        ece_if_calibrated(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="n_draws must be"):
+        ece_if_calibrated(np.tile([0.5, 0.5], (4, 1)), n_draws=0)
