@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import pickle
@@ -32,7 +33,9 @@ import numpy as np
 import torch
 
 from medai.evaluation.evaluate import evaluate_predictions
+from medai.evaluation.worlds import WORLDS
 from medai.inference.calibration import DecisionRule
+from medai.inference.decision import FEATURE_SETS
 from medai.labels import CLASS_NAMES
 from medai.preprocess import PreprocessParams
 from medai.training.config import TrainConfig
@@ -176,6 +179,11 @@ def _incumbent(ckpt: dict) -> tuple[str, DecisionLayer] | None:
     return f"{before} (kept, fitted before)", DecisionLayer.from_dict(ckpt["decision_layer"])
 
 
+# The decision layer's default menu. The smaller findings sets transfer better to the independent family but cost
+# in-distribution AUC, which the choosing rule does not see (docs/ood.md): they are tried on request only.
+DEFAULT_FEATURE_SETS = ("cnn", "findings", "combined")
+
+
 # Worlds a decision layer can be fitted on, each with ``n_fit`` cases of seed set 1 (their test and choosing cases
 # are seed set 0): the training world, and the leave-extremes-out world, whose acquisitions lie outside
 # training's and whose normal lungs carry the partial-volume opacity that the training world's hardly have.
@@ -200,6 +208,16 @@ def _fit_sources(fit_worlds: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]
     return sources
 
 
+def _variant_name(feature_set: str, tolerance: float, strength: float, suffix: str) -> str:
+    """A decision-layer variant's name: its feature set, then only what differs from the defaults.
+
+    The defaults (nothing forgiven, C = 1, fitted on the training world) add nothing, so a variant keeps the
+    name it had before the option existed (and a kept layer's name still matches its refit).
+    """
+    name = feature_set + (f", {tolerance:g} % forgiven" if tolerance else "")
+    return name + (f", C={strength:g}" if strength != 1 else "") + suffix
+
+
 def _choosing_worlds(worlds: Sequence[str], fit_worlds: Sequence[str]) -> list[str]:
     """The validation worlds the variants are chosen on: those no variant was fitted on (a layer fitted on a world
     would be judged on its own distribution there).
@@ -222,12 +240,16 @@ def decision_stage(
     threads: int | None,
     tolerances: Sequence[float] = (0.0,),
     fit_worlds: Sequence[str] = ("train",),
+    regularizations: Sequence[float] = (1.0,),
+    feature_sets: Sequence[str] = DEFAULT_FEATURE_SETS,
+    report_worlds: Sequence[str] = (),
+    n_report: int = 60,
 ) -> dict:
     """Fit the decision layer's variants, choose one on the out-of-distribution validation worlds.
 
-    Variants: each feature set of ``FEATURE_SETS``; those that read the findings once per ``tolerances``
-    (points of measured opacity forgiven, :func:`medai.inference.decision.forgive`); each fitted on every
-    source of :func:`_fit_sources`.
+    Variants: each of ``feature_sets`` (keys of ``FEATURE_SETS``); those that read the findings once per ``tolerances``
+    (points of measured opacity forgiven, :func:`medai.inference.decision.forgive`); each at every inverse L2
+    strength of ``regularizations``; each fitted on every source of :func:`_fit_sources`.
 
     Fit: ``n_fit`` cases of seed set 1 of each of ``fit_worlds`` (:data:`FIT_WORLDS`; their test and choosing
     cases are seed set 0). Choose: the variant with the best mean of (covid19 AUC + normals called normal) / 2
@@ -235,10 +257,14 @@ def decision_stage(
     leave-extremes-out world, less those fitted on (:func:`_choosing_worlds`; all are still reported). The layer
     the checkpoint already has is a candidate too, scored on the same rows, and stays when it wins. Writes the
     chosen layer and the comparison into the checkpoint.
+
+    ``report_worlds`` (e.g. the test worlds): every variant is also scored there, on ``n_report`` cases of seed
+    set 0 (the real patient: all its cases), after the choice and without any part in it; printed and written to
+    ``out_dir/decision_report.json``, never into the checkpoint.
     """
     from medai.evaluation.served import summarize
     from medai.inference.classifier import Classifier
-    from medai.inference.decision import FEATURE_SETS, FINDINGS
+    from medai.inference.decision import FINDINGS
     from medai.phantoms.synthetic import GENERATOR
     from medai.quantify.head import shipped_quantnet
     from medai.quantify.measure import METHOD_HYBRID
@@ -269,7 +295,7 @@ def decision_stage(
         "worlds": worlds,
     }
 
-    def served(world: str, n: int, seed: int, purpose: str) -> list:
+    def served(world: str, n: int | None, seed: int, purpose: str) -> list:
         print(f"decision layer: {n} {world} cases {purpose} (seed set {seed})", flush=True)
         return _served_rows(clf, world, n, seed)
 
@@ -294,22 +320,22 @@ def decision_stage(
     for suffix, sources in _fit_sources(fit_worlds):
         rows = [row for world in sources for row in rows_of[world]]
         fitted_on = " + ".join(f"{n_fit} {_FIT_DESCRIPTION[w]}" for w in sources)
-        for feature_set in FEATURE_SETS:
-            for tolerance in tolerances:
-                name = (feature_set if tolerance == 0 else f"{feature_set}, {tolerance:g} % forgiven") + suffix
-                if tolerance and not set(FEATURE_SETS[feature_set]) & set(FINDINGS):
-                    continue  # nothing to forgive in the logits
-                layer = fit_decision_layer(
-                    [f for _, f, _ in rows],
-                    [c.label for c, _, _ in rows],
-                    feature_set=feature_set,
-                    tolerance_percent=tolerance,
-                    fitted_on=fitted_on,
-                )
-                layers[name] = layer
-                comparison[name] = {
-                    w: summarize(_scored(sel, layer, rule), n_bootstrap=200) for w, sel in selection.items()
-                }
+        for feature_set, tolerance, strength in itertools.product(feature_sets, tolerances, regularizations):
+            if tolerance and not set(FEATURE_SETS[feature_set]) & set(FINDINGS):
+                continue  # nothing to forgive in the logits
+            name = _variant_name(feature_set, tolerance, strength, suffix)
+            layer = fit_decision_layer(
+                [f for _, f, _ in rows],
+                [c.label for c, _, _ in rows],
+                feature_set=feature_set,
+                regularization=strength,
+                tolerance_percent=tolerance,
+                fitted_on=fitted_on,
+            )
+            layers[name] = layer
+            comparison[name] = {
+                w: summarize(_scored(sel, layer, rule), n_bootstrap=200) for w, sel in selection.items()
+            }
 
     incumbent = _incumbent(ckpt)
     if incumbent is not None:
@@ -343,7 +369,47 @@ def decision_stage(
         "metrics": comparison,
     }
     torch.save(ckpt, checkpoint)
+    if report_worlds:
+        _report(report_worlds, n_report, layers, chosen, rule, out_dir=out_dir, key=key, served=served)
     return ckpt["decision_ablation"]
+
+
+def _report(
+    worlds: Sequence[str],
+    n: int,
+    layers: dict,
+    chosen: str,
+    rule: DecisionRule,
+    *,
+    out_dir: Path,
+    key: dict,
+    served: Callable[[str, int | None, int, str], list],
+) -> None:
+    """Every decision-layer variant scored on ``worlds`` once the choice is made (reported, never chosen on)."""
+    from medai.evaluation.served import summarize
+
+    report: dict[str, dict] = {}
+    for world in worlds:
+        count = None if world == "real" else n
+        rows = _cached(
+            out_dir / f"decision_rows_report-{world}.pkl",
+            {**key, "report_world": world, "n": count},
+            lambda world=world, count=count: {"rows": served(world, count, 0, "to report on")},
+            f"{world} rows",
+        )["rows"]
+        print(f"decision layer, reported on {world} ({len(rows)} cases; not chosen on):", flush=True)
+        for name, layer in layers.items():
+            m = summarize(_scored(rows, layer, rule), n_bootstrap=200)
+            report.setdefault(name, {})[world] = m
+            low, high = m["ece_if_calibrated"]
+            print(
+                f"  {name:34s} covid19 AUC {m.get('covid19_auc', float('nan')):.3f} ECE {m['ece']:.3f} (calibrated: "
+                f"{low:.3f}-{high:.3f}) normals called normal {m['normals_called_normal']:.2f} CT-0 "
+                f"{m['normals_ct0']:.2f} indeterminate {m['indeterminate_rate']:.2f}"
+                + ("  <- chosen" if name == chosen else ""),
+                flush=True,
+            )
+    (out_dir / "decision_report.json").write_text(json.dumps({"chosen": chosen, "metrics": report}, indent=1))
 
 
 def _decision_stage_of(args: argparse.Namespace) -> dict:
@@ -356,6 +422,10 @@ def _decision_stage_of(args: argparse.Namespace) -> dict:
         threads=args.threads,
         tolerances=args.tolerances,
         fit_worlds=args.fit_worlds,
+        regularizations=args.regularizations,
+        feature_sets=args.feature_sets,
+        report_worlds=args.report_worlds,
+        n_report=args.n_report,
     )
 
 
@@ -415,6 +485,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="worlds the decision layer's variants are fitted on, alone and pooled; the choice is made on the "
         "validation worlds not among them (default: %(default)s; docs/ood.md has the ablation of train heldout)",
     )
+    parser.add_argument(
+        "--feature-sets",
+        nargs="+",
+        choices=sorted(FEATURE_SETS),
+        default=list(DEFAULT_FEATURE_SETS),
+        help="the decision layer's feature sets, one variant each (default: %(default)s; docs/ood.md has the "
+        "ablation of findings findings-no-location findings-burden)",
+    )
+    parser.add_argument(
+        "--regularizations",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="inverse L2 strengths C of the decision layer's logistic regression, one variant each (default: 1 "
+        "only; docs/ood.md has the ablation of 1 0.3 0.1)",
+    )
+    parser.add_argument(
+        "--report-worlds",
+        nargs="+",
+        default=[],
+        choices=WORLDS,
+        help="also score every decision-layer variant on these worlds once the choice is made (the test worlds: "
+        "reported, never chosen on; rows cached in --out-dir)",
+    )
+    parser.add_argument("--n-report", type=int, default=60, help="cases per --report-worlds world (default: 60)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 phantoms, 2 epochs, 30 held-out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

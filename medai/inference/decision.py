@@ -8,8 +8,9 @@ the test worlds) and stored with the model, so a lung without opacities needs ve
 to be called sick, and the probabilities stay calibrated.
 
 Feature sets (:data:`FEATURE_SETS`): ``cnn`` (the network's logits only: the classic temperature-scaled
-classifier), ``findings`` (the measured findings only) and ``combined`` (both). Which one ships is an
-evidence-based choice (docs/ood.md).
+classifier), ``findings`` (the measured findings only), ``combined`` (both), and two smaller sets of findings:
+``findings-no-location`` (without where the opacity lies) and ``findings-burden`` (only how much, how dense and
+how bilateral). Which one ships, and how strongly regularized, is an evidence-based choice (docs/ood.md).
 """
 
 from __future__ import annotations
@@ -39,7 +40,23 @@ FINDINGS = (
     "log_top_zone",  # log(1 + lesion % of the most affected zone): focal and lobar disease concentrate
     "zones_involved",  # share of the six zones with at least 1 % opacity
 )
-FEATURE_SETS: dict[str, tuple[str, ...]] = {"cnn": LOGITS, "findings": FINDINGS, "combined": LOGITS + FINDINGS}
+# Where the opacity lies (lower zones, under the pleura): learned on one phantom family's lesion shapes, these
+# did not transfer to the independent family's (docs/ood.md, failure mode 2), so two smaller sets leave them out.
+_LOCATION = ("lower_share", "peripheral_share")
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "cnn": LOGITS,
+    "findings": FINDINGS,
+    "combined": LOGITS + FINDINGS,
+    "findings-no-location": tuple(f for f in FINDINGS if f not in _LOCATION),
+    # how much opacity, how dense, and in both lungs or one: nothing about its shape or place
+    "findings-burden": (
+        "log_lesion",
+        "log_ground_glass",
+        "log_consolidation",
+        "consolidation_share",
+        "log_lesser_side",
+    ),
+}
 
 # Opacity within this distance of the lung surface counts as peripheral (subpleural).
 PERIPHERAL_MM = 10.0

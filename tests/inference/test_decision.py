@@ -56,6 +56,22 @@ def test_layer_round_trip_and_shape_checks() -> None:
         fit_decision_layer(rows, labels, feature_set="magic")
 
 
+def test_the_smaller_findings_sets_leave_out_where_the_opacity_lies() -> None:
+    location = {"lower_share", "peripheral_share"}
+    assert set(FEATURE_SETS["findings-no-location"]) == set(FINDINGS) - location
+    burden = set(FEATURE_SETS["findings-burden"])
+    assert burden < set(FINDINGS) and not burden & (location | {"zones_involved", "log_top_zone"})
+    rng = np.random.default_rng(0)
+    rows = [dict(zip(FINDINGS, rng.normal(size=len(FINDINGS)), strict=True)) for _ in range(60)]
+    labels = [CLASS_NAMES[int(r["log_lesion"] > 0) + int(r["consolidation_share"] > 0.5)] for r in rows]
+    layer = fit_decision_layer(rows, labels, feature_set="findings-no-location")
+    assert layer.features == FEATURE_SETS["findings-no-location"]
+    moved = {**rows[0], "lower_share": 50.0, "peripheral_share": -50.0}  # what it does not read cannot move it
+    np.testing.assert_allclose(layer.probabilities(moved), layer.probabilities(rows[0]))
+    strong = fit_decision_layer(rows, labels, feature_set="findings-no-location", regularization=0.1)
+    assert np.abs(strong.weights).sum() < np.abs(layer.weights).sum()  # a smaller C shrinks the weights
+
+
 def _findings_row(lesion: float, *, top_zone: float, pattern: float) -> dict[str, float]:
     row = dict.fromkeys(LOGITS, 0.0) | dict.fromkeys(FINDINGS, pattern)
     row.update(

@@ -78,3 +78,56 @@ def test_served_rows_are_kept_beside_their_key(tmp_path: Path) -> None:
     assert cached(cache, {"quantification": "a"}, make, "rows")["rows"] == [1]  # reused, not made again
     assert cached(cache, {"quantification": "b"}, make, "rows") == {"rows": [2]}  # another key: made again
     assert len(made) == 2
+
+
+def test_variants_are_named_for_what_differs_from_the_defaults() -> None:
+    name = _script()._variant_name
+    assert name("findings", 0.0, 1.0, "") == "findings"  # the names of the variants before the options
+    assert name("findings-no-location", 0.0, 0.3, "") == "findings-no-location, C=0.3"
+    assert name("combined", 2.0, 0.1, " on heldout") == "combined, 2 % forgiven, C=0.1 on heldout"
+
+
+def test_every_variant_is_reported_on_the_test_worlds_after_the_choice(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from medai.evaluation.worlds import TruthCase
+    from medai.inference.calibration import DecisionRule
+    from medai.inference.decision import FINDINGS
+    from medai.labels import CLASS_NAMES
+    from medai.training.decision_fit import fit_decision_layer
+
+    script = _script()
+    rng = np.random.default_rng(0)
+
+    def rows(world: str, n: int | None, seed: int, purpose: str) -> list:
+        made.append((world, n, purpose))
+        out = []
+        for i in range(n or 12):
+            label = CLASS_NAMES[i % 3]
+            burden = 0.0 if label == "normal" else 2.0 + rng.random()
+            features = dict.fromkeys(FINDINGS, 0.0) | {"log_lesion": burden, "consolidation_share": i % 3 / 2}
+            measured = {"lesion": burden, "lung_ml": 4000.0, "grade": "CT-1" if burden else "CT-0", "flags": ()}
+            out.append((TruthCase(f"{world}-{i}", world, label, None, burden, 4000.0, "none", {}), features, measured))
+        return out
+
+    made: list[tuple] = []
+    fit = rows("train", 30, 1, "to fit on")
+    layers = {
+        name: fit_decision_layer([f for _, f, _ in fit], [c.label for c, _, _ in fit], feature_set=s, regularization=c)
+        for name, s, c in (("findings", "findings", 1.0), ("findings-burden, C=0.1", "findings-burden", 0.1))
+    }
+    rule = DecisionRule.from_dict(
+        torch.load(ROOT / "models" / "medai-ref.pt", map_location="cpu", weights_only=False)["decision_rule"]
+    )
+    made.clear()
+    for _ in range(2):  # the second time the rows are reused from the run folder
+        script._report(["real", "independent-test"], 9, layers, "findings", rule, out_dir=tmp_path, key={"k": 1},
+                       served=rows)  # fmt: skip
+    assert made == [("real", None, "to report on"), ("independent-test", 9, "to report on")]
+    report = json.loads((tmp_path / "decision_report.json").read_text())
+    assert report["chosen"] == "findings" and set(report["metrics"]) == set(layers)
+    assert report["metrics"]["findings"]["real"]["n_cases"] == 12
+    assert report["metrics"]["findings-burden, C=0.1"]["independent-test"]["n_cases"] == 9
+    assert "ece_if_calibrated" in report["metrics"]["findings"]["real"]
