@@ -189,6 +189,22 @@ def test_depth_is_the_exact_euclidean_distance_transform(spacing) -> None:
             assert np.array_equal(got <= threshold, want <= threshold)
 
 
+def test_depth_does_not_depend_on_its_threads() -> None:
+    from medai.preprocess import set_threads
+
+    mask = ndimage.uniform_filter(np.random.default_rng(3).random((60, 90, 110)), 7) > 0.5
+    try:
+        set_threads(1)
+        one = depth_mm(mask, (2.5, 1.4, 1.4))
+        set_threads(2)
+        two = depth_mm(mask, (2.5, 1.4, 1.4))
+    finally:
+        set_threads(None)
+    assert np.array_equal(one, two)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        set_threads(0)
+
+
 @pytest.mark.parametrize(
     ("radius", "spacing"),
     [

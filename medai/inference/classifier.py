@@ -242,7 +242,8 @@ class Classifier:
             providers: onnxruntime execution providers, best first. Default: TensorRT, CUDA
                 (with onnxruntime-gpu and a GPU), then CPU. Unavailable ones are skipped with a warning.
             threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core); when
-                given, the quantification head's session (:func:`medai.quantify.head.set_threads`) follows.
+                given, the quantification head's session (:func:`medai.quantify.head.set_threads`) and the distance
+                transform (:func:`medai.preprocess.set_threads`) follow.
 
         Raises:
             ModelError: missing or unreadable file, hash mismatch, not a medai export, no usable provider.
@@ -270,9 +271,11 @@ class Classifier:
                 raise ValueError(f"threads must be >= 1, not {threads}")
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            from medai.preprocess import set_threads as set_distance_threads
             from medai.quantify.head import set_threads
 
             set_threads(threads)
+            set_distance_threads(min(threads, 2))
         try:
             session = ort.InferenceSession(str(resolved), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files

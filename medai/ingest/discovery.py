@@ -271,8 +271,25 @@ def _group(item: Dataset | None, sequence: str) -> Dataset | None:
         return None
 
 
+# Where a parsed header keeps its frames: read_header, grouping and loading all need them, and ingestion never
+# changes a header it parsed.
+_FRAMES_ATTR = "_medai_frames"
+
+
 def frames_from_dataset(ds: Dataset, source: DicomSource) -> list[FrameHeader]:
-    """One :class:`FrameHeader` per frame, from classic or Enhanced (functional groups) headers."""
+    """One :class:`FrameHeader` per frame, from classic or Enhanced (functional groups) headers.
+
+    Computed once per parsed dataset and source (a dataset changed afterwards keeps its first frames).
+    """
+    known = ds.__dict__.get(_FRAMES_ATTR)
+    if known is not None and known[0] is source:
+        return list(known[1])
+    frames = _frames_of(ds, source)
+    object.__setattr__(ds, _FRAMES_ATTR, (source, tuple(frames)))
+    return frames
+
+
+def _frames_of(ds: Dataset, source: DicomSource) -> list[FrameHeader]:
     n_frames = as_number(value(ds, "NumberOfFrames"), int) or 1
     if not 1 <= n_frames <= MAX_FRAMES:
         raise InvalidSeriesError(

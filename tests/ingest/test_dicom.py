@@ -247,6 +247,28 @@ def test_load_series_accepts_a_list_of_files(write_series) -> None:
         load_series([])
 
 
+def test_a_header_is_read_into_frames_once(write_series, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medai.ingest import discovery
+
+    expected, paths = write_series()
+    calls: list[Path] = []
+    real = discovery._frames_of
+
+    def counting(ds: Dataset, source: DicomSource) -> list:
+        calls.append(source.path)
+        return real(ds, source)
+
+    monkeypatch.setattr(discovery, "_frames_of", counting)
+    assert_same(load_series(paths[0].parent), expected)  # parse, QC gate, group and load: one pass per file
+    assert sorted(calls) == sorted(paths)
+    source = DicomSource(paths[0])
+    ds = read_header(source)
+    first = discovery.frames_from_dataset(ds, source)
+    assert discovery.frames_from_dataset(ds, source) == first and len(calls) == len(paths) + 1
+    other = DicomSource(paths[0])  # another source of the same file: its frames name that source
+    assert discovery.frames_from_dataset(ds, other)[0].source is other and len(calls) == len(paths) + 2
+
+
 # ---------------------------------------------------------------- QC gate: one test per reason
 
 
