@@ -363,13 +363,15 @@ def check_hounsfield(volume: Volume) -> None:
         )
 
 
-# Threads of the distance transform: two by default (it is separable, line by line; a second core takes a 1.3M-voxel
-# lung box from ~41 to ~28 ms), one where a batch already runs one process per core (set_threads).
-_distance_threads = min(2, os.cpu_count() or 1)
+# Threads of the distance transform: at most two (it is separable, line by line; a second core takes a 1.3M-voxel
+# lung box from ~41 to ~28 ms, more would mostly start threads), one where a batch already runs one process per
+# core (set_threads).
+_MAX_DISTANCE_THREADS = 2
+_distance_threads = min(_MAX_DISTANCE_THREADS, os.cpu_count() or 1)
 
 
 def set_threads(threads: int | None) -> None:
-    """Threads :func:`depth_mm` may use; None: the default (two, or one on a one-core machine).
+    """Threads :func:`depth_mm` may use, at most two; None: the default (two, or one on a one-core machine).
 
     A worker that runs one thread per process sets 1, as it does for onnxruntime (``Classifier.load(threads=1)``).
 
@@ -379,7 +381,7 @@ def set_threads(threads: int | None) -> None:
     global _distance_threads
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, not {threads}")
-    _distance_threads = threads if threads is not None else min(2, os.cpu_count() or 1)
+    _distance_threads = min(_MAX_DISTANCE_THREADS, threads if threads is not None else os.cpu_count() or 1)
 
 
 def depth_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float] | None = None) -> np.ndarray:

@@ -317,6 +317,11 @@ def decision_stage(
     choosing = _choosing_worlds(worlds, fit_worlds)
     print(f"decision layer: fitted on {' / '.join(fit_worlds)}, chosen on {' + '.join(choosing)}", flush=True)
     comparison, layers = {}, {}
+
+    def measured(layer: DecisionLayer) -> dict:
+        """A variant's metrics on each choosing (and reported) validation world."""
+        return {w: summarize(_scored(sel, layer, rule), n_bootstrap=200) for w, sel in selection.items()}
+
     for suffix, sources in _fit_sources(fit_worlds):
         rows = [row for world in sources for row in rows_of[world]]
         fitted_on = " + ".join(f"{n_fit} {_FIT_DESCRIPTION[w]}" for w in sources)
@@ -333,9 +338,7 @@ def decision_stage(
                 fitted_on=fitted_on,
             )
             layers[name] = layer
-            comparison[name] = {
-                w: summarize(_scored(sel, layer, rule), n_bootstrap=200) for w, sel in selection.items()
-            }
+            comparison[name] = measured(layer)
 
     incumbent = _incumbent(ckpt)
     if incumbent is not None:
@@ -343,7 +346,7 @@ def decision_stage(
         # given (a layer fitted before a quantification change can still generalise better).
         name, kept = incumbent
         layers[name] = kept
-        comparison[name] = {w: summarize(_scored(sel, kept, rule), n_bootstrap=200) for w, sel in selection.items()}
+        comparison[name] = measured(kept)
 
     def score(metrics: dict) -> float:
         return float(

@@ -275,7 +275,7 @@ class Classifier:
             from medai.quantify.head import set_threads
 
             set_threads(threads)
-            set_distance_threads(min(threads, 2))
+            set_distance_threads(threads)
         try:
             session = ort.InferenceSession(str(resolved), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
