@@ -218,6 +218,53 @@ def _variant_name(feature_set: str, tolerance: float, strength: float, suffix: s
     return name + (f", C={strength:g}" if strength != 1 else "") + suffix
 
 
+# The in-distribution guard of the decision layer's choice (covid19 AUC points a refit may lose against the kept
+# layer's recipe), fixed on 2026-12-05 before the run that first used it (docs/ood.md).
+IN_DISTRIBUTION_GUARD = 0.01
+
+
+def _in_distribution_auc(
+    rows_of: dict[str, list], feature_set: str, tolerance: float, strength: float, sources: Sequence[str]
+) -> float:
+    """A variant's covid19 AUC on the training world, on rows it was not fitted on.
+
+    Cross-validated over the training-world fitting rows (the variant's other fitting worlds always in the fit);
+    a variant fitted without the training world scores all of them.
+    """
+    from medai.training.decision_fit import cross_validated_auc
+
+    train = rows_of["train"]
+    others = [row for world in sources if world != "train" for row in rows_of[world]]
+    return cross_validated_auc(
+        [f for _, f, _ in train],
+        [c.label for c, _, _ in train],
+        feature_set=feature_set,
+        regularization=strength,
+        tolerance_percent=tolerance,
+        also_fit=([f for _, f, _ in others], [c.label for c, _, _ in others]),
+        folds=5 if "train" in sources else 0,
+    )
+
+
+def _guarded(
+    candidates: Sequence[str], id_auc: dict[str, float], kept: str | None, guard_auc: float | None
+) -> set[str]:
+    """The candidates the choice may take: the kept layer, and those whose in-distribution AUC is at most
+    ``guard_auc`` below its recipe's (``id_auc`` gains the kept layer's entry: its recipe's, refitted).
+
+    Every candidate when there is no kept layer, no guard, or the kept layer's recipe is not on the menu.
+    """
+    recipe = None if kept is None else kept.split(" (kept")[0]
+    if kept is None or guard_auc is None or recipe not in id_auc:
+        if kept is not None and guard_auc is not None:
+            print(f"decision layer: no guard (the kept layer's recipe {recipe!r} is not on the menu)", flush=True)
+        return set(candidates)
+    id_auc[kept] = id_auc[recipe]
+    floor = id_auc[recipe] - guard_auc
+    print(f"decision layer: in-distribution guard: cross-validated covid19 AUC >= {floor:.3f}", flush=True)
+    return {kept} | {name for name in candidates if id_auc.get(name, -1.0) >= floor}
+
+
 def _choosing_worlds(worlds: Sequence[str], fit_worlds: Sequence[str]) -> list[str]:
     """The validation worlds the variants are chosen on: those no variant was fitted on (a layer fitted on a world
     would be judged on its own distribution there).
@@ -244,6 +291,7 @@ def decision_stage(
     feature_sets: Sequence[str] = DEFAULT_FEATURE_SETS,
     report_worlds: Sequence[str] = (),
     n_report: int = 60,
+    guard_auc: float | None = IN_DISTRIBUTION_GUARD,
 ) -> dict:
     """Fit the decision layer's variants, choose one on the out-of-distribution validation worlds.
 
@@ -257,6 +305,11 @@ def decision_stage(
     leave-extremes-out world, less those fitted on (:func:`_choosing_worlds`; all are still reported). The layer
     the checkpoint already has is a candidate too, scored on the same rows, and stays when it wins. Writes the
     chosen layer and the comparison into the checkpoint.
+
+    Guard: those worlds are all out of distribution, so the rule alone would trade in-distribution AUC it cannot
+    see. When the checkpoint has a layer, a refit is eligible only if its in-distribution covid19 AUC
+    (:func:`_in_distribution_auc`: cross-validated on the training-world fitting rows) is at most ``guard_auc``
+    below that of the kept layer's recipe; ``None`` turns the guard off.
 
     ``report_worlds`` (e.g. the test worlds): every variant is also scored there, on ``n_report`` cases of seed
     set 0 (the real patient: all its cases), after the choice and without any part in it; printed and written to
@@ -316,7 +369,7 @@ def decision_stage(
             )["rows"]
     choosing = _choosing_worlds(worlds, fit_worlds)
     print(f"decision layer: fitted on {' / '.join(fit_worlds)}, chosen on {' + '.join(choosing)}", flush=True)
-    comparison, layers = {}, {}
+    comparison, layers, recipes = {}, {}, {}
 
     def measured(layer: DecisionLayer) -> dict:
         """A variant's metrics on each choosing (and reported) validation world."""
@@ -338,6 +391,7 @@ def decision_stage(
                 fitted_on=fitted_on,
             )
             layers[name] = layer
+            recipes[name] = (feature_set, tolerance, strength, sources)
             comparison[name] = measured(layer)
 
     incumbent = _incumbent(ckpt)
@@ -359,10 +413,14 @@ def decision_stage(
             )
         )
 
-    chosen = max(comparison, key=lambda name: score(comparison[name]))
+    id_auc = {name: _in_distribution_auc(rows_of, *recipe) for name, recipe in recipes.items()}
+    eligible = _guarded(comparison, id_auc, None if incumbent is None else incumbent[0], guard_auc)
+    chosen = max((name for name in comparison if name in eligible), key=lambda name: score(comparison[name]))
     for name, metrics in comparison.items():
-        mark = "  <- chosen" if name == chosen else ""
-        print(f"  {name:28s} score {score(metrics):.3f} " + json.dumps(metrics, default=str)[:600] + mark, flush=True)
+        mark = "  <- chosen" if name == chosen else ("" if name in eligible else "  (fails the guard)")
+        auc = f" in-distribution AUC (cv) {id_auc[name]:.3f}" if name in id_auc else ""
+        print(f"  {name:28s} score {score(metrics):.3f}{auc} " + json.dumps(metrics, default=str)[:500] + mark,
+              flush=True)  # fmt: skip
     ckpt["decision_layer"] = layers[chosen].to_dict()
     ckpt["decision_ablation"] = {
         "chosen": chosen,
@@ -370,6 +428,9 @@ def decision_stage(
         "selection_worlds": choosing,
         "reported_worlds": list(selection),
         "metrics": comparison,
+        "in_distribution_auc": id_auc,
+        "guard_auc": guard_auc,
+        "eligible": sorted(eligible),
     }
     torch.save(ckpt, checkpoint)
     if report_worlds:
@@ -429,6 +490,7 @@ def _decision_stage_of(args: argparse.Namespace) -> dict:
         feature_sets=args.feature_sets,
         report_worlds=args.report_worlds,
         n_report=args.n_report,
+        guard_auc=None if args.guard_auc < 0 else args.guard_auc,
     )
 
 
@@ -513,6 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reported, never chosen on; rows cached in --out-dir)",
     )
     parser.add_argument("--n-report", type=int, default=60, help="cases per --report-worlds world (default: 60)")
+    parser.add_argument(
+        "--guard-auc",
+        type=float,
+        default=IN_DISTRIBUTION_GUARD,
+        help="a refitted decision layer may lose at most this much cross-validated in-distribution covid19 AUC "
+        "against the kept layer's recipe (negative: no guard; default: %(default)s)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 phantoms, 2 epochs, 30 held-out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,11 +12,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import RepeatedStratifiedKFold
 
 from medai.inference.decision import FEATURE_SETS, DecisionLayer, forgive
 from medai.labels import CLASS_NAMES
 
-__all__ = ["fit_decision_layer"]
+__all__ = ["cross_validated_auc", "fit_decision_layer"]
 
 
 def fit_decision_layer(
@@ -72,3 +74,63 @@ def fit_decision_layer(
             weights[cls] = model.coef_[row]
             bias[cls] = model.intercept_[row]
     return DecisionLayer(names, mean, scale, weights, bias, CLASS_NAMES, fitted_on, tolerance_percent)
+
+
+def cross_validated_auc(
+    features: Sequence[Mapping[str, float]],
+    labels: Sequence[str],
+    *,
+    feature_set: str,
+    regularization: float = 1.0,
+    tolerance_percent: float = 0.0,
+    also_fit: tuple[Sequence[Mapping[str, float]], Sequence[str]] = ((), ()),
+    folds: int = 5,
+    repeats: int = 3,
+    positive: str = "covid19",
+) -> float:
+    """The ``positive``-vs-rest AUC that a layer fitted this way reaches on rows it was not fitted on.
+
+    ``features`` and ``labels`` are split into stratified ``folds`` (``repeats`` times, seeded): each fold is
+    scored by a layer fitted on the other folds plus every row of ``also_fit`` (rows of another world that
+    the variant is fitted on too); the AUC is the mean over repeats of the AUC of all out-of-fold scores. With
+    ``folds`` = 0 nothing is folded: a layer fitted on ``also_fit`` alone scores every row. This is how well a
+    variant does on the world of ``features`` without touching a test world (scripts/train_reference.py
+    guards the in-distribution AUC with it).
+
+    Raises:
+        ValueError: ``folds`` = 0 with no ``also_fit`` rows, or fewer than two classes to fit on.
+
+    Example:
+        >>> from medai.inference.decision import FEATURE_SETS
+        >>> labels = [("normal", "covid19", "other_pneumonia")[i % 3] for i in range(30)]
+        >>> rows = [dict.fromkeys(FEATURE_SETS["findings-burden"], 0.0) for _ in labels]
+        >>> for i, row in enumerate(rows):  # covid19 has ground glass, other pneumonia consolidation
+        ...     row["log_ground_glass" if i % 3 == 1 else "log_consolidation"] = (i % 3 > 0) + i / 100
+        >>> cross_validated_auc(rows, labels, feature_set="findings-burden", folds=3, repeats=1)
+        1.0
+    """
+    y = np.array([label == positive for label in labels])
+    extra_x, extra_y = list(also_fit[0]), list(also_fit[1])
+    if folds == 0:
+        if not extra_x:
+            raise ValueError("folds = 0 needs also_fit rows to fit on")
+        layer = fit_decision_layer(
+            extra_x, extra_y, feature_set=feature_set, regularization=regularization,
+            tolerance_percent=tolerance_percent,
+        )  # fmt: skip
+        return float(roc_auc_score(y, [layer.probabilities(f)[CLASS_NAMES.index(positive)] for f in features]))
+    aucs = []
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=0)
+    scores = np.zeros(len(y))
+    for i, (train, test) in enumerate(splitter.split(np.zeros(len(y)), list(labels))):
+        layer = fit_decision_layer(
+            [features[j] for j in train] + extra_x,
+            [labels[j] for j in train] + extra_y,
+            feature_set=feature_set,
+            regularization=regularization,
+            tolerance_percent=tolerance_percent,
+        )
+        scores[test] = [layer.probabilities(features[j])[CLASS_NAMES.index(positive)] for j in test]
+        if (i + 1) % folds == 0:  # one repeat done: every row scored once
+            aucs.append(roc_auc_score(y, scores))
+    return float(np.mean(aucs))

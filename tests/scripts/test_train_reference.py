@@ -131,3 +131,52 @@ def test_every_variant_is_reported_on_the_test_worlds_after_the_choice(tmp_path:
     assert report["metrics"]["findings"]["real"]["n_cases"] == 12
     assert report["metrics"]["findings-burden, C=0.1"]["independent-test"]["n_cases"] == 9
     assert "ece_if_calibrated" in report["metrics"]["findings"]["real"]
+
+
+def test_a_refit_may_not_trade_away_in_distribution_auc() -> None:
+    guarded = _script()._guarded
+    kept = "findings (kept, fitted before)"
+    auc = {"findings": 0.902, "findings, C=0.3": 0.897, "findings-burden": 0.878, "combined": 0.977}
+    names = [*auc, kept]
+    ids = dict(auc)
+    assert guarded(names, ids, kept, 0.01) == {kept, "findings", "findings, C=0.3", "combined"}
+    assert ids[kept] == 0.902  # the kept layer is judged by its recipe refitted on the same rows
+    assert guarded(names, dict(auc), kept, 0.03) == set(names)
+    assert guarded(names, dict(auc), kept, None) == set(names)  # no guard
+    assert guarded(names, dict(auc), None, 0.01) == set(names)  # a fresh checkpoint: nothing to guard against
+    assert guarded(names, dict(auc), "cnn, C=0.1 (kept, fitted before)", 0.01) == set(names)  # recipe not on the menu
+
+
+def test_the_in_distribution_auc_is_measured_on_rows_not_fitted_on() -> None:
+    import numpy as np
+
+    from medai.evaluation.metrics import roc_auc
+    from medai.evaluation.worlds import TruthCase
+    from medai.inference.decision import FINDINGS
+    from medai.labels import CLASS_NAMES
+    from medai.training.decision_fit import fit_decision_layer
+
+    rng = np.random.default_rng(1)
+
+    def rows(world: str, n: int, sign: float) -> list:
+        out = []
+        for i in range(n):
+            label = CLASS_NAMES[i % 3]
+            signal = (label == "covid19") * sign
+            features = {f: float(rng.normal()) for f in FINDINGS} | {"log_ground_glass": signal + rng.normal(0, 0.5)}
+            out.append((TruthCase(f"{world}-{i}", world, label, None, 1.0, 4000.0, "none", {}), features, {}))
+        return out
+
+    auc = _script()._in_distribution_auc
+    rows_of = {"train": rows("train", 90, 1.0), "heldout": rows("heldout", 90, -1.0)}
+    useful = auc(rows_of, "findings-burden", 0.0, 1.0, ("train",))
+    assert useful > 0.8  # ground glass tells covid19 apart, and held-out folds show it
+    # a layer fitted only on a world where covid19 has *less* ground glass scores the training world's rows backwards
+    assert auc(rows_of, "findings-burden", 0.0, 1.0, ("heldout",)) < 0.3
+    # nine noise features fit their own rows well enough; scored on rows it was not fitted on, the layer is chance
+    noise = rows("train", 30, 0.0)
+    layer = fit_decision_layer([f for _, f, _ in noise], [c.label for c, _, _ in noise], feature_set="findings")
+    in_sample = roc_auc(np.array([c.label == "covid19" for c, _, _ in noise]),
+                        np.array([layer.probabilities(f)[1] for _, f, _ in noise]))  # fmt: skip
+    out_of_fold = auc({"train": noise}, "findings", 0.0, 1.0, ("train",))
+    assert out_of_fold < 0.65 and in_sample - out_of_fold > 0.2
