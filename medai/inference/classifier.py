@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from medai.errors import ModelError
+from medai.inference.allocator import keep_freed_memory
 from medai.inference.calibration import DecisionRule, softmax
 from medai.inference.decision import LOGITS, DecisionLayer, decision_features
 from medai.inference.network_input import network_input
@@ -232,6 +233,7 @@ class Classifier:
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        keep_memory: bool = True,
     ) -> Classifier:
         """Load an exported model.
 
@@ -244,12 +246,17 @@ class Classifier:
             threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core); when
                 given, the quantification head's session (:func:`medai.quantify.head.set_threads`) and the distance
                 transform (:func:`medai.preprocess.set_threads`) follow.
+            keep_memory: keep freed memory in this process for the next study
+                (:func:`medai.inference.allocator.keep_freed_memory`: no page faults on reused arrays; the
+                process stays near its peak memory between studies instead of shrinking).
 
         Raises:
             ModelError: missing or unreadable file, hash mismatch, not a medai export, no usable provider.
         """
         import onnxruntime as ort
 
+        if keep_memory:
+            keep_freed_memory()
         shipped = path is None and not os.environ.get(MODEL_ENV)
         resolved = Path(path if path is not None else os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
         if not resolved.is_file():
