@@ -74,6 +74,7 @@ from medai.volume import Volume
 
 __all__ = [
     "METHOD",
+    "QUANTIFY_VERSION",
     "QuantGrid",
     "Quantification",
     "Side",
@@ -90,11 +91,13 @@ METHOD = (
     "medai.quantify/3 (coarse grid, airways, hole filling + closing + symmetry + lateral-envelope priors, "
     "thresholds against the fitted parenchyma baseline)"
 )
+# The served quantification's version: every change to what it measures bumps it (docs/ood.md, "What changed").
+QUANTIFY_VERSION = "medai.quantify/11"
 METHOD_HYBRID = (
-    "medai.quantify/10 hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
+    f"{QUANTIFY_VERSION} hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
     "surface - dense parts no aerated lung borders - fat - parts detached above the apex or under the base, "
     "classical opacities against a baseline that follows expiration, half-expired dense slabs, censored slabs' "
-    "texture and dependent density; "
+    "texture and dependent density, without bands of dependent atelectasis; "
     "CT-0 below 1 %)"
 )
 

@@ -724,3 +724,46 @@ def test_lungs_stay_within_a_quarter_on_severe_covid_in_a_small_body() -> None:
     ph = _independent_phantom("test", 16)
     q = quantify(ph.volume)
     assert abs(q.lung_volume_ml / ph.lung_volume_ml - 1.0) <= 0.25, (q.lung_volume_ml, ph.lung_volume_ml)
+
+
+def _local_band_chest(*, fading: bool) -> tuple[Volume, np.ndarray]:
+    """The toy chest with dense lung under one place of the right lung's posterior pleura (about 45 x 40 mm,
+    15 mm deep): dependent atelectasis that clears away from the pleura (-400 HU at it, -850 by 15 mm),
+    or, with ``fading`` False, a patch of ground glass of one density (-520 HU) in the same place."""
+    vol, lungs, _ = _toy_chest()
+    hu = vol.hu.astype(np.float32)
+    z, y, x = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    depth = ndimage.distance_transform_edt(lungs > 0, sampling=2.5)
+    dense = (lungs == 1) & (depth <= 15.0) & (y > 58) & (((x - 33) / 9) ** 2 + ((z - 24) / 8) ** 2 < 1)
+    hu[dense] = (-850.0 + 450.0 * np.exp(-depth[dense] / 6.0)) if fading else -520.0
+    return Volume(np.rint(hu).astype(np.int16), spacing_mm=(2.5,) * 3), dense
+
+
+@pytest.mark.parametrize("rule", [True, False])
+def test_a_local_band_that_clears_inward_is_atelectasis_a_patch_of_one_density_is_not(
+    rule: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dense lung thick in one place only (which the dependent-density rule, reading whole height thirds, leaves)
+    is not a lesion when it clears with depth, as collapse does; ground glass of one density in the same place
+    is. Without the band rule the clearing band is counted too."""
+    from medai.quantify import opacities
+
+    if not rule:
+        monkeypatch.setattr(opacities, "_drop_dependent_bands", lambda opacity, *a, **k: opacity)
+    band_vol, band = _local_band_chest(fading=True)
+    patch_vol, patch = _local_band_chest(fading=False)
+    band_read = float((quantify(band_vol, params=CLASSICAL).lesion_mask[band] > 0).mean())
+    assert float((quantify(patch_vol, params=CLASSICAL).lesion_mask[patch] > 0).mean()) > 0.5
+    assert (band_read < 0.1) if rule else (band_read > 0.3), band_read
+
+
+def test_rank_correlation_is_spearmans_with_ties() -> None:
+    from scipy import stats
+
+    from medai.quantify.opacities import rank_correlation
+
+    rng = np.random.default_rng(3)
+    depth = rng.integers(0, 6, 300).astype(np.float32)  # coarse depths: many ties
+    hu = -400.0 - 60.0 * depth + rng.normal(0, 80, 300)
+    assert rank_correlation(depth, hu) == pytest.approx(stats.spearmanr(depth, hu).statistic, abs=1e-9)
+    assert rank_correlation(depth, np.full(300, -500.0)) == 0.0  # one density: no correlation
