@@ -294,18 +294,20 @@ class Classifier:
 
     @property
     def scoring_id(self) -> str:
-        """Everything that makes a prediction's numbers: this model's id and the quantification head's.
+        """Everything that makes a prediction's numbers: this model's id, the quantification head's and the
+        version of the quantification's rules (:data:`medai.quantify.measure.QUANTIFY_VERSION`).
 
-        ``medai score`` records it as ``model_id`` and resumes by it, so a new quantification head (with the
-        same classifier) scores the series again instead of reusing rows made by the old one.
+        ``medai score`` records it as ``model_id`` and resumes by it, so a new quantification head or new rules
+        (with the same classifier) score the series again instead of reusing rows made by the old ones.
 
         Example:
             >>> Classifier.load().scoring_id  # doctest: +SKIP
-            'medai-ref@d07acbb5b4b8+medai-quant@01a23f8524cf'
+            'medai-ref@d07acbb5b4b8+medai-quant@01a23f8524cf+quantify/11'
         """
         from medai.quantify.head import shipped_quantnet
+        from medai.quantify.measure import QUANTIFY_VERSION
 
-        return f"{self.model_id}+{shipped_quantnet().model_id}"
+        return f"{self.model_id}+{shipped_quantnet().model_id}+{QUANTIFY_VERSION.removeprefix('medai.')}"
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, cam = self._session.run(["logits", "cam"], {"input": batch})

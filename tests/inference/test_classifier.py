@@ -294,3 +294,16 @@ def test_lung_cut_off_flags_a_scan_that_stops_inside_the_lungs(
     middle = int(lung_slices[len(lung_slices) // 2])
     cut = dataclasses.replace(phantom.volume, hu=phantom.volume.hu[middle:], sop_instance_uids=())  # starts mid-chest
     assert QCFlag.LUNG_CUT_OFF in shipped_classifier.predict(cut).qc_flags
+
+
+def test_new_quantification_rules_make_a_new_scoring_id(
+    shipped_classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`medai score` resumes by the scoring id: rows measured by older quantification rules must not be reused."""
+    from medai.quantify import measure
+
+    before = shipped_classifier.scoring_id
+    assert before.startswith(shipped_classifier.model_id + "+medai-quant@")
+    assert before.endswith("+" + measure.QUANTIFY_VERSION.removeprefix("medai."))
+    monkeypatch.setattr(measure, "QUANTIFY_VERSION", "medai.quantify/999")
+    assert shipped_classifier.scoring_id != before
