@@ -422,9 +422,10 @@ def test_phantom_lungs_without_lobar_consolidation(phantom_results: list) -> Non
 
 _TARGETS_NOT_MET = (
     "targets not met on these 9 thin-slice phantoms (asked of every case here): lung Dice 0.914 and 0.943 on the two "
-    "lobar cases (>= 0.95 asked), grade 8/9 (a COVID-19 case at 30 % reads 22 %); lesion % MAE 2.86 (<= 3) is met "
-    "(issue-13 head, medai.quantify/10; 2.85 with /8 and /9, 2.46 with /7, whose fat rule did not peel the pleural "
-    "part of this world's -100 HU consolidation; docs/ood.md)"
+    "lobar cases (>= 0.95 asked), grade 8/9 (a COVID-19 case at 30 % reads 22 %); lesion % MAE 2.99 (<= 3) is met "
+    "(issue-13 head, medai.quantify/11, whose band rule takes 0.3 and 0.9 points off two COVID-19 cases; 2.86 with "
+    "/10, 2.85 with /8 and /9, 2.46 with /7, whose fat rule did not peel the pleural part of this world's -100 HU "
+    "consolidation; docs/ood.md)"
 )
 
 
