@@ -108,8 +108,9 @@ def segment_opacities(
     baseline = _parenchyma_baseline(
         value, inner, ap_dim=ap_dim, ap_mm=spacing_mm[ap_dim], params=params, posterior_high=posterior_high
     )
+    depth = depth_mm(lung, spacing_mm)  # under the lung's surface: the dependent-density and band rules read it
     baseline = baseline + _dependent_density(
-        value - baseline, lung, inner, spacing_mm, ap_dim=ap_dim, posterior_high=posterior_high
+        value - baseline, lung, inner, depth, spacing_mm, ap_dim=ap_dim, posterior_high=posterior_high
     )
     contrast = np.maximum(
         params.ggo_threshold_fraction * (params.ggo_floor_hu - baseline), params.ggo_min_contrast_hu
@@ -125,9 +126,7 @@ def segment_opacities(
         grown = _dilate(grown, axes)
     for axes in steps:
         grown = _dilate(grown, axes) & opacity
-    opacity = _drop_dependent_bands(
-        grown, coarse[box], lung, spacing_mm, ap_dim=ap_dim, posterior_high=posterior_high
-    )
+    opacity = _drop_dependent_bands(grown, coarse[box], lung, depth, ap_dim=ap_dim, posterior_high=posterior_high)
     view = out[box]
     view[opacity] = 1
     view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
@@ -317,6 +316,7 @@ def _dependent_density(
     residual: np.ndarray,
     lung: np.ndarray,
     inner: np.ndarray,
+    depth: np.ndarray,
     spacing_mm: tuple[float, float, float],
     *,
     ap_dim: int,
@@ -336,13 +336,13 @@ def _dependent_density(
     Args:
         residual: smoothed HU minus the baseline line.
         lung, inner: the lung mask and its inner part (on the lungs' box).
+        depth: each voxel's depth under the lung's surface, mm (:func:`medai.preprocess.depth_mm` of ``lung``).
         spacing_mm: voxel size (z, y, x).
         ap_dim: the anterior-posterior array dimension.
         posterior_high: posterior is at high indices along ``ap_dim``.
     """
     edges = (*DEPENDENT_DEPTH_EDGES_MM, DEPENDENT_FADE_MM)
     n_bins = len(edges) - 1  # the last bin is the fade check's
-    depth = depth_mm(lung, spacing_mm)
     near = lung & (depth < edges[-1])
     where = np.nonzero(near)
     ap_third = (3 * where[ap_dim]) // residual.shape[ap_dim]
@@ -387,7 +387,7 @@ def _dependent_density(
 DEPENDENT_BAND_POSTERIOR = 0.6
 DEPENDENT_BAND_MAX_DEPTH_MM = 25.0
 DEPENDENT_BAND_MAX_RHO = -0.5
-_MIN_BAND_VOXELS = 6  # fewer voxels than this: no correlation to judge, the opacity stays
+_MIN_BAND_VOXELS = 6
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -415,7 +415,7 @@ def _drop_dependent_bands(
     opacity: np.ndarray,
     hu: np.ndarray,
     lung: np.ndarray,
-    spacing_mm: tuple[float, float, float],
+    depth: np.ndarray,
     *,
     ap_dim: int,
     posterior_high: bool,
@@ -423,35 +423,35 @@ def _drop_dependent_bands(
     """``opacity`` without its connected parts that are bands of dependent atelectasis.
 
     A part is such a band when it lies in the dependent lung (:data:`DEPENDENT_BAND_POSTERIOR`), no deeper
-    than :data:`DEPENDENT_BAND_MAX_DEPTH_MM` under the lung's surface, and its ``hu`` falls with that depth
-    (:data:`DEPENDENT_BAND_MAX_RHO`). The rule of :func:`_dependent_density` takes up a band that runs along
-    the whole dependent pleura; this one takes the bands that are thick only in places (at the bases, in one
-    lung), which that rule leaves. Posterior disease that keeps its density away from the pleura, or reaches
-    deeper, stays.
+    than :data:`DEPENDENT_BAND_MAX_DEPTH_MM` under the lung's surface (``depth``, mm), and its ``hu`` falls with
+    that depth (:data:`DEPENDENT_BAND_MAX_RHO`). The rule of :func:`_dependent_density` takes up a band that
+    runs along the whole dependent pleura; this one takes the bands that are thick only in places (at the
+    bases, in one lung), which that rule leaves. Posterior disease that keeps its density away from the pleura,
+    or reaches deeper, stays.
     """
     labels, n = ndimage.label(opacity, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return opacity
-    index = np.arange(1, n + 1)
-    depth = depth_mm(lung, spacing_mm)
-    deepest = np.asarray(ndimage.maximum(depth, labels, index))
+    where = np.nonzero(labels)
+    label = labels[where]
     extent = np.flatnonzero(lung.any(axis=tuple(a for a in range(3) if a != ap_dim)))
-    position = (np.arange(lung.shape[ap_dim], dtype=np.float32) - extent[0]) / max(1, int(extent[-1] - extent[0]))
+    position = (where[ap_dim] - extent[0]) / max(1, int(extent[-1] - extent[0]))
     if not posterior_high:
         position = 1.0 - position
-    shape = [1, 1, 1]
-    shape[ap_dim] = -1
-    posterior = np.asarray(
-        ndimage.median(np.broadcast_to(position.reshape(shape), lung.shape), labels, index)
-    )
+    # Per part, all at once: its voxels sorted by label (and by position within it, for the median).
+    order = np.lexsort((position, label))
+    label, position, part_depth = label[order], position[order], depth[where][order]
+    counts = np.bincount(label, minlength=n + 1)[1:]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    posterior = 0.5 * (position[starts + (counts - 1) // 2] + position[starts + counts // 2])
+    deepest = np.maximum.reduceat(part_depth, starts)
+    candidates = (posterior > DEPENDENT_BAND_POSTERIOR) & (deepest < DEPENDENT_BAND_MAX_DEPTH_MM)
+    candidates &= counts >= _MIN_BAND_VOXELS  # fewer: no correlation to judge, the opacity stays
+    if not candidates.any():
+        return opacity
+    part_hu = hu[where][order]
     bands = np.zeros(n + 1, bool)
-    candidates = np.flatnonzero((posterior > DEPENDENT_BAND_POSTERIOR) & (deepest < DEPENDENT_BAND_MAX_DEPTH_MM))
-    slices = ndimage.find_objects(labels)
-    for i in candidates:
-        box = slices[i]
-        part = labels[box] == i + 1
-        if int(part.sum()) < _MIN_BAND_VOXELS:
-            continue
-        if rank_correlation(depth[box][part], hu[box][part]) < DEPENDENT_BAND_MAX_RHO:
-            bands[i + 1] = True
+    for i in np.flatnonzero(candidates):
+        span = slice(starts[i], starts[i] + counts[i])
+        bands[i + 1] = rank_correlation(part_depth[span], part_hu[span]) < DEPENDENT_BAND_MAX_RHO
     return opacity & ~bands[labels] if bands.any() else opacity
