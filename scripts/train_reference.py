@@ -557,8 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         choices=sorted(FEATURE_SETS),
         default=list(DEFAULT_FEATURE_SETS),
-        help="the decision layer's feature sets, one variant each (default: %(default)s; docs/ood.md has the "
-        "ablation)",
+        help="the decision layer's feature sets, one variant each (default: %(default)s; docs/ood.md has the ablation)",
     )
     parser.add_argument(
         "--regularizations",
