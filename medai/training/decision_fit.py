@@ -8,6 +8,7 @@ validation world (``scripts/train_reference.py``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -110,27 +111,22 @@ def cross_validated_auc(
         1.0
     """
     y = np.array([label == positive for label in labels])
+    k = CLASS_NAMES.index(positive)
     extra_x, extra_y = list(also_fit[0]), list(also_fit[1])
+    fit = functools.partial(
+        fit_decision_layer, feature_set=feature_set, regularization=regularization, tolerance_percent=tolerance_percent
+    )
     if folds == 0:
         if not extra_x:
             raise ValueError("folds = 0 needs also_fit rows to fit on")
-        layer = fit_decision_layer(
-            extra_x, extra_y, feature_set=feature_set, regularization=regularization,
-            tolerance_percent=tolerance_percent,
-        )  # fmt: skip
-        return float(roc_auc_score(y, [layer.probabilities(f)[CLASS_NAMES.index(positive)] for f in features]))
+        layer = fit(extra_x, extra_y)
+        return float(roc_auc_score(y, [layer.probabilities(f)[k] for f in features]))
     aucs = []
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=0)
     scores = np.zeros(len(y))
     for i, (train, test) in enumerate(splitter.split(np.zeros(len(y)), list(labels))):
-        layer = fit_decision_layer(
-            [features[j] for j in train] + extra_x,
-            [labels[j] for j in train] + extra_y,
-            feature_set=feature_set,
-            regularization=regularization,
-            tolerance_percent=tolerance_percent,
-        )
-        scores[test] = [layer.probabilities(features[j])[CLASS_NAMES.index(positive)] for j in test]
+        layer = fit([features[j] for j in train] + extra_x, [labels[j] for j in train] + extra_y)
+        scores[test] = [layer.probabilities(features[j])[k] for j in test]
         if (i + 1) % folds == 0:  # one repeat done: every row scored once
             aucs.append(roc_auc_score(y, scores))
     return float(np.mean(aucs))
