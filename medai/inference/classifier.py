@@ -21,10 +21,14 @@ Research use only; not for diagnosis.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
+import io
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,6 +181,32 @@ def default_providers(available: Sequence[str]) -> list[str]:
     return [p for p in _PREFERRED if p in available] or list(available)
 
 
+_GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+
+
+@functools.cache
+def _preload_gpu_libraries(ort: Any) -> None:
+    """Load the CUDA and cuDNN libraries that ``pip install onnxruntime-gpu[cuda,cudnn]`` put in site-packages.
+
+    onnxruntime's CUDA provider finds them only on the loader's path or, when torch was imported first, through
+    torch; a torch-free server has neither, and onnxruntime would fall back to the CPU with one line in its log.
+    ``onnxruntime.preload_dlls`` (onnxruntime-gpu >= 1.21) loads them from the ``nvidia`` packages once per
+    process. It prints what it cannot load; that goes to this module's log, never to stdout (which may carry a
+    report). Without torch imported only: torch has already loaded its own, compatible copies.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or "torch" in sys.modules:
+        return
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            preload()
+    except (OSError, RuntimeError) as exc:
+        log.warning("onnxruntime could not preload the CUDA libraries (%s); it may run on the CPU", exc)
+    if said.getvalue().strip():
+        log.warning("onnxruntime.preload_dlls: %s", " | ".join(said.getvalue().split("\n")).strip(" |"))
+
+
 def read_metadata(session: Any, path: str | Path) -> dict[str, Any]:
     """The ``medai`` metadata of an onnxruntime session's model, checked.
 
@@ -272,6 +302,8 @@ class Classifier:
                     log.warning("execution provider %s is not available here (have %s); skipping it", p, available)
             if not wanted:
                 raise ModelError(f"none of the providers {list(providers)} is available; onnxruntime has {available}")
+        if any(p in _GPU_PROVIDERS for p in wanted):
+            _preload_gpu_libraries(ort)
         options = ort.SessionOptions()
         if threads is not None:
             if threads < 1:
