@@ -92,7 +92,7 @@ METHOD = (
     "thresholds against the fitted parenchyma baseline)"
 )
 # The served quantification's version: every change to what it measures bumps it (docs/ood.md, "What changed").
-QUANTIFY_VERSION = "medai.quantify/12"
+QUANTIFY_VERSION = "medai.quantify/11"
 METHOD_HYBRID = (
     f"{QUANTIFY_VERSION} hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
     "surface - dense parts no aerated lung borders - fat - parts detached above the apex or under the base, "
@@ -225,9 +225,7 @@ def quantify(
         lungs = _coarse_lungs(lung_mask, grid, lr_dim=lr_dim, right_low=right_low, params=params)
     ap_dim = 3 - lr_dim
     posterior_high = bool(volume.direction[1, 2 - ap_dim] > 0)  # LPS: +y is posterior
-    lesions = segment_opacities(
-        coarse, lungs, grid.spacing_mm, params, ap_dim=ap_dim, posterior_high=posterior_high, sup_high=sup_high
-    )
+    lesions = segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=ap_dim, posterior_high=posterior_high)
     lung_w = (lungs > 0).astype(np.float32)
     lesion_w = (lesions > 0) & (lungs > 0)
     result = _measure(

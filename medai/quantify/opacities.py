@@ -80,7 +80,6 @@ def segment_opacities(
     *,
     ap_dim: int,
     posterior_high: bool = True,
-    sup_high: bool = True,
 ) -> np.ndarray:
     """Opacity mask (uint8 0 / 1 ground glass / 2 consolidation) inside the lungs.
 
@@ -93,11 +92,9 @@ def segment_opacities(
     Thin opacities (dependent atelectasis, pleural partial volume) vanish in an
     opening of ``min_opacity_radius_mm``; the opacity around what survives is kept. Connected opacities that
     are bands of dependent atelectasis (posterior, shallow, clearing with depth) are dropped
-    (:func:`_drop_dependent_bands`), and so are dense, thin ones resting on the lung's floor, the diaphragm's dome
-    cut by the slices (:func:`_drop_dome_partial_volume`).
+    (:func:`_drop_dependent_bands`).
 
-    ``posterior_high``: posterior lies at high indices along ``ap_dim`` (LPS rows, the DICOM default);
-    ``sup_high``: superior lies at high indices along axis 0 (the slices).
+    ``posterior_high``: posterior lies at high indices along ``ap_dim`` (LPS rows, the DICOM default).
     """
     out = np.zeros(lungs.shape, dtype=np.uint8)
     lung_all = lungs > 0
@@ -130,7 +127,6 @@ def segment_opacities(
     for axes in steps:
         grown = _dilate(grown, axes) & opacity
     opacity = _drop_dependent_bands(grown, coarse[box], lung, depth, ap_dim=ap_dim, posterior_high=posterior_high)
-    opacity = _drop_dome_partial_volume(opacity, coarse[box], lung, depth, spacing_mm[0], sup_high=sup_high)
     view = out[box]
     view[opacity] = 1
     view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
@@ -389,7 +385,7 @@ def _dependent_density(
 # fades inward, where a lesion keeps its own density. (Chosen on the training, held-out and independent-val
 # worlds, docs/ood.md.)
 DEPENDENT_BAND_POSTERIOR = 0.6
-DEPENDENT_BAND_MAX_DEPTH_MM = 35.0
+DEPENDENT_BAND_MAX_DEPTH_MM = 25.0
 DEPENDENT_BAND_MAX_RHO = -0.5
 _MIN_BAND_VOXELS = 6
 
@@ -459,64 +455,3 @@ def _drop_dependent_bands(
         span = slice(starts[i], starts[i] + counts[i])
         bands[i + 1] = rank_correlation(part_depth[span], part_hu[span]) < DEPENDENT_BAND_MAX_RHO
     return opacity & ~bands[labels] if bands.any() else opacity
-
-
-# A connected opacity is the diaphragm's dome in partial volume, not consolidation, when it is dense (median HU
-# above DOME_MIN_HU), thin (no voxel more than DOME_MAX_DEPTH_MM under the lung's surface) and rests on the lung's
-# floor (its median voxel at most DOME_MAX_HEIGHT_MM above the first voxel below it that is not lung): a slice that
-# cuts the dome averages liver or spleen into the lung base. Consolidation that matters reaches deeper or higher.
-# (Chosen on the training, held-out and independent-val worlds, docs/ood.md.)
-DOME_MIN_HU = -150.0
-DOME_MAX_DEPTH_MM = 18.0
-DOME_MAX_HEIGHT_MM = 18.0
-
-
-def height_above_floor(mask: np.ndarray, slice_mm: float, *, sup_high: bool) -> np.ndarray:
-    """Per voxel of ``mask``, how far (mm, the voxel itself counted) it lies above the first voxel below it along
-    axis 0 that is not in ``mask``; 0 outside. ``sup_high``: superior is at high indices of axis 0.
-
-    Example:
-        >>> height_above_floor(np.array([0, 1, 1, 1, 0, 1], bool)[:, None, None], 2.0, sup_high=True).ravel()
-        array([0., 2., 4., 6., 0., 2.], dtype=float32)
-    """
-    out = np.zeros(mask.shape, np.float32)
-    run = np.zeros(mask.shape[1:], np.float32)
-    for z in range(mask.shape[0]) if sup_high else reversed(range(mask.shape[0])):
-        run = np.where(mask[z], run + np.float32(slice_mm), np.float32(0.0))
-        out[z] = run
-    return out
-
-
-def _part_medians(label: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Median of ``values`` per part ``1..n`` (``label`` holds each value's part; every part has one)."""
-    order = np.lexsort((values, label))
-    ordered = values[order]
-    counts = np.bincount(label, minlength=n + 1)[1:]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return 0.5 * (ordered[starts + (counts - 1) // 2] + ordered[starts + counts // 2])
-
-
-def _drop_dome_partial_volume(
-    opacity: np.ndarray, hu: np.ndarray, lung: np.ndarray, depth: np.ndarray, slice_mm: float, *, sup_high: bool
-) -> np.ndarray:
-    """``opacity`` without its connected parts that are the diaphragm's dome in partial volume (:data:`DOME_MIN_HU`,
-    :data:`DOME_MAX_DEPTH_MM`, :data:`DOME_MAX_HEIGHT_MM`); ``depth`` is under the lung's surface (mm)."""
-    labels, n = ndimage.label(opacity, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return opacity
-    where = np.nonzero(labels)
-    label = labels[where]
-    order = np.argsort(label, kind="stable")
-    counts = np.bincount(label, minlength=n + 1)[1:]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    deepest = np.maximum.reduceat(depth[where][order], starts)
-    thin = deepest < DOME_MAX_DEPTH_MM
-    if not thin.any():
-        return opacity
-    dense = _part_medians(label, hu[where].astype(np.float32), n) > DOME_MIN_HU
-    if not (thin & dense).any():
-        return opacity
-    height = height_above_floor(lung, slice_mm, sup_high=sup_high)
-    low = _part_medians(label, height[where], n) <= DOME_MAX_HEIGHT_MM
-    dome = np.concatenate([[False], thin & dense & low])
-    return opacity & ~dome[labels] if dome.any() else opacity

@@ -423,9 +423,9 @@ def test_phantom_lungs_without_lobar_consolidation(phantom_results: list) -> Non
 _TARGETS_NOT_MET = (
     "targets not met on these 9 thin-slice phantoms (asked of every case here): lung Dice 0.914 and 0.943 on the two "
     "lobar cases (>= 0.95 asked), grade 8/9 (a COVID-19 case at 30 % reads 22 %); lesion % MAE 2.99 (<= 3) is met "
-    "(issue-13 head, medai.quantify/11 and /12, whose band rule takes 0.3 and 0.9 points off two COVID-19 cases; "
-    "2.86 with /10, 2.85 with /8 and /9, 2.46 with /7, whose fat rule did not peel the pleural part of this world's "
-    "-100 HU consolidation; docs/ood.md)"
+    "(issue-13 head, medai.quantify/11, whose band rule takes 0.3 and 0.9 points off two COVID-19 cases; 2.86 with "
+    "/10, 2.85 with /8 and /9, 2.46 with /7, whose fat rule did not peel the pleural part of this world's -100 HU "
+    "consolidation; docs/ood.md)"
 )
 
 
@@ -768,51 +768,3 @@ def test_rank_correlation_is_spearmans_with_ties() -> None:
     hu = -400.0 - 60.0 * depth + rng.normal(0, 80, 300)
     assert rank_correlation(depth, hu) == pytest.approx(stats.spearmanr(depth, hu).statistic, abs=1e-9)
     assert rank_correlation(depth, np.full(300, -500.0)) == 0.0  # one density: no correlation
-
-
-def _dense_layer_chest(*, on_floor: bool) -> tuple[Volume, np.ndarray]:
-    """The toy chest with a thin dense layer (+20 HU, up to 12.5 mm thick) in the right lung: resting on the lung's
-    floor (the diaphragm's dome in partial volume), or, with ``on_floor`` False, under the posterior pleura at
-    mid height."""
-    vol, lungs, _ = _toy_chest()
-    hu = vol.hu.astype(np.float32)
-    z, y, x = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
-    right = lungs == 1
-    if on_floor:
-        floor = np.argmax(right, axis=0)[None]  # the lowest lung slice of each column (z rises superiorly)
-        dense = right & ((z - floor + 1) * 2.5 <= 12.5) & (np.abs(x - 33) < 10) & (np.abs(y - 48) < 14)
-    else:
-        depth = ndimage.distance_transform_edt(lungs > 0, sampling=2.5)
-        dense = right & (depth <= 12.5) & (y > 58) & (((x - 33) / 9) ** 2 + ((z - 24) / 8) ** 2 < 1)
-    hu[dense] = 20.0
-    return Volume(np.rint(hu).astype(np.int16), spacing_mm=(2.5,) * 3), dense
-
-
-@pytest.mark.parametrize("rule", [True, False])
-def test_a_thin_dense_layer_on_the_lung_floor_is_the_dome_in_partial_volume(
-    rule: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A thick slice through the diaphragm's dome averages liver into the lung base: a thin dense layer resting on
-    the lung's floor is not consolidation. The same layer under the posterior pleura at mid height is. Without the
-    dome rule the layer on the floor is counted too."""
-    from medai.quantify import opacities
-
-    if not rule:
-        monkeypatch.setattr(opacities, "_drop_dome_partial_volume", lambda opacity, *a, **k: opacity)
-    # The true lungs, as the learned lungs give: the classical segmentation leaves a dense layer at the lung's
-    # edge out of the lung altogether.
-    _, lungs, _ = _toy_chest()
-    floor_vol, floor = _dense_layer_chest(on_floor=True)
-    wall_vol, wall = _dense_layer_chest(on_floor=False)
-    floor_read = float((quantify(floor_vol, params=CLASSICAL, lung_mask=lungs).lesion_mask[floor] > 0).mean())
-    assert float((quantify(wall_vol, params=CLASSICAL, lung_mask=lungs).lesion_mask[wall] > 0).mean()) > 0.5
-    assert (floor_read < 0.1) if rule else (floor_read > 0.3), floor_read
-
-
-def test_height_above_floor_counts_up_from_the_first_voxel_below_that_is_not_in_the_mask() -> None:
-    from medai.quantify.opacities import height_above_floor
-
-    column = np.array([0, 1, 1, 1, 0, 1, 1], bool)[:, None, None]
-    assert height_above_floor(column, 2.0, sup_high=True).ravel().tolist() == [0, 2, 4, 6, 0, 2, 4]
-    # superior at low indices: the floor is at the high end
-    assert height_above_floor(column, 2.0, sup_high=False).ravel().tolist() == [0, 6, 4, 2, 0, 4, 2]
