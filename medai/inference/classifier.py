@@ -67,7 +67,10 @@ MODEL_ENV = "MEDAI_MODEL"
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "medai-ref.onnx"
 METADATA_KEY = "medai"  # the ONNX metadata_props key medai.training.export writes and serving reads
 ONNX_FORMAT = "medai-onnx-v1"
-_PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# TensorRT only when asked for (``providers=``): onnxruntime-gpu lists it wherever it is installed, and where
+# TensorRT's own libraries are missing the session fails over to CUDA after printing the error to stdout (which
+# may carry a report); where they are present it builds an engine per model on the first load.
+_PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 class QCFlag(enum.StrEnum):
@@ -172,10 +175,10 @@ class Prediction:
 
 
 def default_providers(available: Sequence[str]) -> list[str]:
-    """The execution providers to ask for, best first, among those onnxruntime has.
+    """The execution providers to ask for, best first, among those onnxruntime has: CUDA, then the CPU.
 
     Example:
-        >>> default_providers(["CPUExecutionProvider", "CUDAExecutionProvider"])
+        >>> default_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
         ['CUDAExecutionProvider', 'CPUExecutionProvider']
     """
     return [p for p in _PREFERRED if p in available] or list(available)
@@ -271,8 +274,8 @@ class Classifier:
             path: an ``.onnx`` file from ``medai export``. Default: ``$MEDAI_MODEL``, else the
                 shipped ``models/medai-ref.onnx``, whose sha256 must match its model card.
                 A given file is checked against a card beside it (same stem, ``.json``) when one exists.
-            providers: onnxruntime execution providers, best first. Default: TensorRT, CUDA
-                (with onnxruntime-gpu and a GPU), then CPU. Unavailable ones are skipped with a warning.
+            providers: onnxruntime execution providers, best first. Default: CUDA (with onnxruntime-gpu and a
+                GPU), then CPU; TensorRT only when named here. Unavailable ones are skipped with a warning.
             threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core); when
                 given, the quantification head's session (:func:`medai.quantify.head.set_threads`) and the distance
                 transform (:func:`medai.preprocess.set_threads`) follow.
