@@ -100,12 +100,14 @@ for r in rows:
 PY
 fi
 
-if stage 3 && ! "$PY" -c "import onnxruntime as o, sys; sys.exit(0 if 'CUDAExecutionProvider' in o.get_available_providers() else 1)"; then
-    echo "gpu_check: onnxruntime has no CUDA provider (install onnxruntime-gpu); the serving check is skipped."
-elif stage 3; then
-echo "== 3. serving: bench_predict --device cuda =="
-"$PY" scripts/bench_predict.py --device cuda --threads "${BENCH_THREADS:-4}" --repeats 3 --monai-repeats 2 \
-    --json "$OUT/predict-cuda.json" || echo "gpu_check: bench_predict exited $? (its CPU targets)"
+if stage 3; then
+    echo "== 3. serving: bench_predict --device cuda =="
+    if "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
+        "$PY" scripts/bench_predict.py --device cuda --threads "${BENCH_THREADS:-4}" --repeats 3 --monai-repeats 2 \
+            --json "$OUT/predict-cuda.json" || echo "gpu_check: bench_predict exited $? (its CPU targets)"
+    else
+        echo "gpu_check: onnxruntime has no CUDA provider (install onnxruntime-gpu); the serving check is skipped."
+    fi
 fi
 
 if stage 4; then

@@ -6,9 +6,6 @@ Marked ``gpu``, so ``make test`` (no GPU in CI) deselects them. On a GPU machine
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -27,23 +24,14 @@ def _cuda_onnxruntime() -> None:
         pytest.skip(f"onnxruntime has no CUDA provider (have {ort.get_available_providers()}); install onnxruntime-gpu")
 
 
-def _test_loop_helpers():
-    """``tiny_config`` and ``toy_data`` of tests/training/test_loop.py (the CPU tests' own setup)."""
-    spec = importlib.util.spec_from_file_location("gpu_test_loop", Path(__file__).parent / "training" / "test_loop.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tiny_config, module.toy_data
-
-
 def test_training_on_cuda_with_amp_learns_and_saves_a_cpu_loadable_checkpoint(tmp_path):
     _cuda_torch()
     import torch
 
     from medai.training.loop import train
     from medai.training.network import load_checkpoint
+    from tests.training.test_loop import tiny_config, toy_data  # the CPU tests' own setup
 
-    tiny_config, toy_data = _test_loop_helpers()
     cfg = tiny_config(tmp_path, epochs=6, augment=False, device="cuda")
     assert cfg.amp, "the CUDA run must exercise mixed precision"
     result = train(cfg, data=toy_data())

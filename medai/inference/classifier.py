@@ -206,8 +206,9 @@ def _preload_gpu_libraries(ort: Any) -> None:
             preload()
     except (OSError, RuntimeError) as exc:
         log.warning("onnxruntime could not preload the CUDA libraries (%s); it may run on the CPU", exc)
-    if said.getvalue().strip():
-        log.warning("onnxruntime.preload_dlls: %s", " | ".join(said.getvalue().split("\n")).strip(" |"))
+    lines = [line.strip() for line in said.getvalue().splitlines() if line.strip()]
+    if lines:
+        log.warning("onnxruntime.preload_dlls: %s", " | ".join(lines))
 
 
 def read_metadata(session: Any, path: str | Path) -> dict[str, Any]:
