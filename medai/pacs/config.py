@@ -10,6 +10,7 @@ administrator lists the calling AE titles). A file looks like::
     spool = "/var/lib/medai/spool"
     audit_log = "/var/log/medai/audit.jsonl"   # default: SPOOL/audit.jsonl
     idle_seconds = 5                   # a series is complete after this long without a new instance
+    network_timeout_s = 60             # a silent peer is dropped after this long (and its series complete)
     min_free_mb = 2048                 # refuse associations when the spool's disk has less free space
     seg = true                         # also send a DICOM Segmentation of lungs and opacities
 
@@ -171,7 +172,7 @@ class PacsConfig:
     stow: tuple[StowDestination, ...] = ()
     spool: Path = Path("medai-spool")
     audit_log: Path | None = None  # the tamper-evident audit trail (default: SPOOL/audit.jsonl)
-    idle_seconds: float = 5.0  # a series is complete after this long with no new instance
+    idle_seconds: float = 5.0  # a series is complete after this long with no new instance (and no open sender)
     refused_hold_seconds: float = 120.0  # a series with an instance refused for lack of space waits this long
     min_free_mb: float = 1024.0  # free space the spool's disk keeps; below it associations are refused
     max_associations: int = 8  # concurrent incoming associations

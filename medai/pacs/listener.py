@@ -170,6 +170,22 @@ class Listener:
         self._server: Any = None
         self._stats_lock = threading.Lock()
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "rejected_associations": 0}
+        self._sending: dict[int, set[str]] = {}  # open association (id) -> series it stored instances of
+
+    def open_series(self) -> frozenset[str]:
+        """Series that an association still open has stored instances of (their senders may not be done)."""
+        with self._stats_lock:
+            return frozenset().union(*self._sending.values())
+
+    def _on_association_end(self, event: Any) -> None:
+        """Released, aborted or dropped: the idle time of the series it sent counts from now."""
+        with self._stats_lock:
+            series = self._sending.pop(id(event.assoc), set())
+        now = time.time()
+        for series_uid in series:
+            self.queue.hold_series(series_uid, now)
+        if series:
+            self._on_stored()
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -256,6 +272,8 @@ class Listener:
             calling_ae=str(event.assoc.requestor.ae_title).strip(),
         )
         self._count("stored" if new else "duplicates")
+        with self._stats_lock:
+            self._sending.setdefault(id(event.assoc), set()).add(series_uid)
         if not new:
             log.info("duplicate instance %s of series %s ignored (already stored)", sop_uid, series_uid)
         self._on_stored()
@@ -283,6 +301,9 @@ class Listener:
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_association_end),
+            (evt.EVT_ABORTED, self._on_association_end),
+            (evt.EVT_CONN_CLOSE, self._on_association_end),
         ]
         self._server = ae.start_server(
             (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context

@@ -13,6 +13,12 @@ a job that was ``scoring`` is scored again (its results were never sent: outputs
 in the transaction that leaves ``scoring``), deliveries still pending are retried at once, and series still
 ``receiving`` get a fresh idle period so their senders can finish.
 
+A series is complete after ``idle_seconds`` without a new instance, counted from the end of the last
+association that sent part of it when that is later; while such an association is still open the series waits
+longer (the listener's ``network_timeout_s``): a sender stalled mid-series (a lost response it waits out, a
+slow link) is not a finished one, and scoring it early would send a result for half a series and then a second
+one for the whole.
+
 Instances belong to a series. An instance whose SOP Instance UID is already known is a duplicate (a peer
 resending after a failure) and changes nothing. An instance of a series whose job has already left
 ``receiving`` opens a new job for the series (the next *generation*), scored with every instance received so
@@ -30,7 +36,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,10 +275,10 @@ class JobQueue:
         return True
 
     def hold_series(self, series_uid: str, until: float) -> bool:
-        """Keep a receiving series from completing before ``until`` (an instance of it was refused for lack of
-        space: its sender will retry, and scoring the part that arrived would send a result for half a series).
-        The next instance received ends the hold (the idle time counts from it again). Returns whether a
-        receiving job was held."""
+        """Count a receiving series' idle time from ``until`` at the earliest: an instance of it was refused for
+        lack of space (its sender will retry, and scoring the part that arrived would send a result for half a
+        series), or the association that sent it just ended. The next instance received ends the hold (the idle
+        time counts from it again). Returns whether a receiving job was held."""
         with self._transaction() as db:
             return bool(
                 db.execute(
@@ -287,17 +293,30 @@ class JobQueue:
 
     # ------------------------------------------------------------ scoring
 
-    def claim_ready(self, idle_seconds: float, *, now: float | None = None) -> Job | None:
-        """Move the oldest complete series (no instance for ``idle_seconds``) to ``scoring`` and return it."""
+    def claim_ready(
+        self,
+        idle_seconds: float,
+        *,
+        held: Collection[str] = (),
+        held_seconds: float | None = None,
+        now: float | None = None,
+    ) -> Job | None:
+        """Move the oldest complete series to ``scoring`` and return it.
+
+        A series is complete when no instance of it arrived for ``idle_seconds``. A series in ``held`` (one
+        that an association still open has sent part of: its sender may be stalled mid-series, not finished)
+        waits ``held_seconds`` instead (default: the same idle time)."""
         now = time.time() if now is None else now
-        ready = self.next_ready_at(idle_seconds)
+        ready = self.next_ready_at(idle_seconds, held=held, held_seconds=held_seconds)
         if ready is None or ready > now:  # a read, not a write lock: the listener is never held up by polling
             return None
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE state = ? AND last_received_at <= ? ORDER BY last_received_at LIMIT 1",
-                (JobState.RECEIVING, now - idle_seconds),
-            ).fetchone()
+            rows = db.execute(
+                "SELECT id, series_uid, last_received_at FROM jobs WHERE state = ? ORDER BY last_received_at",
+                (JobState.RECEIVING,),
+            ).fetchall()
+            due = _due_times(rows, idle_seconds, held, held_seconds)
+            row = next((r for r, at in zip(rows, due, strict=True) if at <= now), None)
             if row is None:
                 return None
             db.execute(
@@ -307,10 +326,13 @@ class JobQueue:
             claimed = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return _job(claimed)
 
-    def next_ready_at(self, idle_seconds: float) -> float | None:
-        """When the next receiving series becomes complete (``None`` when none is receiving)."""
-        rows = self._query("SELECT MIN(last_received_at) FROM jobs WHERE state = ?", (JobState.RECEIVING,))
-        return None if rows[0][0] is None else float(rows[0][0]) + idle_seconds
+    def next_ready_at(
+        self, idle_seconds: float, *, held: Collection[str] = (), held_seconds: float | None = None
+    ) -> float | None:
+        """When the next receiving series becomes complete (``None`` when none is receiving); ``held`` and
+        ``held_seconds`` as in :meth:`claim_ready`."""
+        rows = self._query("SELECT series_uid, last_received_at FROM jobs WHERE state = ?", (JobState.RECEIVING,))
+        return min(_due_times(rows, idle_seconds, held, held_seconds), default=None)
 
     def series_instances(self, series_uid: str) -> list[tuple[Path, str, str]]:
         """``(path, SOP Instance UID, SOP Class UID)`` of every stored (not purged) instance of a series, in the
@@ -556,3 +578,12 @@ class JobQueue:
             "FROM jobs j ORDER BY j.id DESC"
         )
         return [dict(r) for r in rows]
+
+
+def _due_times(
+    rows: Sequence[sqlite3.Row], idle_seconds: float, held: Collection[str], held_seconds: float | None
+) -> list[float]:
+    """When each receiving job's series becomes complete: its last instance plus the idle time, or plus
+    ``held_seconds`` while an open association holds it."""
+    hold = idle_seconds if held_seconds is None else max(idle_seconds, held_seconds)
+    return [float(r["last_received_at"]) + (hold if r["series_uid"] in held else idle_seconds) for r in rows]

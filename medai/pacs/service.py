@@ -53,7 +53,15 @@ class PacsService:
         self.audit = AuditLog(config.audit_log or self.spool.audit_log)
         self.finished = threading.Condition()
         self.sender = Sender(config, self.queue, self.audit, on_finished=self._finished)
-        self.worker = Worker(config, self.spool, self.queue, self.audit, classifier, on_scored=self.sender.wake)
+        self.worker = Worker(
+            config,
+            self.spool,
+            self.queue,
+            self.audit,
+            classifier,
+            on_scored=self.sender.wake,
+            held_series=lambda: self.listener.open_series(),
+        )
         self.listener = Listener(config, self.spool, self.queue, on_stored=self.worker.wake)
         self.address: tuple[str, int] | None = None
 

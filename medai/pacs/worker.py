@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +76,9 @@ class Worker(BackgroundLoop):
         spool, queue, audit: the service's storage.
         classifier: the loaded model.
         on_scored: called after a job's results are recorded (wakes the sender).
+        held_series: the series an association still open has sent part of (the listener's
+            :meth:`~medai.pacs.listener.Listener.open_series`); they wait ``network_timeout_s`` of silence
+            instead of ``idle_seconds``.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class Worker(BackgroundLoop):
         classifier: Classifier,
         *,
         on_scored: Callable[[], None] | None = None,
+        held_series: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -94,6 +98,7 @@ class Worker(BackgroundLoop):
         self.audit = audit
         self.classifier = classifier
         self._on_scored = on_scored or (lambda: None)
+        self._held_series = held_series or frozenset
         self._next_retention = 0.0
         super().__init__("medai-pacs-worker")
 
@@ -101,12 +106,13 @@ class Worker(BackgroundLoop):
         while not self._stop.is_set():
             wait = 1.0
             try:
-                job = self.queue.claim_ready(self.config.idle_seconds)
+                idle, held, held_s = self.config.idle_seconds, self._held_series(), self.config.network_timeout_s
+                job = self.queue.claim_ready(idle, held=held, held_seconds=held_s)
                 if job is not None:
                     self.process(job)
                     continue
                 self._retention()
-                ready = self.queue.next_ready_at(self.config.idle_seconds)
+                ready = self.queue.next_ready_at(idle, held=held, held_seconds=held_s)
                 if ready is not None:  # sleep until the next series completes, not a fixed poll
                     wait = min(1.0, max(0.01, ready - time.time() + 0.005))
             except Exception:  # the loop must survive anything, a full disk or a locked database included

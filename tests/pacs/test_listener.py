@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from medai.pacs.dicom_status import StoreStatus
 from medai.pacs.service import PacsService
 from medai.phantoms.ctwriter import TransferSyntax
 from medai.volume import Volume
-from tests.pacs.conftest import dcmtk, first_slices, jobs, settings, storescu
+from tests.pacs.conftest import dcmtk, first_slices, jobs, settings, storescu, wait_for
 
 FEW_SLICES = SelectionRules(min_slices=1, min_coverage_mm=0.0)
 
@@ -168,3 +169,30 @@ def test_tls_listener_serves_tls_peers_only(pacs_service: Callable[..., PacsServ
     again = _client(service.config.port, tls=client)  # and the server outlived the failed handshake
     assert again.is_established  # type: ignore[attr-defined]
     again.release()  # type: ignore[attr-defined]
+
+
+def test_a_sender_stalled_mid_series_is_waited_for_not_scored_twice(
+    pacs_service: Callable[..., PacsService], write_series: Callable[..., Path], chest_volume: Volume, tmp_path: Path
+) -> None:
+    """The load drill on a starved machine: a modality lost a C-STORE response, waited it out with its
+    association open, aborted and resent on a new one. The half already received must not be scored alone."""
+    spool = tmp_path / "spool"
+    service = pacs_service(settings(spool, None, destination=["PACS@127.0.0.1:9"], idle_seconds=1.0))
+    files = sorted(write_series(first_slices(chest_volume, 24)).iterdir())
+    stalled = _client(service.config.port)
+    for path in files[:10]:
+        assert int(stalled.send_c_store(pydicom.dcmread(path)).Status) == 0  # type: ignore[attr-defined]
+    time.sleep(4.0)  # four idle times with the association open: the sender is stalled, not done
+    assert [(r["state"], r["received"]) for r in jobs(spool)] == [("receiving", 10)]
+    assert service.listener.open_series() == {str(pydicom.dcmread(files[0]).SeriesInstanceUID)}
+    stalled.abort()  # type: ignore[attr-defined]
+    wait_for(lambda: not service.listener.open_series(), timeout=10, what="the aborted association to be let go")
+    resend = _client(service.config.port)  # the modality's retry: everything not acknowledged, at once
+    for path in files[9:]:
+        assert int(resend.send_c_store(pydicom.dcmread(path)).Status) == 0  # type: ignore[attr-defined]
+    resend.release()  # type: ignore[attr-defined]
+    rows = wait_for(
+        lambda: (r := jobs(spool)) and all(j["state"] not in ("receiving", "scoring") for j in r) and r,
+        what="the series to be scored",
+    )
+    assert [(r["received"], r["label"] is not None) for r in rows] == [(24, True)]  # one result, whole series

@@ -168,3 +168,26 @@ def test_a_series_with_a_refused_instance_is_held_until_its_sender_retries(tmp_p
     job = queue.claim_ready(5.0, now=136.0)
     assert job is not None and len(queue.series_files("1.2.3")) == 2
     assert not queue.hold_series("1.2.3", until=999.0)  # nothing receiving any more
+
+
+def test_a_series_an_open_association_is_sending_waits_for_its_sender(tmp_path: Path) -> None:
+    """The load drill found it on a starved machine: a modality lost a C-STORE response, waited it out with its
+    association open for 30 s, and resent; after the idle time the part already received was scored and sent
+    on its own, then the whole series again."""
+    queue = JobQueue(tmp_path / "q.sqlite3")
+    _record(queue, "1.2.3.1", now=100.0)
+    _record(queue, "9.9.9.1", series="9.9.9", now=100.0)
+    held = {"held": {"1.2.3"}, "held_seconds": 60.0}
+    assert queue.next_ready_at(5.0, **held) == 105.0  # the other series is not held
+    job = queue.claim_ready(5.0, now=110.0, **held)
+    assert job is not None and job.series_uid == "9.9.9"
+    assert queue.claim_ready(5.0, now=130.0, **held) is None  # idle 30 s, but its association is still open
+    assert queue.next_ready_at(5.0, **held) == 160.0
+    assert queue.hold_series("1.2.3", until=131.0)  # the association ends: the idle time counts from here
+    assert queue.claim_ready(5.0, now=135.0) is None
+    _record(queue, "1.2.3.2", now=135.5)  # the sender's new association: the rest of the series
+    job = queue.claim_ready(5.0, now=141.0)
+    assert job is not None and len(queue.series_files("1.2.3")) == 2
+    _record(queue, "7.7.7.1", series="7.7.7", now=200.0)
+    job = queue.claim_ready(5.0, now=260.5, held={"7.7.7"}, held_seconds=60.0)  # a sender silent this long
+    assert job is not None and job.series_uid == "7.7.7"  # is dropped by the network timeout anyway
