@@ -181,11 +181,15 @@ class Listener:
         """Released, aborted or dropped: the idle time of the series it sent counts from now."""
         with self._stats_lock:
             series = self._sending.pop(id(event.assoc), set())
+        if not series:
+            return
         now = time.time()
-        for series_uid in series:
-            self.queue.hold_series(series_uid, now)
-        if series:
-            self._on_stored()
+        try:
+            for series_uid in series:
+                self.queue.hold_series(series_uid, now)
+        except Exception as exc:  # the queue closed under a stopping service: recovery restarts the idle time
+            log.warning("could not restart the idle time of %d series: %s", len(series), type(exc).__name__)
+        self._on_stored()
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
