@@ -338,7 +338,7 @@ class Classifier:
 
         Example:
             >>> Classifier.load().scoring_id  # doctest: +SKIP
-            'medai-ref@d07acbb5b4b8+medai-quant@01a23f8524cf+quantify/11'
+            'medai-ref@e25a519584cc+medai-quant@2c97a683caa2+quantify/12'
         """
         from medai.quantify.head import shipped_quantnet
         from medai.quantify.measure import QUANTIFY_VERSION
