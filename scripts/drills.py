@@ -115,8 +115,17 @@ class Modality:
         self.acknowledged: set[str] = set()
         self._lock = threading.Lock()
 
-    def send(self, files: Sequence[Path], *, on_ack: Callable[[int], None] | None = None) -> bool:
-        """One association sending every file not yet acknowledged; False when it could not finish."""
+    def send(
+        self,
+        files: Sequence[Path],
+        *,
+        on_ack: Callable[[int], None] | None = None,
+        stall_after: int | None = None,
+        stall_s: float = 0.0,
+    ) -> bool:
+        """One association sending every file not yet acknowledged; False when it could not finish. With
+        ``stall_after``, it stops once that many are acknowledged, keeps the association open for ``stall_s``
+        (a response it waits out) and aborts it."""
         ae = AE(ae_title=self.calling)
         ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
@@ -142,6 +151,10 @@ class Modality:
                         self.acknowledged.add(uid)
                     if on_ack is not None:
                         on_ack(len(self.acknowledged))
+                if stall_after is not None and len(self.acknowledged) >= stall_after:
+                    time.sleep(stall_s)
+                    assoc.abort()
+                    return False
             return all(
                 str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) in self.acknowledged for p in files
             )
@@ -384,6 +397,29 @@ def drill_destination_refusing(work: Path, scale: Scale) -> Drill:
     return drill
 
 
+def drill_stalled_sender(work: Path, scale: Scale) -> Drill:
+    drill = Drill(
+        "sender stalled mid-series",
+        "after 40 % of a series the modality stops with its association open for four idle times (as when it waits "
+        "out a lost response), aborts, and sends the rest on a new association",
+    )
+    orthanc = start_orthanc(work / "orthanc")
+    files = _series(_volume(scale.slices, 9), work / "series")
+    try:
+        with _pacs(work, orthanc) as (_, spool, _, values):
+            modality = Modality(values["port"])
+            cut = int(0.4 * len(files))
+            modality.send(files, stall_after=cut, stall_s=4 * values["idle_seconds"])
+            held = [r["state"] for r in jobs(spool)]
+            modality.send_until_acknowledged(files)
+            wait_for(lambda: _finished(spool, 1), timeout=300, what="the series to be scored and delivered")
+            drill.notes.append(f"{cut} instances acknowledged before the stall; their job after it: {', '.join(held)}")
+            _count_pacs(drill, modality, orthanc, spool, [_study(files)])
+    finally:
+        orthanc.stop()
+    return drill
+
+
 def drill_disk_nearly_full(work: Path, scale: Scale) -> Drill:
     drill = Drill(
         "disk nearly full",
@@ -520,6 +556,7 @@ DRILLS: dict[str, Callable[[Path, Scale], Drill]] = {
     "refusing": drill_destination_refusing,
     "down": drill_destination_down,
     "disk": drill_disk_nearly_full,
+    "stall": drill_stalled_sender,
     "load": drill_concurrent_load,
     "batch": drill_batch_kill_and_resume,
 }
