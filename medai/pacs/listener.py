@@ -305,9 +305,7 @@ class Listener:
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_RELEASED, self._on_association_end),
-            (evt.EVT_ABORTED, self._on_association_end),
-            (evt.EVT_CONN_CLOSE, self._on_association_end),
+            (evt.EVT_CONN_CLOSE, self._on_association_end),  # after a release, an abort or a dropped peer
         ]
         self._server = ae.start_server(
             (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
