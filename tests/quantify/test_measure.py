@@ -422,8 +422,9 @@ def test_phantom_lungs_without_lobar_consolidation(phantom_results: list) -> Non
 
 _TARGETS_NOT_MET = (
     "targets not met on these 9 thin-slice phantoms (asked of every case here): lung Dice 0.914 and 0.943 on the two "
-    "lobar cases (>= 0.95 asked), grade 8/9 (a COVID-19 case at 30 % reads 22 %); lesion % MAE 2.99 (<= 3) is met "
-    "(issue-13 head, medai.quantify/11 and /12, whose band rule takes 0.3 and 0.9 points off two COVID-19 cases; "
+    "lobar cases (>= 0.95 asked), grade 8/9 (a COVID-19 case at 30 % reads 22 %), lesion % MAE 3.09 (<= 3 asked: "
+    "medai.quantify/13's vessel-rim rule takes 0.3 and 0.6 points off a COVID-19 and an other pneumonia case; 2.99 "
+    "with the issue-13 head and /11 and /12, whose band rule takes 0.3 and 0.9 points off two COVID-19 cases; "
     "2.86 with /10, 2.85 with /8 and /9, 2.46 with /7, whose fat rule did not peel the pleural part of this "
     "world's -100 HU consolidation; docs/ood.md)"
 )
@@ -784,3 +785,39 @@ def test_rank_correlation_is_spearmans_with_ties() -> None:
     hu = -400.0 - 60.0 * depth + rng.normal(0, 80, 300)
     assert rank_correlation(depth, hu) == pytest.approx(stats.spearmanr(depth, hu).statistic, abs=1e-9)
     assert rank_correlation(depth, np.full(300, -500.0)) == 0.0  # one density: no correlation
+
+
+def _vessel_chest(*, core_hu: float) -> tuple[Volume, np.ndarray]:
+    """The toy chest with a hilar-sized vessel in the left lung: 12 mm wide, 20 mm long (cranio-caudal), with a
+    one-voxel partial-volume rim (-450 HU); ``core_hu`` -550 makes it a patch of ground glass of the same shape."""
+    vol, lungs, _ = _toy_chest()
+    hu = vol.hu.astype(np.float32)
+    z, y, x = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    r2 = (y - 40.0) ** 2 + (x - 72.0) ** 2
+    along = (z >= 19) & (z < 27) & (lungs == 2)
+    core, rim = along & (r2 <= 2.4**2), along & (r2 > 2.4**2) & (r2 <= 3.4**2)
+    hu[core] = core_hu
+    hu[rim] = -450.0 if core_hu > -150 else core_hu
+    return Volume(np.rint(hu).astype(np.int16), spacing_mm=(2.5,) * 3), core | rim
+
+
+@pytest.mark.parametrize("rule", [True, False])
+def test_the_rim_of_a_vessel_too_wide_for_the_opening_is_not_a_lesion_ground_glass_of_its_shape_is(
+    rule: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 12 mm vessel (40 HU, unenhanced) is wider than the vessel opening, so it and its partial-volume rim
+    read as 4.6 ml of opacity; the halo rule drops it (medai.quantify/13: the hilar arteries' rims were 0.1-0.5 %
+    of "ground glass" in most phantom normals). Ground glass of the same size and shape, without a bright core,
+    stays a lesion, and so do the toy chest's pleural consolidation and ground glass."""
+    from medai.quantify import opacities
+
+    if not rule:
+        monkeypatch.setattr(opacities, "_drop_vessel_halos", lambda opacity, *a, **k: opacity)
+    vessel_vol, vessel = _vessel_chest(core_hu=40.0)
+    patch_vol, patch = _vessel_chest(core_hu=-550.0)
+    vessel_q = quantify(vessel_vol, params=CLASSICAL)
+    vessel_read = float((vessel_q.lesion_mask[vessel] > 0).mean())
+    assert (vessel_read < 0.1) if rule else (vessel_read > 0.5), vessel_read
+    assert float((quantify(patch_vol, params=CLASSICAL).lesion_mask[patch] > 0).mean()) > 0.5
+    _, _, toy_lesion = _toy_chest()
+    assert float((vessel_q.lesion_mask[toy_lesion > 0] > 0).mean()) > 0.5
