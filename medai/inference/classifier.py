@@ -338,7 +338,7 @@ class Classifier:
 
         Example:
             >>> Classifier.load().scoring_id  # doctest: +SKIP
-            'medai-ref@e25a519584cc+medai-quant@2c97a683caa2+quantify/12'
+            'medai-ref@b4586fdef681+medai-quant@2c97a683caa2+quantify/13'
         """
         from medai.quantify.head import shipped_quantnet
         from medai.quantify.measure import QUANTIFY_VERSION
