@@ -127,8 +127,12 @@ def segment_opacities(
         grown = _dilate(grown, axes)
     for axes in steps:
         grown = _dilate(grown, axes) & opacity
-    opacity = _drop_dependent_bands(grown, coarse[box], lung, depth, ap_dim=ap_dim, posterior_high=posterior_high)
-    opacity = _drop_vessel_halos(opacity, coarse[box], inner, spacing_mm)
+    # Both part-level rules read the same connected parts (each rule drops whole parts, so the labels stay true).
+    parts = ndimage.label(grown, structure=np.ones((3, 3, 3), bool))
+    opacity = _drop_dependent_bands(
+        grown, coarse[box], lung, depth, ap_dim=ap_dim, posterior_high=posterior_high, parts=parts
+    )
+    opacity = _drop_vessel_halos(opacity, coarse[box], inner, spacing_mm, parts=parts)
     view = out[box]
     view[opacity] = 1
     view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
@@ -423,6 +427,7 @@ def _drop_dependent_bands(
     *,
     ap_dim: int,
     posterior_high: bool,
+    parts: tuple[np.ndarray, int],
 ) -> np.ndarray:
     """``opacity`` without its connected parts that are bands of dependent atelectasis.
 
@@ -431,9 +436,9 @@ def _drop_dependent_bands(
     that depth (:data:`DEPENDENT_BAND_MAX_RHO`). The rule of :func:`_dependent_density` takes up a band that
     runs along the whole dependent pleura; this one takes the bands that are thick only in places (at the
     bases, in one lung), which that rule leaves. Posterior disease that keeps its density away from the pleura,
-    or reaches deeper, stays.
+    or reaches deeper, stays. ``parts``: ``opacity``'s connected parts (26 neighbours), as ``ndimage.label`` gives.
     """
-    labels, n = ndimage.label(opacity, structure=np.ones((3, 3, 3), bool))
+    labels, n = parts
     if n == 0:
         return opacity
     where = np.nonzero(labels)
@@ -474,7 +479,12 @@ VESSEL_CORE_HU = -150.0
 
 
 def _drop_vessel_halos(
-    opacity: np.ndarray, hu: np.ndarray, inner: np.ndarray, spacing_mm: tuple[float, float, float]
+    opacity: np.ndarray,
+    hu: np.ndarray,
+    inner: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    *,
+    parts: tuple[np.ndarray, int],
 ) -> np.ndarray:
     """``opacity`` without its small connected parts that are the rims of bright cores (vessels, bronchial walls).
 
@@ -483,15 +493,14 @@ def _drop_vessel_halos(
     :data:`VESSEL_HALO_MAX_CORE` of them are core. Only the inner lung's cores count, so the chest wall does not
     make a subpleural opacity a rim. Ground glass away from vessels, small solid consolidation (mostly core), and
     every part larger than a small ball stay; the cost is small ground glass that wraps a vessel (the nodules of
-    a bronchopneumonia, the halo of the smallest consolidations).
+    a bronchopneumonia, the halo of the smallest consolidations). ``parts``: connected parts (26 neighbours) of
+    ``opacity`` or of a mask it was made from by dropping whole parts.
     """
     if not opacity.any():
         return opacity
     core = inner & (hu >= VESSEL_CORE_HU)
-    near = core
-    for axis in range(3):  # one step along each axis in turn: the 26-neighbourhood
-        near = _dilate(near, (axis,))
-    labels, n = ndimage.label(opacity, structure=np.ones((3, 3, 3), bool))
+    near = _box_extreme(core, (3, 3, 3), np.logical_or)  # on a core or one of its 26 neighbours
+    labels, n = parts
     part = labels[opacity]  # per opacity voxel: its part (counting over these alone, not the whole box)
     size = np.bincount(part, minlength=n + 1)
     beside = np.bincount(part, weights=near[opacity], minlength=n + 1)
