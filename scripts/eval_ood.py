@@ -4,7 +4,9 @@ Scores each test world (:mod:`medai.evaluation.worlds`: ``train`` in-distributio
 leave-extremes-out, the independent phantom family, the real patient) with the served
 :class:`medai.inference.classifier.Classifier` and prints one column per world: covid19-vs-rest AUC
 (bootstrap 95 % CI), ECE, normals called normal and graded CT-0, covid19 specificity and sensitivity,
-lesion % MAE, worst lung-volume error, severity agreement. ``--json`` keeps every number and every case.
+lesion % MAE, worst lung-volume error, severity agreement; and where the AUC is lost: covid19 against the normals
+and against other pneumonia alone, and against the normals per band of true covid19 burden (under 3 %, 3-10 %,
+10 % or more). ``--json`` keeps every number and every case.
 
 ``ece_if_calibrated`` is the ECE (median and 95th percentile) that a perfectly calibrated model would show on the
 same confidences and as many cases: an observed ECE inside it is sampling noise. ``--from-json`` recomputes
@@ -37,10 +39,16 @@ ROWS = (
     "n_failed",
     "covid19_auc",
     "covid19_auc_ci",
+    "covid19_auc_vs_normal",
+    "covid19_auc_vs_other_pneumonia",
+    "covid19_auc_vs_normal_burden_0_3",
+    "covid19_auc_vs_normal_burden_3_10",
+    "covid19_auc_vs_normal_burden_10_100",
     "accuracy",
     "ece",
     "ece_if_calibrated",
     "normals_called_normal",
+    "normals_called_normal_confidently",
     "normals_ct0",
     "covid19_specificity",
     "covid19_sensitivity",

@@ -97,6 +97,44 @@ def score_cases(
     return rows
 
 
+# Bands of the true lesion % of the covid19 cases, for the covid19-vs-normal AUC per band (summarize).
+BURDEN_BANDS = ((0.0, 3.0), (3.0, 10.0), (10.0, 100.0))
+
+
+def _where_the_auc_is_lost(ok: Sequence[ScoredCase], y: np.ndarray, p_covid: np.ndarray) -> dict[str, float]:
+    """The covid19 AUC against each other class alone, and against the normals per band of true covid19 burden.
+
+    A covid19-vs-rest AUC mixes two questions (is the lung sick; which pneumonia is it) and every burden: a
+    severe COVID-19 case that the layer splits between covid19 and other pneumonia ranks under a normal lung
+    whose false opacity looks like early COVID-19, and only these pairs show which it is (docs/ood.md). A pair
+    or band without both kinds of case is left out.
+
+    Example:
+        >>> rows = [ScoredCase(str(i), "w", c, "", t, 4000.0) for i, (c, t) in enumerate(
+        ...     [("normal", 0.0), ("covid19", 2.0), ("covid19", 30.0), ("other_pneumonia", 5.0)])]
+        >>> y = np.array([CLASS_NAMES.index(r.label) for r in rows])
+        >>> out = _where_the_auc_is_lost(rows, y, np.array([0.6, 0.7, 0.5, 0.2]))
+        >>> [out[f"covid19_auc_vs_normal{band}"] for band in ("", "_burden_0_3", "_burden_10_100")]
+        [0.5, 1.0, 0.0]
+    """
+    is_covid = y == CLASS_NAMES.index("covid19")
+    truth = np.array([r.lesion_truth for r in ok])
+    out: dict[str, float] = {}
+
+    def pair_auc(key: str, positives: np.ndarray, negatives: np.ndarray) -> None:
+        if positives.any() and negatives.any():
+            keep = positives | negatives
+            out[key] = round(roc_auc(positives[keep], p_covid[keep]), 4)
+
+    for other in ("normal", "other_pneumonia"):
+        pair_auc(f"covid19_auc_vs_{other}", is_covid, y == CLASS_NAMES.index(other))
+    normal = y == CLASS_NAMES.index("normal")
+    for low, high in BURDEN_BANDS:
+        band = is_covid & (truth >= low) & (truth < high if high < 100.0 else truth <= high)
+        pair_auc(f"covid19_auc_vs_normal_burden_{low:g}_{high:g}", band, normal)
+    return out
+
+
 def _rate(hits: int, total: int) -> float:
     return hits / total if total else math.nan
 
@@ -129,6 +167,7 @@ def summarize(rows: Sequence[ScoredCase], *, n_bootstrap: int = 1000, seed: int 
         est, low, high = bootstrap_ci(auc, y, n_bootstrap=n_bootstrap, seed=seed)
         out["covid19_auc"] = round(float(est), 4)
         out["covid19_auc_ci"] = [round(float(low), 4), round(float(high), 4)]
+    out.update(_where_the_auc_is_lost(ok, y, p[:, covid]))
     out["accuracy"] = round(float(np.mean([r.predicted == r.label for r in ok])), 4)
     out["ece"] = round(float(expected_calibration_error(y, p)), 4)
     # What a perfectly calibrated model would read on these cases (median, 95th percentile): at 60 cases in
@@ -136,6 +175,10 @@ def summarize(rows: Sequence[ScoredCase], *, n_bootstrap: int = 1000, seed: int 
     out["ece_if_calibrated"] = [round(v, 4) for v in ece_if_calibrated(p, seed=seed)]
     normals = [r for r in ok if r.label == "normal"]
     out["normals_called_normal"] = round(_rate(sum(r.predicted == "normal" for r in normals), len(normals)), 4)
+    # The label alone decides "called normal" (the operating point); a normal label flagged indeterminate still
+    # goes to a reader, so the share called normal without that flag is kept beside it.
+    confident = sum(r.predicted == "normal" and not r.indeterminate for r in normals)
+    out["normals_called_normal_confidently"] = round(_rate(confident, len(normals)), 4)
     out["normals_ct0"] = round(_rate(sum(r.severity == "CT-0" for r in normals), len(normals)), 4)
     not_covid = [r for r in ok if r.label != "covid19"]
     out["covid19_specificity"] = round(_rate(sum(r.predicted != "covid19" for r in not_covid), len(not_covid)), 4)

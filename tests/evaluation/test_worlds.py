@@ -50,6 +50,37 @@ def test_summary_counts_failures_and_measures_the_targets() -> None:
     assert s["normals_ct0"] == 1.0 and s["severity_agreement"] == pytest.approx(0.5)
 
 
+def test_summary_shows_where_the_auc_is_lost() -> None:
+    """A severe COVID-19 case split between covid19 and other pneumonia, ranked under a normal lung whose false
+    opacity looks like early COVID-19: the covid19-vs-rest AUC hides it, the pairs and bands name it."""
+
+    def case(i: int, label: str, truth: float, p_covid: float, predicted: str, indeterminate: bool) -> ScoredCase:
+        p_normal = 0.9 - p_covid if label == "normal" else 0.0
+        probs = {"normal": p_normal, "covid19": p_covid, "other_pneumonia": 1.0 - p_covid - p_normal}
+        return ScoredCase(f"c{i}", "w", label, "none", truth, 4000.0, probs, predicted, indeterminate, truth, 4000.0,
+                          "CT-0")  # fmt: skip
+
+    rows = [
+        case(0, "normal", 0.0, 0.05, "normal", False),
+        case(1, "normal", 0.0, 0.30, "normal", True),  # a normal label flagged indeterminate
+        case(2, "normal", 0.0, 0.85, "covid19", False),  # false opacity that looks like early COVID-19
+        case(3, "covid19", 2.0, 0.90, "covid19", False),
+        case(4, "covid19", 5.0, 0.70, "covid19", False),
+        case(5, "covid19", 40.0, 0.45, "other_pneumonia", True),  # severe, split with other pneumonia
+        case(6, "other_pneumonia", 20.0, 0.20, "other_pneumonia", False),
+    ]
+    s = summarize(rows, n_bootstrap=0)
+    assert s["normals_called_normal"] == pytest.approx(2 / 3, abs=1e-4)
+    assert s["normals_called_normal_confidently"] == pytest.approx(1 / 3, abs=1e-4)
+    assert s["covid19_auc_vs_other_pneumonia"] == 1.0
+    assert s["covid19_auc_vs_normal"] == pytest.approx(7 / 9, abs=1e-4)  # 7 of the 9 covid19-normal pairs ranked right
+    assert s["covid19_auc_vs_normal_burden_0_3"] == 1.0
+    assert s["covid19_auc_vs_normal_burden_3_10"] == pytest.approx(2 / 3, abs=1e-4)
+    assert s["covid19_auc_vs_normal_burden_10_100"] == pytest.approx(2 / 3, abs=1e-4)
+    only_normals = summarize([r for r in rows if r.label == "normal"], n_bootstrap=0)
+    assert not any(k.startswith("covid19_auc") for k in only_normals)
+
+
 @needs_real_ct
 def test_real_patient_world_has_exact_ground_truth() -> None:
     cases = {c.name: c for c in real_cases()}
