@@ -11,10 +11,14 @@ and against other pneumonia alone, and against the normals per band of true covi
 ``ece_if_calibrated`` is the ECE (median and 95th percentile) that a perfectly calibrated model would show on the
 same confidences and as many cases: an observed ECE inside it is sampling noise. ``--from-json`` recomputes
 every summary from the cases an earlier run wrote, without scoring anything (for a metric added since).
+``--compare BEFORE AFTER`` puts two runs on the same cases side by side (two models, or two versions of the
+quantification): each target metric and the decision rule's score, and their paired difference with a bootstrap
+95 % interval, so that a criterion can ask whether a gain is larger than these cases' noise.
 
 Example:
     python scripts/eval_ood.py --worlds train heldout independent-val real --n 60 --json .bench/ood.json
     python scripts/eval_ood.py --from-json .bench/ood.json
+    python scripts/eval_ood.py --compare .bench/ood-before.json .bench/ood-after.json
 """
 
 from __future__ import annotations
@@ -87,7 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         help="summarize the cases of an earlier run's --json again (nothing is scored; --worlds, --n, --model "
         "and --matrix are then those of that run; --json rewrites it with the new summaries)",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="two earlier runs' --json on the same cases: each target metric and the rule's score before and after, "
+        "and the paired difference with a bootstrap 95 %% interval (nothing is scored; --json writes the comparison)",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        return _compare(args)
     if args.from_json:
         model, results, cases = _resummarize(args)
     else:
@@ -151,6 +165,28 @@ def _resummarize(args: argparse.Namespace) -> tuple[str, dict, dict]:
         if "seconds" in earlier["summary"].get(world, {}):
             results[world]["seconds"] = earlier["summary"][world]["seconds"]
     return earlier["model"], results, earlier["cases"]
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Print (and with --json write) :func:`medai.evaluation.served.compare` for every world both runs scored."""
+    from medai.evaluation.served import ScoredCase, compare
+
+    before, after = (json.loads(path.read_text()) for path in args.compare)
+    print(f"before: {before['model']} ({args.compare[0]})\nafter:  {after['model']} ({args.compare[1]})")
+    out = {}
+    for world in [w for w in before["cases"] if w in after["cases"]]:
+        rows = [[ScoredCase.from_dict(r) for r in run["cases"][world]] for run in (before, after)]
+        out[world] = compare(*rows, n_bootstrap=args.bootstrap, seed=args.seed)
+        print(f"\n{world} ({len(rows[0])} cases)   before     after   difference (95 % interval, paired)")
+        for name, m in out[world].items():
+            low, high = m["difference_ci"]
+            change = f"{m['difference']:+.4f} ({low:+.4f} to {high:+.4f})"
+            print(f"  {name:24s} {m['before']:8.4f}  {m['after']:8.4f}  {change}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"before": before["model"], "after": after["model"], "compare": out}, indent=1))
+        print(f"written {args.json}")
+    return 0
 
 
 if __name__ == "__main__":

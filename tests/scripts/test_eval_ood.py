@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medai.evaluation.served import ScoredCase, summarize
+from medai.evaluation.served import ScoredCase, compare, summarize
 from tests.conftest import load_script
 
 
@@ -42,3 +42,38 @@ def test_from_json_recomputes_every_summary_from_the_cases(tmp_path: Path, capsy
     assert 0.0 < low < high < 0.5
     printed = capsys.readouterr().out
     assert "ece_if_calibrated" in printed and "independent-test" in printed
+
+
+def test_compare_sets_two_runs_of_the_same_cases_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    script = load_script("eval_ood")
+    before = [_case(i, "normal", 0.1 + 0.05 * i, "normal" if i < 6 else "covid19", 0.3 * i) for i in range(10)]
+    before += [_case(10 + i, "covid19", 0.3 + 0.06 * i, "covid19", 5.0 + i) for i in range(10)]
+    # after: the four normals that were called covid19 read lower and are called normal; nothing else changes
+    after = [_case(i, "normal", 0.1 + 0.02 * i, "normal", 0.1 * i) if i >= 6 else r for i, r in enumerate(before[:10])]
+    after += before[10:]
+    paths = []
+    for name, rows in (("before", before), ("after", after)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"model": f"m@{name}", "argv": [], "summary": {},
+                                    "cases": {"w": [r.to_dict() for r in rows]}}))  # fmt: skip
+        paths.append(str(path))
+    out = tmp_path / "compare.json"
+    assert script.main(["--compare", *paths, "--bootstrap", "200", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["compare"]["w"]
+    called = result["normals_called_normal"]
+    assert (called["before"], called["after"], called["difference"]) == (0.6, 1.0, 0.4)
+    low, high = called["difference_ci"]
+    assert 0.0 < low <= 0.4 <= high  # a paired gain these cases can show
+    auc = result["covid19_auc"]
+    assert auc["difference"] == pytest.approx(auc["after"] - auc["before"], abs=1e-4) and auc["difference"] > 0
+    assert result["lesion_mae_points"]["difference"] < 0
+    assert "normals_called_normal" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="same cases"):
+        compare(before, after[:-1], n_bootstrap=0)
+
+
+def test_compare_of_a_run_with_itself_shows_no_difference() -> None:
+    rows = [_case(i, "normal", 0.1 + 0.03 * i, "normal", 0.2 * i) for i in range(8)]
+    rows += [_case(8 + i, "covid19", 0.4 + 0.05 * i, "covid19", 4.0 + i) for i in range(8)]
+    for metric in compare(rows, rows, n_bootstrap=100).values():
+        assert metric["difference"] == 0.0 and metric["difference_ci"] == [0.0, 0.0]
