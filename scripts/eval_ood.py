@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 def _score(args: argparse.Namespace) -> tuple[str, dict, dict]:
     """Score every world of ``args`` with the served pipeline: (model id, summaries, cases)."""
     from medai.evaluation.served import score_cases, summarize
-    from medai.evaluation.worlds import world_cases
+    from medai.evaluation.worlds import REAL_WORLDS, world_cases
     from medai.inference.classifier import Classifier
 
     clf = Classifier.load(args.model, threads=args.threads)
@@ -135,7 +135,7 @@ def _score(args: argparse.Namespace) -> tuple[str, dict, dict]:
     results, cases = {}, {}
     for world in args.worlds:
         start = time.perf_counter()
-        n = None if world == "real" else args.n
+        n = None if world in REAL_WORLDS else args.n
         rows = score_cases(
             clf,
             world_cases(world, n, seed=args.seed, matrix=args.matrix or None),

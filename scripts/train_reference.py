@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from medai.evaluation.evaluate import evaluate_predictions
-from medai.evaluation.worlds import WORLDS
+from medai.evaluation.worlds import REAL_WORLDS, WORLDS
 from medai.inference.calibration import DecisionRule
 from medai.inference.decision import FEATURE_SETS
 from medai.labels import CLASS_NAMES
@@ -456,7 +456,7 @@ def _report(
 
     report: dict[str, dict] = {}
     for world in worlds:
-        count = None if world == "real" else n
+        count = None if world in REAL_WORLDS else n
         rows = _cached(
             out_dir / f"decision_rows_report-{world}.pkl",
             {**key, "report_world": world, "n": count},

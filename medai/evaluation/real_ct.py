@@ -13,6 +13,10 @@ It is the only real patient, so it is never training data. :func:`real_cases` ma
 * lesions inserted into the real lungs with exact ground truth: COVID-19 (peripheral, posterior and
   lower ground glass with consolidating cores) at three burdens; lobar consolidation with air
   bronchograms in two lobes; a segmental wedge; a focal round pneumonia.
+
+:func:`acquisition_sweep` makes more normals from the same scan, one acquisition change or two at a time:
+sharper and smoother reconstruction kernels, heavier noise, a tilted patient, and the 5 mm and shallow-breath
+copies combined with a sharper kernel or noise. A normal lung must read normal under each.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from scipy import ndimage
 from medai.errors import MedaiError
 from medai.volume import Volume
 
-__all__ = ["DEFAULT_FOLDER", "LOBES", "RealCase", "load_lidc", "real_cases"]
+__all__ = ["DEFAULT_FOLDER", "LOBES", "RealCase", "acquisition_sweep", "load_lidc", "real_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -262,3 +266,61 @@ def real_cases(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterato
     share = ball_ml / (np.count_nonzero(inside) * float(np.prod(sp)) / 1000)
     case, lesions = _insert(volume, lungs, -dist.astype(np.float32), inside, share, rng=rng, consolidation_above=0.3)
     yield RealCase("focal-left-lower", "other_pneumonia", case, lungs, lesions, {"kind": "focal"})
+
+
+def _sharper(hu: np.ndarray, amount: float) -> np.ndarray:
+    """A sharper reconstruction kernel's look: the in-plane detail above ~1 pixel amplified by ``1 + amount``."""
+    return hu + amount * (hu - ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0)))
+
+
+def _noise(shape: tuple[int, ...], rng: np.random.Generator, sigma_hu: float, grain_px: float) -> np.ndarray:
+    """Noise of ``sigma_hu`` with an in-plane grain of ``grain_px`` pixels (a finer grain for a sharper kernel)."""
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), (0.0, grain_px, grain_px))
+    return noise * np.float32(sigma_hu / max(float(noise.std()), 1e-6))
+
+
+def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterator[RealCase]:
+    """The real patient's normal scan under acquisition changes it was not made with, generated lazily.
+
+    Each case is a normal (no lesion): the lungs must read normal and CT-0 whatever the kernel, dose, tilt or
+    slice thickness. The changes are one or two at a time, named by what was done: ``sharp-kernel`` and
+    ``sharper-kernel`` (in-plane detail amplified 2x and 3x), ``smooth-kernel`` (a 1-pixel Gaussian),
+    ``noise-80`` and ``noise-120`` (added noise of that many HU), ``sharp-kernel+noise-60``, ``tilt-6-axial`` and
+    ``tilt-6-sagittal`` (the patient rotated 6 degrees in the table plane, or head-to-foot), ``thick-5mm+sharp``,
+    ``thick-5mm+noise-60``, ``shallow-breath+sharp`` and ``shallow-breath+thick-5mm``. The tilted copies rotate the
+    lung mask with the scan (nearest neighbour).
+
+    Raises:
+        MedaiError: the real CT is missing (``make real-ct``).
+    """
+    volume, lobes = load_lidc(folder)
+    lungs = _lung_mask(lobes)
+    rng = np.random.default_rng([seed, 1])
+    hu = volume.hu.astype(np.float32)
+
+    def case(name: str, arr: np.ndarray, base: Volume = volume, mask: np.ndarray = lungs, **factors: Any) -> RealCase:
+        out = base.with_array(np.rint(np.clip(arr, -1024, 3071)).astype(np.int16))
+        return RealCase(name, "normal", out, mask, np.zeros(mask.shape, np.uint8), {"kind": "normal", **factors})
+
+    yield case("sharp-kernel", _sharper(hu, 1.0), kernel="sharp")
+    yield case("sharper-kernel", _sharper(hu, 2.0), kernel="sharper")
+    yield case("smooth-kernel", ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0)), kernel="smooth")
+    for sigma in (80.0, 120.0):
+        yield case(f"noise-{sigma:.0f}", hu + _noise(hu.shape, rng, sigma, 0.8), noise_hu=sigma)
+    yield case("sharp-kernel+noise-60", _sharper(hu, 1.0) + _noise(hu.shape, rng, 60.0, 0.5), kernel="sharp")
+    for plane, axes in (("axial", (1, 2)), ("sagittal", (0, 1))):
+        tilted = ndimage.rotate(hu, 6.0, axes=axes, reshape=False, order=1, cval=-1024.0)
+        mask = ndimage.rotate(lungs, 6.0, axes=axes, reshape=False, order=0, cval=0)
+        yield case(f"tilt-6-{plane}", tilted, mask=mask, tilt_deg=6.0, plane=plane)
+    thick, thick_lungs = _thick(volume, lungs, 2)
+    th = thick.hu.astype(np.float32)
+    yield case("thick-5mm+sharp", _sharper(th, 1.0), thick, thick_lungs, recon="5 mm", kernel="sharp")
+    noisy = th + _noise(th.shape, rng, 60.0, 0.8)
+    yield case("thick-5mm+noise-60", noisy, thick, thick_lungs, recon="5 mm", noise_hu=60.0)
+    shallow = _shallow_breath(volume, lungs)
+    yield case("shallow-breath+sharp", _sharper(shallow.hu.astype(np.float32), 1.0), breath="shallow", kernel="sharp")
+    shallow_thick, shallow_lungs = _thick(shallow, lungs, 2)
+    yield case(
+        "shallow-breath+thick-5mm", shallow_thick.hu.astype(np.float32), shallow_thick, shallow_lungs,
+        breath="shallow", recon="5 mm",
+    )  # fmt: skip

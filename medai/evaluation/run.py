@@ -466,7 +466,7 @@ def run_world(args: argparse.Namespace) -> int:
     from medai.evaluation.report import write_report
     from medai.evaluation.served import score_cases, summarize
     from medai.evaluation.subgroups import subgroups_from_attributes
-    from medai.evaluation.worlds import world_cases
+    from medai.evaluation.worlds import REAL_WORLDS, world_cases
     from medai.inference.classifier import Classifier
     from medai.labels import CLASS_NAMES
     from medai.modelcard import file_sha256
@@ -475,7 +475,7 @@ def run_world(args: argparse.Namespace) -> int:
     if model_path.suffix != ".onnx":
         raise MedaiError(f"--world scores the served model: --model must be an exported .onnx, not {model_path.name!r}")
     clf = Classifier.load(model_path)
-    n = None if args.world == "real" else args.n
+    n = None if args.world in REAL_WORLDS else args.n
     if n is not None and n < 2:
         raise MedaiError(f"--n must be at least 2, not {n}")
     with Progress(

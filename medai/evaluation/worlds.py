@@ -11,6 +11,8 @@ world                  what it is
 ``independent-test``   the same family, other seeds: reported only, never used for a choice
 ``real``               the one real patient (:mod:`medai.evaluation.real_ct`): as it is, reconstructed
                        otherwise, and with inserted lesions
+``real-sweep``         the real patient's normal scan under acquisition changes, one or two at a time
+                       (kernels, noise, tilt, 5 mm and shallow-breath copies combined): normals only
 =====================  =================================================================================
 
 :func:`world_cases` yields :class:`TruthCase` lazily (one volume in memory at a time).
@@ -27,9 +29,11 @@ import numpy as np
 from medai.labels import CLASS_NAMES
 from medai.volume import Volume
 
-__all__ = ["WORLDS", "TruthCase", "world_cases"]
+__all__ = ["REAL_WORLDS", "WORLDS", "TruthCase", "world_cases"]
 
-WORLDS = ("train", "heldout", "independent-val", "independent-test", "real")
+WORLDS = ("train", "heldout", "independent-val", "independent-test", "real", "real-sweep")
+# Worlds of the one real patient: a fixed set of cases (``n`` None takes them all).
+REAL_WORLDS = ("real", "real-sweep")
 
 # Seed streams of the synthetic worlds: disjoint from training (0.., 200_000.., 300_000..) and from one another.
 _SEED_BASE = {"train": 7_000_000, "heldout": 8_000_000}
@@ -115,15 +119,16 @@ def _independent(world: str, n: int, seed: int, matrix: int | None) -> Iterator[
         )
 
 
-def _real(n: int | None, seed: int) -> Iterator[TruthCase]:
-    from medai.evaluation.real_ct import real_cases
+def _real(world: str, n: int | None, seed: int) -> Iterator[TruthCase]:
+    from medai.evaluation.real_ct import acquisition_sweep, real_cases
 
-    for i, case in enumerate(real_cases(seed=seed)):
+    cases = real_cases(seed=seed) if world == "real" else acquisition_sweep(seed=seed)
+    for i, case in enumerate(cases):
         if n is not None and i >= n:
             return
         yield TruthCase(
-            f"real-{case.name}",
-            "real",
+            f"{world}-{case.name}",
+            world,
             case.label,
             case.volume,
             case.lesion_percent,
@@ -138,7 +143,7 @@ def world_cases(world: str, n: int | None, *, seed: int = 0, matrix: int | None 
 
     Args:
         world: one of :data:`WORLDS`.
-        n: number of cases (``real`` has 11; None takes them all there).
+        n: number of cases (the real patient's worlds, :data:`REAL_WORLDS`, have 12 each; None takes them all).
         seed: the seed set (a different ``seed`` gives different cases of the same world).
         matrix: in-plane matrix of the phantoms (None: the independent family draws its own, 256-512).
 
@@ -152,8 +157,8 @@ def world_cases(world: str, n: int | None, *, seed: int = 0, matrix: int | None 
     """
     if world not in WORLDS:
         raise ValueError(f"world must be one of {WORLDS}, not {world!r}")
-    if world == "real":
-        return _real(n, seed)
+    if world in REAL_WORLDS:
+        return _real(world, n, seed)
     if n is None or n < 1:
         raise ValueError(f"n must be a positive number of cases for world {world!r}, not {n!r}")
     if world.startswith("independent"):

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from medai.cli import main as cli_main
-from medai.evaluation.real_ct import DEFAULT_FOLDER, real_cases
+from medai.evaluation.real_ct import DEFAULT_FOLDER, _lung_mask, _shallow_breath, load_lidc, real_cases
 from medai.evaluation.served import ScoredCase, score_cases, summarize
 from medai.evaluation.worlds import world_cases
 from medai.inference.classifier import Classifier
@@ -105,6 +105,43 @@ def test_real_patient_world_has_exact_ground_truth() -> None:
     noise = as_is - ndimage.gaussian_filter(as_is.astype(np.float32), 2.0 / np.array(cases["as-is"].volume.spacing_mm))
     aerated = inside & (as_is < -700)
     assert abs(np.corrcoef(added[aerated], noise[aerated])[0, 1]) < 0.03
+
+
+@needs_real_ct
+def test_acquisition_sweep_varies_what_it_names() -> None:
+    """The real normal under acquisition changes: each change is really made, and nothing else is."""
+    volume, lobes = load_lidc(DEFAULT_FOLDER)
+    as_is = volume.hu.astype(np.float32)
+    inside = lobes > 0
+    z = volume.shape[0] // 2
+
+    def detail(hu: np.ndarray, mask: np.ndarray) -> float:  # in-plane high-pass energy of the middle slice's lung
+        plane = hu[z].astype(np.float32)
+        return float(np.std((plane - ndimage.gaussian_filter(plane, 1.0))[mask[z]]))
+
+    cases = {}
+    for case in world_cases("real-sweep", None):
+        assert (case.world, case.label, case.lesion_percent) == ("real-sweep", "normal", 0.0)
+        cases[case.case_id.removeprefix("real-sweep-")] = case
+    assert len(cases) == 12
+    base = detail(as_is, inside)
+    assert detail(cases["sharp-kernel"].volume.hu, inside) > 1.5 * base
+    assert detail(cases["sharper-kernel"].volume.hu, inside) > detail(cases["sharp-kernel"].volume.hu, inside)
+    assert detail(cases["smooth-kernel"].volume.hu, inside) < 0.7 * base
+    for sigma in (80, 120):
+        added = cases[f"noise-{sigma}"].volume.hu.astype(np.float32) - as_is
+        assert sigma * 0.9 < float(added[inside].std()) < sigma * 1.1
+    for plane in ("axial", "sagittal"):
+        tilted = cases[f"tilt-6-{plane}"]
+        assert tilted.volume.shape == volume.shape and (tilted.volume.hu != volume.hu).mean() > 0.3
+        assert abs(tilted.lung_volume_ml - cases["sharp-kernel"].lung_volume_ml) < 0.03 * tilted.lung_volume_ml
+    for name in ("thick-5mm+sharp", "thick-5mm+noise-60", "shallow-breath+thick-5mm"):
+        assert cases[name].volume.spacing_mm[0] == pytest.approx(5.0)
+    shallow = cases["shallow-breath+sharp"].volume.hu.astype(np.float32)
+    parenchyma = inside & (as_is > -900) & (as_is < -800)
+    assert float(np.median(shallow[parenchyma] - as_is[parenchyma])) >= 100  # denser lungs, and ...
+    plain = _shallow_breath(volume, _lung_mask(lobes)).hu
+    assert detail(shallow, inside) > 1.5 * detail(plain, inside)  # ... a sharper kernel than the shallow copy's
 
 
 def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:
