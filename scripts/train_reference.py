@@ -317,7 +317,7 @@ def decision_stage(
     set 0 (the real patient: all its cases), after the choice and without any part in it; printed and written to
     ``out_dir/decision_report.json``, never into the checkpoint.
     """
-    from medai.evaluation.served import summarize
+    from medai.evaluation.served import choice_score, summarize
     from medai.inference.classifier import Classifier
     from medai.inference.decision import FINDINGS
     from medai.phantoms.synthetic import GENERATOR
@@ -408,7 +408,7 @@ def decision_stage(
         return float(
             np.mean(
                 [
-                    (m.get("covid19_auc", 0.0) + m["normals_called_normal"]) / 2 - m["ece"]
+                    choice_score(m.get("covid19_auc", 0.0), m["normals_called_normal"], m["ece"])
                     for w, m in metrics.items()
                     if w in choosing
                 ]

@@ -191,6 +191,17 @@ def _shallow_breath(volume: Volume, lungs: np.ndarray) -> Volume:
     return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
 
 
+def _sharper(hu: np.ndarray, amount: float) -> np.ndarray:
+    """A sharper reconstruction kernel's look: the in-plane detail above ~1 pixel amplified by ``1 + amount``."""
+    return hu + amount * (hu - ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0)))
+
+
+def _noise(shape: tuple[int, ...], rng: np.random.Generator, sigma_hu: float, grain_px: float) -> np.ndarray:
+    """Noise of ``sigma_hu`` with an in-plane grain of ``grain_px`` pixels (a finer grain for a sharper kernel)."""
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), (0.0, grain_px, grain_px))
+    return noise * np.float32(sigma_hu / max(float(noise.std()), 1e-6))
+
+
 def real_cases(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterator[RealCase]:
     """The real-patient test cases (see the module docstring), generated lazily.
 
@@ -204,8 +215,7 @@ def real_cases(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterato
     yield RealCase("as-is", "normal", volume, lungs, none, {"kind": "normal", "recon": "2.5 mm"})
     thick, thick_lungs = _thick(volume, lungs, 2)
     yield RealCase("thick-5mm", "normal", thick, thick_lungs, np.zeros_like(thick_lungs), {"recon": "5 mm"})
-    noise = ndimage.gaussian_filter(rng.standard_normal(volume.shape).astype(np.float32), (0, 0.8, 0.8))
-    noisy = volume.hu.astype(np.float32) + noise * (40.0 / max(float(noise.std()), 1e-6))
+    noisy = volume.hu.astype(np.float32) + _noise(volume.shape, rng, 40.0, 0.8)
     yield RealCase("low-dose", "normal", volume.with_array(np.rint(noisy).astype(np.int16)), lungs, none, {})
     # a 260 mm field of view around the chest's centre: the body and the arms are cut
     ny, nx = volume.shape[1:]
@@ -266,17 +276,6 @@ def real_cases(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterato
     share = ball_ml / (np.count_nonzero(inside) * float(np.prod(sp)) / 1000)
     case, lesions = _insert(volume, lungs, -dist.astype(np.float32), inside, share, rng=rng, consolidation_above=0.3)
     yield RealCase("focal-left-lower", "other_pneumonia", case, lungs, lesions, {"kind": "focal"})
-
-
-def _sharper(hu: np.ndarray, amount: float) -> np.ndarray:
-    """A sharper reconstruction kernel's look: the in-plane detail above ~1 pixel amplified by ``1 + amount``."""
-    return hu + amount * (hu - ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0)))
-
-
-def _noise(shape: tuple[int, ...], rng: np.random.Generator, sigma_hu: float, grain_px: float) -> np.ndarray:
-    """Noise of ``sigma_hu`` with an in-plane grain of ``grain_px`` pixels (a finer grain for a sharper kernel)."""
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), (0.0, grain_px, grain_px))
-    return noise * np.float32(sigma_hu / max(float(noise.std()), 1e-6))
 
 
 def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterator[RealCase]:

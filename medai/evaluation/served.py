@@ -27,7 +27,7 @@ from medai.evaluation.reliability import ece_if_calibrated, expected_calibration
 from medai.evaluation.worlds import TruthCase
 from medai.labels import CLASS_NAMES, severity_from_percent
 
-__all__ = ["COMPARED", "ScoredCase", "compare", "score_cases", "summarize"]
+__all__ = ["COMPARED", "ScoredCase", "choice_score", "compare", "score_cases", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,17 @@ def summarize(rows: Sequence[ScoredCase], *, n_bootstrap: int = 1000, seed: int 
 COMPARED = ("covid19_auc", "normals_called_normal", "ece", "lesion_mae_points", "score")
 
 
+def choice_score(covid19_auc: float, normals_called_normal: float, ece: float) -> float:
+    """The score the decision layer is chosen by (scripts/train_reference.py) and that :func:`compare` reports:
+    (covid19 AUC + normals called normal) / 2 - ECE.
+
+    Example:
+        >>> round(choice_score(0.9, 0.7, 0.1), 6)
+        0.7
+    """
+    return (covid19_auc + normals_called_normal) / 2 - ece
+
+
 def _compared_metrics(y: np.ndarray, p: np.ndarray, normal_called: np.ndarray, errors: np.ndarray) -> np.ndarray:
     """The :data:`COMPARED` metrics of cases given as arrays (true classes, probabilities, a normal called normal
     (only read where the truth is normal), lesion errors)."""
@@ -214,7 +225,7 @@ def _compared_metrics(y: np.ndarray, p: np.ndarray, normal_called: np.ndarray, e
     auc = roc_auc(is_covid, p[:, covid]) if 0 < is_covid.sum() < len(y) else math.nan
     called = float(normal_called[normal].mean()) if normal.any() else math.nan
     ece = expected_calibration_error(y, p)
-    return np.array([auc, called, ece, float(errors.mean()), (auc + called) / 2 - ece])
+    return np.array([auc, called, ece, float(errors.mean()), choice_score(auc, called, ece)])
 
 
 def compare(
@@ -223,7 +234,7 @@ def compare(
     """Two scorings of the same cases side by side: each metric of :data:`COMPARED` before and after, and the
     paired difference (after - before) with a stratified bootstrap 95 % interval.
 
-    ``score`` is the decision rule's (covid19 AUC + normals called normal) / 2 - ECE. Every replicate resamples
+    ``score`` is :func:`choice_score`, what the decision layer is chosen by. Every replicate resamples
     the cases once and scores both versions on the same resample, so what the two share (the same hard cases) does
     not widen the interval: a difference whose interval holds 0 is one these cases cannot tell from noise.
     Failed cases (on either side) are left out.
