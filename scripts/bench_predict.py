@@ -61,6 +61,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "medai-ref.pt"
 ONNX = ROOT / "models" / "medai-ref.onnx"
 PIPELINES = ("medai", "monai")
+# medai with its network part in line rather than on a thread beside the opacity measurement (the control of
+# ``Classifier.load(network_thread=...)``); run only when named in --pipelines
+CONTROLS = ("medai-inline",)
 MONAI_PIXDIM = (1.5, 1.5, 2.0)  # Project-MONAI tutorials, spleen_segmentation_3d: Spacing(pixdim=(1.5, 1.5, 2.0))
 MONAI_SIZE = 96  # Project-MONAI tutorials, 3d_classification/densenet_training_array: Resize((96, 96, 96))
 
@@ -124,7 +127,7 @@ def _worker_medai(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
     from medai.inference.classifier import Classifier
 
     imported = time.perf_counter()
-    clf = Classifier.load(threads=int(opts["threads"]))
+    clf = Classifier.load(threads=int(opts["threads"]), network_thread=opts.get("network_thread"))
     loaded = time.perf_counter()
     calls = []
     for _ in range(2):
@@ -142,6 +145,7 @@ def _worker_medai(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
         "label": pred.label,
         "model": pred.model_id,
         "providers": list(clf.providers),
+        "network_thread": clf.network_thread,
         "saliency_shape": list(pred.saliency.map.shape),
         "lesion_percent": float(pred.lesion_percent),
     }
@@ -274,6 +278,7 @@ def _worker_net(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS = {"medai": _worker_medai, "monai": _worker_monai, "net": _worker_net}
+_WORKER_OF = {"medai-inline": ("medai", {"network_thread": False})}  # a control: (worker, its extra options)
 
 
 def run_worker(name: str, folder: Path, opts: dict[str, Any], *, timeout_s: float = 1800) -> dict[str, Any]:
@@ -283,6 +288,8 @@ def run_worker(name: str, folder: Path, opts: dict[str, Any], *, timeout_s: floa
     and ``cold_s`` (from launching the process to the first result: a one-shot command line).
     """
     launched_at = time.time()
+    name, extra = _WORKER_OF.get(name, (name, {}))
+    opts = {**opts, **extra}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--folder", str(folder)]
     cmd += ["--worker-opts", json.dumps(opts)]
     start = time.perf_counter()
@@ -350,26 +357,29 @@ def _print_report(report: dict[str, Any]) -> None:
     res = report["results"]
     print("\n(seconds: median / min over fresh processes)")
     header = ("pipeline", "warm per series", "first call", "import + load", "start to 1st result", "peak RSS")
-    print("{:9s} {:>16s} {:>14s} {:>14s} {:>20s} {:>9s}".format(*header))
+    print("{:12s} {:>16s} {:>14s} {:>14s} {:>20s} {:>9s}".format(*header))
     for name in report["pipelines"]:
         s = res[name]
         if "error" in s:
-            print(f"{name:9s} unavailable: {s['error']}")
+            print(f"{name:12s} unavailable: {s['error']}")
             continue
         cells = [f"{s[k]['median']:.3f} / {s[k]['min']:.3f}" for k in ("warm_s", "first_s")]
         cells.append(f"{s['import_s']['median'] + s['load_s']['median']:.3f}")
         cells.append(f"{s['cold_s']['median']:.3f} / {s['cold_s']['min']:.3f}")
         print(
-            f"{name:9s} {cells[0]:>16s} {cells[1]:>14s} {cells[2]:>14s} {cells[3]:>20s} "
+            f"{name:12s} {cells[0]:>16s} {cells[1]:>14s} {cells[2]:>14s} {cells[3]:>20s} "
             f"{s['peak_rss_bytes'] / 2**30:>5.2f} GiB"
         )
         stages = ", ".join(f"{k} {v:.3f}" for k, v in s["stages"].items())
-        print(f"{'':9s} stages (warm call, median s): {stages}")
+        print(f"{'':12s} stages (warm call, median s): {stages}")
     labels = (("warm_s", "warm, per series"), ("first_s", "first call"), ("cold_s", "process start to first result"))
     for key, label in labels:
         ratio = report["ratios"].get(key)
         if ratio is not None:
             print(f"medai is {ratio:5.2f}x as fast as the MONAI pipeline ({label})")
+    gain = report["ratios"].get("inline_over_thread")
+    if gain is not None:
+        print(f"medai with its network thread is {gain:.2f}x as fast as with it in line (warm, per series)")
     if report["ratios"].get("peak_rss") is not None:
         print(f"MONAI peak RSS is {report['ratios']['peak_rss']:.2f}x medai's")
     for key in ("net", "net_1thread"):
@@ -405,7 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--matrix", type=int, default=512, help="rows = columns (default: 512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom spec (default: 0)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "medai-bench-predict"))
-    parser.add_argument("--pipelines", default=",".join(PIPELINES), help="comma-separated subset of medai,monai")
+    parser.add_argument(
+        "--pipelines",
+        default=",".join(PIPELINES),
+        help="comma-separated subset of medai,monai,medai-inline (medai-inline: the network not on its own thread)",
+    )
     parser.add_argument("--no-net", action="store_true", help="skip the torch vs onnxruntime network timing")
     parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads (default: 2)")
     parser.add_argument("--device", default="cpu", help="torch device of the MONAI pipeline (cpu or cuda)")
@@ -425,9 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
-    bad = [p for p in pipelines if p not in PIPELINES]
+    bad = [p for p in pipelines if p not in PIPELINES + CONTROLS]
     if bad or not pipelines:
-        print(f"bench_predict: --pipelines must be a subset of {','.join(PIPELINES)}, not {args.pipelines!r}")
+        known = ",".join(PIPELINES + CONTROLS)
+        print(f"bench_predict: --pipelines must be a subset of {known}, not {args.pipelines!r}")
         return 2
     opts = {
         "threads": args.threads,
@@ -438,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     loadavg_before = [round(v, 2) for v in os.getloadavg()]
     folder = write_series(Path(args.workdir), slices=args.slices, matrix=args.matrix, seed=args.seed)
-    repeats = {"medai": args.repeats, "monai": args.monai_repeats}
+    repeats = {"medai": args.repeats, "monai": args.monai_repeats, "medai-inline": args.repeats}
     print(
         f"series {folder} ({args.slices} slices {args.matrix}x{args.matrix}); repeats {repeats}, one fresh process "
         f"each, pipelines interleaved; {os.cpu_count()} cores, load average {loadavg_before}",
@@ -452,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_worker(name, folder, opts)
             runs[name].append(result)
             shown = result.get("error") or f"warm {result['warm_s']:.3f} s, first {result['first_s']:.3f} s"
-            print(f"  round {round_ + 1} {name:6s} {shown}", flush=True)
+            print(f"  round {round_ + 1} {name:12s} {shown}", flush=True)
     results: dict[str, Any] = {name: _summary(runs[name]) for name in pipelines}
     if not args.no_net:
         results["net"] = run_worker("net", folder, opts)
@@ -463,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("warm_s", "first_s", "cold_s", "process_s"):
         ok = key in ours and key in peer
         ratios[key] = peer[key]["median"] / ours[key]["median"] if ok else None
+    inline = results.get("medai-inline", {})
+    if "warm_s" in ours and "warm_s" in inline:  # what the network thread saves, in the same run
+        ratios["inline_over_thread"] = inline["warm_s"]["median"] / ours["warm_s"]["median"]
     ok = "peak_rss_bytes" in ours and "peak_rss_bytes" in peer
     ratios["peak_rss"] = peer["peak_rss_bytes"] / ours["peak_rss_bytes"] if ok else None
     targets: dict[str, bool | None] = {

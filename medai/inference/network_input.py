@@ -7,11 +7,13 @@ quantification, so they cannot disagree about what the network saw.
 
 from __future__ import annotations
 
+import numpy as np
+
 from medai.preprocess import ModelInput, PreprocessParams, to_model_input
 from medai.quantify.measure import Quantification, quantify
 from medai.volume import Volume
 
-__all__ = ["network_input"]
+__all__ = ["network_input", "network_input_with_lungs"]
 
 
 def network_input(
@@ -30,5 +32,18 @@ def network_input(
     if params.lung_margin_mm <= 0:
         return to_model_input(volume, params), quantification
     quant = quantification if quantification is not None else quantify(volume)
-    mi = to_model_input(volume, params, lung_mask=quant.lung_mask, lung_mask_factors=quant.grid.factors)
-    return mi, quant
+    return network_input_with_lungs(volume, params, quant.lung_mask, quant.grid.factors), quant
+
+
+def network_input_with_lungs(
+    volume: Volume, params: PreprocessParams, lung_mask: np.ndarray, factors: tuple[int, int, int]
+) -> ModelInput:
+    """The model input of ``volume`` given the quantification's lungs alone (its ``lung_mask`` and
+    ``grid.factors``): what :func:`network_input` builds, before the opacities are measured.
+
+    Raises:
+        InvalidSeriesError: from the preprocessing.
+    """
+    if params.lung_margin_mm <= 0:
+        return to_model_input(volume, params)
+    return to_model_input(volume, params, lung_mask=lung_mask, lung_mask_factors=factors)

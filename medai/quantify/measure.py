@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -175,8 +175,16 @@ class Quantification:
         return out
 
 
+#: Called once by :func:`quantify` with the final coarse lung mask and its grid, before the opacities are measured.
+LungsFound = Callable[[np.ndarray, QuantGrid], None]
+
+
 def quantify(
-    volume: Volume, *, lung_mask: np.ndarray | None = None, params: QuantifyParams | None = None
+    volume: Volume,
+    *,
+    lung_mask: np.ndarray | None = None,
+    params: QuantifyParams | None = None,
+    on_lungs: LungsFound | None = None,
 ) -> Quantification:
     """Segment lungs and opacities and measure them.
 
@@ -186,6 +194,9 @@ def quantify(
             grid (``volume.shape``) or on the coarse grid: uint8 0/1 right/2 left,
             or bool (then split into right and left here).
         params: settings; the defaults when omitted (classical method).
+        on_lungs: called with the lungs (the result's ``lung_mask`` and ``grid``) as soon as they are final,
+            before the opacities are segmented, so that work needing only the lungs (the classifier's
+            lung-restricted network input) can run meanwhile.
 
     Raises:
         InvalidSeriesError: the volume is not axial (reason ``NOT_AXIAL``).
@@ -205,7 +216,7 @@ def quantify(
     coarse = block_mean(volume.hu, grid.factors)
     method = _resolve_method(params.method)
     if method is QuantMethod.LEARNED:
-        return _quantify_learned(volume, coarse, grid, lung_mask=lung_mask, params=params)
+        return _quantify_learned(volume, coarse, grid, lung_mask=lung_mask, params=params, on_lungs=on_lungs)
     hybrid_lungs = lung_mask is None and method is QuantMethod.HYBRID
     if hybrid_lungs:
         from medai.quantify.head import learned_lungs
@@ -223,6 +234,8 @@ def quantify(
         )
     else:
         lungs = _coarse_lungs(lung_mask, grid, lr_dim=lr_dim, right_low=right_low, params=params)
+    if on_lungs is not None:
+        on_lungs(lungs, grid)
     ap_dim = 3 - lr_dim
     posterior_high = bool(volume.direction[1, 2 - ap_dim] > 0)  # LPS: +y is posterior
     lesions = segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=ap_dim, posterior_high=posterior_high)
@@ -254,7 +267,13 @@ def _resolve_method(method: QuantMethod | str) -> QuantMethod:
 
 
 def _quantify_learned(
-    volume: Volume, coarse: np.ndarray, grid: QuantGrid, *, lung_mask: np.ndarray | None, params: QuantifyParams
+    volume: Volume,
+    coarse: np.ndarray,
+    grid: QuantGrid,
+    *,
+    lung_mask: np.ndarray | None,
+    params: QuantifyParams,
+    on_lungs: LungsFound | None,
 ) -> Quantification:
     """Quantification from the learned head's per-voxel fractions (in canonical orientation)."""
     from medai.quantify.head import CanonicalAxes, QuantFractions, body_box, embed, lung_sides, shipped_quantnet
@@ -276,6 +295,9 @@ def _quantify_learned(
         lr_dim, right_low, _ = _orientation(volume)
         sides = to_canonical(_coarse_lungs(lung_mask, grid, lr_dim=lr_dim, right_low=right_low, params=params))
         lung_w = (sides > 0).astype(np.float32)
+    served_lungs = from_canonical(sides)
+    if on_lungs is not None:
+        on_lungs(served_lungs, grid)
     lesion_share = fractions.lesion
     lesions = ((sides > 0) & (lesion_share >= 0.5)).astype(np.uint8)
     lesions[(lesions > 0) & (fractions.consolidation >= 0.5)] = 2
@@ -293,7 +315,7 @@ def _quantify_learned(
         lesion_w * fractions.consolidation,
         grid,
         sup_high=True,
-        lung_mask=from_canonical(sides),
+        lung_mask=served_lungs,
         lesion_mask=from_canonical(lesions),
     )
     return replace(result, method=f"medai.quantify/3 learned ({net.model_id}, synthetic training only)")

@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -232,6 +234,71 @@ def test_predict_many_matches_predict(shipped_classifier: Classifier, phantom: s
         single = shipped_classifier.predict(volume)
         assert single.label == batched.label
         np.testing.assert_allclose(single.logits, batched.logits, atol=1e-4)
+
+
+def _ran_on(clf: Classifier, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads ``clf``'s network part runs on, from now on."""
+    names: list[str] = []
+    network_pass = clf._network_pass
+
+    def spy(*args: Any) -> Any:
+        names.append(threading.current_thread().name)
+        return network_pass(*args)
+
+    monkeypatch.setattr(clf, "_network_pass", spy)
+    return names
+
+
+def test_network_thread_changes_nothing_but_the_time(
+    shipped_classifier: Classifier, phantom: synthetic.Phantom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network part runs on a thread of its own beside the opacity measurement; without one, in line."""
+    clf = Classifier(*_parts(shipped_classifier))
+    serial = Classifier(*_parts(shipped_classifier), network_thread=False)
+    on_clf, on_serial = _ran_on(clf, monkeypatch), _ran_on(serial, monkeypatch)
+    before = threading.active_count()
+    beside, inline = clf.predict(phantom.volume), serial.predict(phantom.volume)
+    assert on_clf == ["medai-network"] and on_serial == [threading.current_thread().name]
+    # no thread is left behind: a single-threaded process may still fork to decode compressed pixels
+    assert threading.active_count() == before
+    assert beside.probabilities == inline.probabilities and beside.logits == inline.logits
+    np.testing.assert_array_equal(beside.saliency.map, inline.saliency.map)
+    np.testing.assert_array_equal(beside.lesion_mask, inline.lesion_mask)
+    stages = sum(v for k, v in beside.timings.items() if k != "total")
+    assert 0 < beside.timings["total"] <= stages + 0.05  # wall time: the overlapped stages are not added twice
+
+
+def test_a_model_loaded_for_one_thread_keeps_the_network_in_line() -> None:
+    from medai.preprocess import set_threads as set_distance_threads
+    from medai.quantify.head import set_threads
+
+    try:
+        assert not Classifier.load(threads=1).network_thread  # a batch worker kept to one core
+        assert Classifier.load(threads=2).network_thread
+        assert not Classifier.load(threads=2, network_thread=False).network_thread
+    finally:
+        set_threads(None)
+        set_distance_threads(None)
+
+
+def test_an_error_on_the_network_thread_reaches_the_caller(
+    shipped_classifier: Classifier, phantom: synthetic.Phantom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clf = Classifier(*_parts(shipped_classifier))
+    ran_on = _ran_on(clf, monkeypatch)
+
+    def broken(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise ModelError(f"onnxruntime failed on a batch of {len(batch)}")
+
+    monkeypatch.setattr(clf, "_run", broken)
+    with pytest.raises(ModelError, match="failed on a batch of 2"):
+        clf.predict_many([phantom.volume, phantom.volume], batch_size=2)
+    assert ran_on == ["medai-network"]
+
+
+def _parts(clf: Classifier) -> tuple[Any, ...]:
+    """What a second :class:`Classifier` on the same onnxruntime session is made of (no global thread settings)."""
+    return clf._session, clf.meta, clf.path, clf.sha256
 
 
 def test_predict_path_reads_dicom_and_reports_problems(shipped_classifier: Classifier, tmp_path: Path) -> None:

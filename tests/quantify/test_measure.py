@@ -821,3 +821,33 @@ def test_the_rim_of_a_vessel_too_wide_for_the_opening_is_not_a_lesion_ground_gla
     assert float((quantify(patch_vol, params=CLASSICAL).lesion_mask[patch] > 0).mean()) > 0.5
     _, _, toy_lesion = _toy_chest()
     assert float((vessel_q.lesion_mask[toy_lesion > 0] > 0).mean()) > 0.5
+
+
+@pytest.mark.parametrize("params", BOTH_METHODS)
+def test_on_lungs_reports_the_final_lungs_before_the_opacities(
+    params: QuantifyParams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The classifier starts its lung-restricted network input from this call while the opacities are measured."""
+    import medai.quantify.measure as measure
+
+    acq = synthetic.Acquisition(slice_thickness_mm=2.5, pixel_spacing_mm=3.0, matrix=128, noise_hu=20.0)
+    ph = synthetic.generate(synthetic.PhantomSpec("covid19", 0.2, 10_007, acq), fast=True)
+    events: list[str] = []
+    seen: list[tuple[np.ndarray, QuantGrid]] = []
+    segment = measure.segment_opacities
+
+    def spy(*args: object, **kwargs: object) -> np.ndarray:
+        events.append("opacities")
+        return segment(*args, **kwargs)  # type: ignore[arg-type]
+
+    def found(lungs: np.ndarray, grid: QuantGrid) -> None:
+        events.append("lungs")
+        seen.append((lungs.copy(), grid))
+
+    monkeypatch.setattr(measure, "segment_opacities", spy)
+    q = quantify(ph.volume, params=params, on_lungs=found)
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0][0], q.lung_mask)  # the lungs reported are the lungs measured
+    assert seen[0][1] == q.grid
+    assert events[0] == "lungs"  # before any opacity is segmented (the learned method segments none)
+    assert q.lung_volume_ml > 1000

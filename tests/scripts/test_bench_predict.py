@@ -60,4 +60,23 @@ def test_bench_predict_runs_both_pipelines_and_the_network_timing(tmp_path, caps
 def test_bench_predict_refuses_unknown_pipelines(tmp_path, capsys):
     bench = _load_script()
     assert bench.main(["--pipelines", "medai,tensorflow", "--workdir", str(tmp_path)]) == 2
-    assert "--pipelines must be a subset of medai,monai, not 'medai,tensorflow'" in capsys.readouterr().out
+    assert "--pipelines must be a subset of medai,monai,medai-inline, not 'medai,tensorflow'" in capsys.readouterr().out
+
+
+def test_bench_predict_times_the_network_thread_against_its_control(tmp_path, capsys):
+    bench = _load_script()
+    out = tmp_path / "report.json"
+    argv = ["--slices", "40", "--matrix", "128", "--repeats", "1", "--no-net", "--threads", "2"]
+    argv += ["--pipelines", "medai,medai-inline", "--workdir", str(tmp_path / "work"), "--json", str(out)]
+
+    assert bench.main(argv) == 0
+
+    report = json.loads(out.read_text())
+    ours, inline = (report["results"][k] for k in ("medai", "medai-inline"))
+    assert "error" not in ours and "error" not in inline, (ours, inline)
+    assert ours["last"]["network_thread"] is True and inline["last"]["network_thread"] is False
+    assert ours["last"]["label"] == inline["last"]["label"]
+    assert ours["last"]["lesion_percent"] == inline["last"]["lesion_percent"]
+    ratio = inline["warm_s"]["median"] / ours["warm_s"]["median"]
+    assert report["ratios"]["inline_over_thread"] == pytest.approx(ratio)
+    assert "as fast as with it in line" in capsys.readouterr().out
