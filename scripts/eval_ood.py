@@ -10,7 +10,9 @@ and against other pneumonia alone, and against the normals per band of true covi
 
 ``ece_if_calibrated`` is the ECE (median and 95th percentile) that a perfectly calibrated model would show on the
 same confidences and as many cases: an observed ECE inside it is sampling noise. ``--from-json`` recomputes
-every summary from the cases an earlier run wrote, without scoring anything (for a metric added since).
+every summary from the cases an earlier run wrote, without scoring anything (for a metric added since); given
+several runs of one model (other seed sets), it pools their cases per world, for intervals that 150 cases are too
+few to give (an ECE target of 0.05, say).
 ``--compare BEFORE AFTER`` puts two runs on the same cases side by side (two models, or two versions of the
 quantification): each target metric and the decision rule's score, and their paired difference with a bootstrap
 95 % interval, so that a criterion can ask whether a gain is larger than these cases' noise.
@@ -18,6 +20,7 @@ quantification): each target metric and the decision rule's score, and their pai
 Example:
     python scripts/eval_ood.py --worlds train heldout independent-val real --n 60 --json .bench/ood.json
     python scripts/eval_ood.py --from-json .bench/ood.json
+    python scripts/eval_ood.py --from-json .bench/ood-s10.json .bench/ood-s11.json .bench/ood-s12.json
     python scripts/eval_ood.py --compare .bench/ood-before.json .bench/ood-after.json
 """
 
@@ -29,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 TARGETS = {  # issue 13: out-of-distribution targets (in-distribution: AUC >= 0.97)
     "covid19_auc": (">=", 0.95),
@@ -88,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-json",
         type=Path,
+        nargs="+",
         help="summarize the cases of an earlier run's --json again (nothing is scored; --worlds, --n, --model "
-        "and --matrix are then those of that run; --json rewrites it with the new summaries)",
+        "and --matrix are then those of that run; --json rewrites it with the new summaries); several runs of "
+        "the same model (other seed sets) are pooled, world by world",
     )
     parser.add_argument(
         "--compare",
@@ -154,17 +160,37 @@ def _score(args: argparse.Namespace) -> tuple[str, dict, dict]:
 
 
 def _resummarize(args: argparse.Namespace) -> tuple[str, dict, dict]:
-    """The summaries of an earlier run's cases, computed again (its scoring time kept): (model id, summaries, cases)."""
+    """The summaries of earlier runs' cases, computed again and pooled per world (their scoring times added):
+    (model id, summaries, cases).
+
+    Raises:
+        SystemExit: the runs scored different models, or share a case (the same seed set twice).
+    """
     from medai.evaluation.served import ScoredCase, summarize
 
-    earlier = json.loads(args.from_json.read_text())
-    print(f"model {earlier['model']}; cases of {args.from_json} (run with {' '.join(earlier['argv'])})", flush=True)
+    runs = [(path, json.loads(path.read_text())) for path in args.from_json]
+    models = sorted({run["model"] for _, run in runs})
+    if len(models) > 1:
+        raise SystemExit(f"eval_ood: --from-json runs must score one model to be pooled, not {', '.join(models)}")
+    cases: dict[str, list[dict]] = {}
+    seconds: dict[str, float] = {}
+    for path, run in runs:
+        print(f"model {run['model']}; cases of {path} (run with {' '.join(run['argv'])})", flush=True)
+        for world, rows in run["cases"].items():
+            cases.setdefault(world, []).extend(rows)
+            seconds[world] = seconds.get(world, 0.0) + run["summary"].get(world, {}).get("seconds", 0.0)
     results = {}
-    for world, rows in earlier["cases"].items():
+    for world, rows in cases.items():
+        ids = [r["case_id"] for r in rows]
+        if len(set(ids)) < len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise SystemExit(
+                f"eval_ood: --from-json runs must not share cases, but {twice[0]} and {len(twice) - 1} more are in two"
+            )
         results[world] = summarize([ScoredCase.from_dict(r) for r in rows], n_bootstrap=args.bootstrap, seed=args.seed)
-        if "seconds" in earlier["summary"].get(world, {}):
-            results[world]["seconds"] = earlier["summary"][world]["seconds"]
-    return earlier["model"], results, earlier["cases"]
+        if seconds[world]:
+            results[world]["seconds"] = round(seconds[world], 1)
+    return models[0], results, cases
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -173,7 +199,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     before, after = (json.loads(path.read_text()) for path in args.compare)
     print(f"before: {before['model']} ({args.compare[0]})\nafter:  {after['model']} ({args.compare[1]})")
-    out = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for world in [w for w in before["cases"] if w in after["cases"]]:
         rows = [[ScoredCase.from_dict(r) for r in run["cases"][world]] for run in (before, after)]
         out[world] = compare(*rows, n_bootstrap=args.bootstrap, seed=args.seed)

@@ -77,3 +77,31 @@ def test_compare_of_a_run_with_itself_shows_no_difference() -> None:
     rows += [_case(8 + i, "covid19", 0.4 + 0.05 * i, "covid19", 4.0 + i) for i in range(8)]
     for metric in compare(rows, rows, n_bootstrap=100).values():
         assert metric["difference"] == 0.0 and metric["difference_ci"] == [0.0, 0.0]
+
+
+def test_from_json_pools_the_runs_of_several_seed_sets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    script = load_script("eval_ood")
+    rows = [_case(i, "normal", 0.1 + 0.02 * i, "normal" if i < 8 else "covid19", 0.2 * i) for i in range(12)]
+    rows += [_case(12 + i, "covid19", 0.3 + 0.05 * i, "covid19" if i > 2 else "normal", 5.0 + i) for i in range(12)]
+    paths = []
+    for k, part in enumerate((rows[:6] + rows[12:18], rows[6:12] + rows[18:])):  # two seed sets of one model
+        path = tmp_path / f"s{k}.json"
+        summary = {"w": {"seconds": 10.0 + k}}
+        path.write_text(json.dumps({"model": "m@1", "argv": [], "summary": summary,
+                                    "cases": {"w": [r.to_dict() for r in part]}}))  # fmt: skip
+        paths.append(str(path))
+    out = tmp_path / "pooled.json"
+    assert script.main(["--from-json", *paths, "--bootstrap", "50", "--json", str(out)]) == 0
+    pooled = json.loads(out.read_text())
+    summary = pooled["summary"]["w"]
+    assert summary["n_cases"] == 24 and summary["seconds"] == 21.0
+    assert summary["covid19_auc"] == summarize(rows, n_bootstrap=50)["covid19_auc"]  # the pooled cases, not a mean
+    assert sorted(c["case_id"] for c in pooled["cases"]["w"]) == sorted(r.case_id for r in rows)
+    assert capsys.readouterr().out.count("cases of") == 2
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads((tmp_path / "s1.json").read_text()), "model": "m@2"}))
+    with pytest.raises(SystemExit, match="must score one model"):
+        script.main(["--from-json", paths[0], str(other)])
+    with pytest.raises(SystemExit, match="must not share cases, but w-0000"):
+        script.main(["--from-json", paths[0], paths[0]])
