@@ -6,7 +6,8 @@ leave-extremes-out, the independent phantom family, the real patient) with the s
 (bootstrap 95 % CI), ECE, normals called normal and graded CT-0, covid19 specificity and sensitivity,
 lesion % MAE, worst lung-volume error, severity agreement; and where the AUC is lost: covid19 against the normals
 and against other pneumonia alone, and against the normals per band of true covid19 burden (under 3 %, 3-10 %,
-10 % or more). ``--json`` keeps every number and every case.
+10 % or more), and against the normals ranked by the measured lesion % alone (what the quantification separates
+without the layer). ``--json`` keeps every number and every case.
 
 ``ece_if_calibrated`` is the ECE (median and 95th percentile) that a perfectly calibrated model would show on the
 same confidences and as many cases: an observed ECE inside it is sampling noise. ``--from-json`` recomputes
@@ -52,6 +53,7 @@ ROWS = (
     "covid19_auc_vs_normal_burden_0_3",
     "covid19_auc_vs_normal_burden_3_10",
     "covid19_auc_vs_normal_burden_10_100",
+    "measured_lesion_auc_vs_normal",
     "accuracy",
     "ece",
     "ece_if_calibrated",

@@ -102,7 +102,8 @@ BURDEN_BANDS = ((0.0, 3.0), (3.0, 10.0), (10.0, 100.0))
 
 
 def _where_the_auc_is_lost(ok: Sequence[ScoredCase], y: np.ndarray, p_covid: np.ndarray) -> dict[str, float]:
-    """The covid19 AUC against each other class alone, and against the normals per band of true covid19 burden.
+    """The covid19 AUC against each other class alone, against the normals per band of true covid19 burden, and
+    against the normals with the measured lesion % as the only score (``measured_lesion_auc_vs_normal``).
 
     A covid19-vs-rest AUC mixes two questions (is the lung sick; which pneumonia is it) and every burden: a
     severe COVID-19 case that the layer splits between covid19 and other pneumonia ranks under a normal lung
@@ -132,6 +133,11 @@ def _where_the_auc_is_lost(ok: Sequence[ScoredCase], y: np.ndarray, p_covid: np.
     for low, high in BURDEN_BANDS:
         band = is_covid & (truth >= low) & (truth < high if high < 100.0 else truth <= high)
         pair_auc(f"covid19_auc_vs_normal_burden_{low:g}_{high:g}", band, normal)
+    # The same pair ranked by the measured lesion % alone, no layer: what the quantification tells apart by itself.
+    measured = np.array([r.lesion_estimate for r in ok], dtype=np.float64)
+    if is_covid.any() and normal.any() and np.isfinite(measured[is_covid | normal]).all():
+        keep = is_covid | normal
+        out["measured_lesion_auc_vs_normal"] = round(roc_auc(is_covid[keep], measured[keep]), 4)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def test_summary_shows_where_the_auc_is_lost() -> None:
     assert s["covid19_auc_vs_normal_burden_0_3"] == 1.0
     assert s["covid19_auc_vs_normal_burden_3_10"] == pytest.approx(2 / 3, abs=1e-4)
     assert s["covid19_auc_vs_normal_burden_10_100"] == pytest.approx(2 / 3, abs=1e-4)
+    assert s["measured_lesion_auc_vs_normal"] == 1.0  # measured as true here: the burden alone separates them
+    rows[2] = dataclasses.replace(rows[2], lesion_estimate=3.0)  # the false opacity measured: 3 % of "lesion"
+    assert summarize(rows, n_bootstrap=0)["measured_lesion_auc_vs_normal"] == pytest.approx(8 / 9, abs=1e-4)
     only_normals = summarize([r for r in rows if r.label == "normal"], n_bootstrap=0)
     assert not any(k.startswith("covid19_auc") for k in only_normals)
 
