@@ -46,6 +46,34 @@ def test_a_freed_study_sized_array_stays_for_the_next_study() -> None:
     assert kept < 20  # glibc's default: unmapped on free, to be faulted in (and zeroed) again by the next study
 
 
+# In a fresh process: where a small block comes from in the main thread and in a second thread (libc's malloc).
+_HEAP_PROBE = """
+import ctypes, sys, threading
+from medai.inference.allocator import keep_freed_memory
+keep_freed_memory() if sys.argv[1] == "1" else None
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+main = libc.malloc(4096)
+seen = []
+t = threading.Thread(target=lambda: seen.append(libc.malloc(4096))); t.start(); t.join()
+print(abs(seen[0] - main))
+"""
+
+
+def _thread_heap_distance(tune: str) -> int:
+    env = {**os.environ, KEEP_ENV: "1"}
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, tune], env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+def test_every_thread_allocates_from_the_one_heap() -> None:
+    """The network thread's freed arrays serve the next study's main thread instead of being kept in a heap of
+    its own (ten studies in one process: 0.86 GiB with glibc's per-thread heaps, 0.68 GiB with one;
+    docs/benchmarks.md)."""
+    assert _thread_heap_distance("1") < 1 << 30  # beside the main thread's block, in the same heap
+    assert _thread_heap_distance("0") > 1 << 30  # glibc's default: a heap mapped for the new thread, far away
+
+
 def test_bad_limits_are_refused() -> None:
     with pytest.raises(ValueError, match="limit_bytes"):
         keep_freed_memory(1 << 31)
