@@ -61,9 +61,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "medai-ref.pt"
 ONNX = ROOT / "models" / "medai-ref.onnx"
 PIPELINES = ("medai", "monai")
-# medai with its network part in line rather than on a thread beside the opacity measurement (the control of
-# ``Classifier.load(network_thread=...)``); run only when named in --pipelines
-CONTROLS = ("medai-inline",)
+# Controls, run only when named in --pipelines: (the worker they run, its extra options). medai-inline is medai
+# with its network part in line rather than on a thread beside the opacity measurement
+# (``Classifier.load(network_thread=...)``).
+CONTROLS: dict[str, tuple[str, dict[str, Any]]] = {"medai-inline": ("medai", {"network_thread": False})}
 MONAI_PIXDIM = (1.5, 1.5, 2.0)  # Project-MONAI tutorials, spleen_segmentation_3d: Spacing(pixdim=(1.5, 1.5, 2.0))
 MONAI_SIZE = 96  # Project-MONAI tutorials, 3d_classification/densenet_training_array: Resize((96, 96, 96))
 
@@ -278,7 +279,6 @@ def _worker_net(folder: Path, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS = {"medai": _worker_medai, "monai": _worker_monai, "net": _worker_net}
-_WORKER_OF = {"medai-inline": ("medai", {"network_thread": False})}  # a control: (worker, its extra options)
 
 
 def run_worker(name: str, folder: Path, opts: dict[str, Any], *, timeout_s: float = 1800) -> dict[str, Any]:
@@ -288,7 +288,7 @@ def run_worker(name: str, folder: Path, opts: dict[str, Any], *, timeout_s: floa
     and ``cold_s`` (from launching the process to the first result: a one-shot command line).
     """
     launched_at = time.time()
-    name, extra = _WORKER_OF.get(name, (name, {}))
+    name, extra = CONTROLS.get(name, (name, {}))
     opts = {**opts, **extra}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--folder", str(folder)]
     cmd += ["--worker-opts", json.dumps(opts)]
@@ -439,10 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
-    bad = [p for p in pipelines if p not in PIPELINES + CONTROLS]
+    known = (*PIPELINES, *CONTROLS)
+    bad = [p for p in pipelines if p not in known]
     if bad or not pipelines:
-        known = ",".join(PIPELINES + CONTROLS)
-        print(f"bench_predict: --pipelines must be a subset of {known}, not {args.pipelines!r}")
+        print(f"bench_predict: --pipelines must be a subset of {','.join(known)}, not {args.pipelines!r}")
         return 2
     opts = {
         "threads": args.threads,
@@ -453,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     loadavg_before = [round(v, 2) for v in os.getloadavg()]
     folder = write_series(Path(args.workdir), slices=args.slices, matrix=args.matrix, seed=args.seed)
-    repeats = {"medai": args.repeats, "monai": args.monai_repeats, "medai-inline": args.repeats}
+    repeats = {"medai": args.repeats, "monai": args.monai_repeats}
+    repeats.update({control: repeats[worker] for control, (worker, _) in CONTROLS.items()})
     print(
         f"series {folder} ({args.slices} slices {args.matrix}x{args.matrix}); repeats {repeats}, one fresh process "
         f"each, pipelines interleaved; {os.cpu_count()} cores, load average {loadavg_before}",

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from medai.evaluation.metrics import roc_auc
 from medai.inference.decision import FEATURE_SETS
 from medai.labels import CLASS_NAMES
 from medai.training.decision_fit import fit_decision_layer
@@ -42,9 +43,8 @@ Row = tuple[str, str, dict[str, float]]  # (world, label, decision features)
 
 def scored_rows(world: str, seed: int, n: int, out_dir: Path) -> list[Row]:
     """The served pipeline's decision features of ``n`` cases of ``world`` (seed set ``seed``), cached."""
-    from medai.evaluation.worlds import world_cases
+    from medai.evaluation.served import decision_rows
     from medai.inference.classifier import Classifier
-    from medai.inference.decision import decision_features
 
     clf = Classifier.load()
     cache = out_dir / f"rows-{world}-s{seed}-n{n}.json"
@@ -53,13 +53,7 @@ def scored_rows(world: str, seed: int, n: int, out_dir: Path) -> list[Row]:
         if kept["scoring_id"] == clf.scoring_id:
             print(f"{world} seed set {seed}: {n} rows reused from {cache}", flush=True)
             return [(world, label, features) for label, features in kept["rows"]]
-    rows = []
-    for case in world_cases(world, n, seed=seed):
-        pred = clf.predict(case.volume)
-        rows.append((case.label, decision_features(pred.logits, pred.quantification)))
-        print(
-            f"  {case.case_id} {case.label} lesion {case.lesion_percent:.1f} -> {pred.lesion_percent:.1f}", flush=True
-        )
+    rows = [(case.label, features) for case, features, _ in decision_rows(clf, world, n, seed)]
     out_dir.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"scoring_id": clf.scoring_id, "rows": rows}))
     return [(world, label, features) for label, features in rows]
@@ -74,10 +68,10 @@ def stage_rows(path: Path) -> list[Row]:
     return rows
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    return float(np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])))
+def _auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """AUC of two groups of scores (nan when one is empty)."""
+    truth = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
+    return float(roc_auc(truth, np.r_[positives, negatives]))
 
 
 def cross_validated(

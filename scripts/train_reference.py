@@ -98,29 +98,6 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
     return out
 
 
-def _served_rows(clf: object, world: str, n: int | None, seed: int) -> list[tuple[object, dict, dict]]:
-    """``(truth case, decision features, measured findings)`` of a world's cases under the base model."""
-    from medai.evaluation.worlds import world_cases
-    from medai.inference.decision import decision_features
-
-    rows = []
-    for case in world_cases(world, n, seed=seed):
-        pred = clf.predict(case.volume)  # type: ignore[attr-defined]
-        measured = {
-            "lesion": pred.lesion_percent,
-            "lung_ml": pred.quantification.lung_volume_ml,
-            "grade": pred.quantification.severity.value,  # of the lesion %; CT-0 below when the decision is normal
-            "flags": pred.qc_flags,
-            "zones": {f"{s.value}_{z.value}": v for (s, z), v in pred.quantification.zone_lesion_percent.items()},
-        }
-        light = replace(case, volume=None)  # type: ignore[arg-type]  # keep the truth, not 20 MB of CT per case
-        rows.append((light, decision_features(pred.logits, pred.quantification), measured))
-        print(
-            f"  {case.case_id} {case.label} lesion {case.lesion_percent:.1f} -> {pred.lesion_percent:.1f}", flush=True
-        )
-    return rows
-
-
 def _cached(cache: Path, key: dict, make: Callable[[], dict], what: str) -> dict:
     """What ``make()`` returns, kept in ``cache`` beside ``key`` and reused while ``key`` is unchanged."""
     cached = pickle.loads(cache.read_bytes()) if cache.exists() else None
@@ -317,7 +294,7 @@ def decision_stage(
     set 0 (the real patient: all its cases), after the choice and without any part in it; printed and written to
     ``out_dir/decision_report.json``, never into the checkpoint.
     """
-    from medai.evaluation.served import choice_score, summarize
+    from medai.evaluation.served import choice_score, decision_rows, summarize
     from medai.inference.classifier import Classifier
     from medai.inference.decision import FINDINGS
     from medai.phantoms.synthetic import GENERATOR
@@ -352,7 +329,7 @@ def decision_stage(
 
     def served(world: str, n: int | None, seed: int, purpose: str) -> list:
         print(f"decision layer: {n} {world} cases {purpose} (seed set {seed})", flush=True)
-        return _served_rows(clf, world, n, seed)
+        return decision_rows(clf, world, n, seed)
 
     def fit_and_choose() -> dict:
         fit = served("train", n_fit, 1, "to fit on")

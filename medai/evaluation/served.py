@@ -27,7 +27,7 @@ from medai.evaluation.reliability import ece_if_calibrated, expected_calibration
 from medai.evaluation.worlds import TruthCase
 from medai.labels import CLASS_NAMES, severity_from_percent
 
-__all__ = ["COMPARED", "ScoredCase", "choice_score", "compare", "score_cases", "summarize"]
+__all__ = ["COMPARED", "ScoredCase", "choice_score", "compare", "decision_rows", "score_cases", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,36 @@ def score_cases(
     return rows
 
 
+def decision_rows(classifier: Any, world: str, n: int | None, seed: int) -> list[tuple[TruthCase, dict, dict]]:
+    """``(truth case, decision features, measured findings)`` of a world's cases under ``classifier``'s network and
+    quantification: what a decision layer is fitted and read on (scripts/train_reference.py, scripts/layer_ceiling.py).
+
+    The truth cases keep no volume (20 MB of CT each); the measured findings are the lesion %, lung volume, grade,
+    QC flags and zone percentages.
+    """
+    from dataclasses import replace
+
+    from medai.evaluation.worlds import world_cases
+    from medai.inference.decision import decision_features
+
+    rows = []
+    for case in world_cases(world, n, seed=seed):
+        pred = classifier.predict(case.volume)
+        measured = {
+            "lesion": pred.lesion_percent,
+            "lung_ml": pred.quantification.lung_volume_ml,
+            "grade": pred.quantification.severity.value,  # of the lesion %; CT-0 below when the decision is normal
+            "flags": pred.qc_flags,
+            "zones": {f"{s.value}_{z.value}": v for (s, z), v in pred.quantification.zone_lesion_percent.items()},
+        }
+        light = replace(case, volume=None)  # type: ignore[arg-type]  # keep the truth, not the CT
+        rows.append((light, decision_features(pred.logits, pred.quantification), measured))
+        print(
+            f"  {case.case_id} {case.label} lesion {case.lesion_percent:.1f} -> {pred.lesion_percent:.1f}", flush=True
+        )
+    return rows
+
+
 # Bands of the true lesion % of the covid19 cases, for the covid19-vs-normal AUC per band (summarize).
 BURDEN_BANDS = ((0.0, 3.0), (3.0, 10.0), (10.0, 100.0))
 
@@ -122,10 +152,10 @@ def _where_the_auc_is_lost(ok: Sequence[ScoredCase], y: np.ndarray, p_covid: np.
     truth = np.array([r.lesion_truth for r in ok])
     out: dict[str, float] = {}
 
-    def pair_auc(key: str, positives: np.ndarray, negatives: np.ndarray) -> None:
-        if positives.any() and negatives.any():
-            keep = positives | negatives
-            out[key] = round(roc_auc(positives[keep], p_covid[keep]), 4)
+    def pair_auc(key: str, positives: np.ndarray, negatives: np.ndarray, score: np.ndarray = p_covid) -> None:
+        keep = positives | negatives
+        if positives.any() and negatives.any() and np.isfinite(score[keep]).all():
+            out[key] = round(roc_auc(positives[keep], score[keep]), 4)
 
     for other in ("normal", "other_pneumonia"):
         pair_auc(f"covid19_auc_vs_{other}", is_covid, y == CLASS_NAMES.index(other))
@@ -135,9 +165,7 @@ def _where_the_auc_is_lost(ok: Sequence[ScoredCase], y: np.ndarray, p_covid: np.
         pair_auc(f"covid19_auc_vs_normal_burden_{low:g}_{high:g}", band, normal)
     # The same pair ranked by the measured lesion % alone, no layer: what the quantification tells apart by itself.
     measured = np.array([r.lesion_estimate for r in ok], dtype=np.float64)
-    if is_covid.any() and normal.any() and np.isfinite(measured[is_covid | normal]).all():
-        keep = is_covid | normal
-        out["measured_lesion_auc_vs_normal"] = round(roc_auc(is_covid[keep], measured[keep]), 4)
+    pair_auc("measured_lesion_auc_vs_normal", is_covid, normal, measured)
     return out
 
 
