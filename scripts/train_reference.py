@@ -271,6 +271,8 @@ def decision_stage(
     report_worlds: Sequence[str] = (),
     n_report: int = 60,
     guard_auc: float | None = IN_DISTRIBUTION_GUARD,
+    recalibrate: bool = False,
+    keep_layer: bool = False,
 ) -> dict:
     """Fit the decision layer's variants, choose one on the out-of-distribution validation worlds.
 
@@ -290,6 +292,12 @@ def decision_stage(
     (:func:`_in_distribution_auc`: cross-validated on the training-world fitting rows) is at most ``guard_auc``
     below that of the kept layer's recipe; ``None`` turns the guard off.
 
+    ``recalibrate``: the chosen layer is then recalibrated on the choosing worlds' rows (one temperature and a
+    shift per class, :func:`medai.training.decision_fit.recalibrate`) and the recalibrated layer is the one
+    written; its metrics on the choosing worlds are in-sample, the report worlds' are not.
+
+    ``keep_layer``: nothing is refitted; the checkpoint's own layer is the only candidate (to recalibrate it alone).
+
     ``report_worlds`` (e.g. the test worlds): every variant is also scored there, on ``n_report`` cases of seed
     set 0 (the real patient: all its cases), after the choice and without any part in it; printed and written to
     ``out_dir/decision_report.json``, never into the checkpoint.
@@ -302,12 +310,17 @@ def decision_stage(
     from medai.quantify.measure import METHOD_HYBRID
     from medai.quantify.params import QuantifyParams
     from medai.training.decision_fit import fit_decision_layer
+    from medai.training.decision_fit import recalibrate as recalibrated
     from medai.training.export import export_onnx
 
     base = out_dir / "base.onnx"
     export_onnx(checkpoint, base)
     clf = Classifier.load(base, threads=threads)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if keep_layer:
+        if ckpt.get("decision_layer") is None:
+            raise ValueError(f"{checkpoint} has no decision layer to keep")
+        feature_sets, guard_auc = (), None  # no variant to fit, so nothing to guard against
     rule = DecisionRule.from_dict(ckpt["decision_rule"])
     worlds = ["heldout"]
     try:
@@ -400,9 +413,26 @@ def decision_stage(
         auc = f" in-distribution AUC (cv) {id_auc[name]:.3f}" if name in id_auc else ""
         print(f"  {name:28s} score {score(metrics):.3f}{auc} " + json.dumps(metrics, default=str)[:500] + mark,
               flush=True)  # fmt: skip
-    ckpt["decision_layer"] = layers[chosen].to_dict()
+    served_as, recalibration = chosen, None
+    if recalibrate:
+        rows = [row for w in choosing for row in selection[w]]
+        where = f"{len(rows)} cases of {' + '.join(choosing)} (seed set 0, the choosing worlds)"
+        fixed, how = recalibrated(
+            layers[chosen], [f for _, f, _ in rows], [c.label for c, _, _ in rows], fitted_on=where
+        )
+        served_as, recalibration = f"{chosen} (recalibrated)", how.to_dict()
+        layers[served_as] = fixed
+        comparison[served_as] = measured(fixed)
+        print(
+            f"  {served_as:28s} temperature {how.temperature:.3f} class shifts {np.round(how.shift, 3).tolist()} "
+            f"NLL {how.nll_before:.3f} -> {how.nll_after:.3f} on its {how.n_rows} rows (in-sample) "
+            + json.dumps(comparison[served_as], default=str)[:500],
+            flush=True,
+        )
+    ckpt["decision_layer"] = layers[served_as].to_dict()
     ckpt["decision_ablation"] = {
         "chosen": chosen,
+        "recalibration": recalibration,
         "fit_worlds": list(fit_worlds),
         "selection_worlds": choosing,
         "reported_worlds": list(selection),
@@ -413,7 +443,7 @@ def decision_stage(
     }
     torch.save(ckpt, checkpoint)
     if report_worlds:
-        _report(report_worlds, n_report, layers, chosen, rule, out_dir=out_dir, key=key, served=served)
+        _report(report_worlds, n_report, layers, served_as, rule, out_dir=out_dir, key=key, served=served)
     return ckpt["decision_ablation"]
 
 
@@ -470,6 +500,8 @@ def _decision_stage_of(args: argparse.Namespace) -> dict:
         report_worlds=args.report_worlds,
         n_report=args.n_report,
         guard_auc=None if args.guard_auc < 0 else args.guard_auc,
+        recalibrate=args.recalibrate,
+        keep_layer=args.keep_layer,
     )
 
 
@@ -520,6 +552,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[0.0],
         help="decision-layer variants that forgive this many points of measured opacity (default: 0 only; "
         "docs/ood.md has the ablation of 0 0.5 1 2)",
+    )
+    parser.add_argument(
+        "--recalibrate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="recalibrate the chosen decision layer on the choosing worlds (a temperature and a shift per class; "
+        "docs/ood.md)",
+    )
+    parser.add_argument(
+        "--keep-layer",
+        action="store_true",
+        help="refit nothing: the checkpoint's own decision layer is the only candidate (with --recalibrate: "
+        "recalibrate it alone)",
     )
     parser.add_argument(
         "--fit-worlds",

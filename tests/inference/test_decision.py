@@ -17,7 +17,7 @@ from medai.labels import CLASS_NAMES
 from medai.phantoms import synthetic
 from medai.preprocess import PreprocessParams, to_model_input
 from medai.quantify.measure import quantify
-from medai.training.decision_fit import fit_decision_layer
+from medai.training.decision_fit import fit_decision_layer, recalibrate
 from medai.training.export import export_onnx
 from medai.training.network import CHECKPOINT_FORMAT, ModelSpec, build_model
 
@@ -106,6 +106,60 @@ def test_a_forgiving_layer_reads_a_partial_volume_percent_as_normal_and_disease_
     np.testing.assert_allclose(again.probabilities(partial_volume), forgiving.probabilities(partial_volume))
     older = {k: v for k, v in forgiving.to_dict().items() if k != "tolerance_percent"}
     assert DecisionLayer.from_dict(older).tolerance_percent == 0.0  # layers stored before it forgive nothing
+
+
+def _world(rng: np.random.Generator, n: int, *, false_opacity: float) -> tuple[list[dict[str, float]], list[str]]:
+    """Rows whose normals measure up to ``false_opacity`` % of partial volume; disease 1-30 %."""
+    rows, labels = [], []
+    for i in range(n):
+        label = CLASS_NAMES[i % 3]
+        lesion = float(rng.uniform(0, false_opacity)) if label == "normal" else float(np.exp(rng.uniform(0, 3.4)))
+        row = _findings_row(lesion, top_zone=2 * lesion, pattern=float(rng.uniform(0.2, 0.9)))
+        row["consolidation_share"] = float(rng.uniform(0.5, 1.0) if label == "other_pneumonia" else rng.uniform(0, 0.4))
+        rows.append(row)
+        labels.append(label)
+    return rows, labels
+
+
+def _nll(layer: DecisionLayer, rows: list[dict[str, float]], labels: list[str]) -> float:
+    p = np.array([layer.probabilities(r) for r in rows])
+    return float(-np.mean(np.log(p[np.arange(len(labels)), [CLASS_NAMES.index(x) for x in labels]])))
+
+
+def test_recalibration_on_another_world_moves_the_level_not_the_weighting() -> None:
+    # Fitted where normals measure 0 %, the layer calls another world's 0-3 % normals sick; three numbers fitted
+    # on that world's validation rows call more of them normal and fit fresh rows of it better.
+    rng = np.random.default_rng(5)
+    layer = fit_decision_layer(*_world(rng, 300, false_opacity=0.0), feature_set="findings", regularization=0.3)
+    val, test = _world(rng, 150, false_opacity=3.0), _world(rng, 300, false_opacity=3.0)
+    fixed, how = recalibrate(layer, *val, fitted_on="150 validation rows")
+    assert how.nll_after < how.nll_before and how.n_rows == 150 and how.shift[0] == 0.0
+    assert _nll(fixed, *test) < _nll(layer, *test) - 0.05  # better on rows it was not fitted on
+    normals = [r for r, label in zip(*test, strict=True) if label == "normal"]
+    called = {
+        name: np.mean([np.argmax(m.probabilities(r)) == 0 for r in normals])
+        for name, m in (("before", layer), ("after", fixed))
+    }
+    assert called["after"] > called["before"] + 0.1
+    # Exactly a temperature and shifts of the scores: the weights keep their ratios, serving is unchanged.
+    z_before = np.log(layer.probabilities(test[0][0]))
+    z_after = np.log(fixed.probabilities(test[0][0]))
+    expected = z_before / how.temperature + np.array(how.shift)
+    np.testing.assert_allclose(z_after - z_after.max(), expected - expected.max(), atol=1e-9)
+    np.testing.assert_allclose(fixed.weights * how.temperature, layer.weights)
+    assert "recalibrated on 150 validation rows" in DecisionLayer.from_dict(fixed.to_dict()).fitted_on
+
+
+def test_recalibration_where_the_layer_is_already_calibrated_changes_little() -> None:
+    # Labels drawn from the layer's own probabilities: calibrated by construction, so the fit finds about T = 1.
+    rng = np.random.default_rng(6)
+    layer = fit_decision_layer(*_world(rng, 300, false_opacity=3.0), feature_set="findings-burden", regularization=0.1)
+    rows, _ = _world(rng, 2000, false_opacity=3.0)
+    drawn = [CLASS_NAMES[rng.choice(3, p=layer.probabilities(r))] for r in rows]
+    _, how = recalibrate(layer, rows, drawn, fitted_on="its own draws")
+    assert abs(how.temperature - 1) < 0.15 and max(abs(s) for s in how.shift) < 0.25, how
+    with pytest.raises(ValueError, match="one label each"):
+        recalibrate(layer, [], [], fitted_on="nothing")
 
 
 def test_a_findings_layer_calls_clear_lungs_normal_whatever_the_network_says() -> None:

@@ -180,3 +180,76 @@ def test_the_in_distribution_auc_is_measured_on_rows_not_fitted_on() -> None:
                         np.array([layer.probabilities(f)[1] for _, f, _ in noise]))  # fmt: skip
     out_of_fold = auc({"train": noise}, "findings", 0.0, 1.0, ("train",))
     assert out_of_fold < 0.65 and in_sample - out_of_fold > 0.2
+
+
+def _stage_rows(world: str, n: int, seed: int, *, false_opacity: float) -> list:
+    """Decision rows like ``served.decision_rows``'s: disease 1-30 %, normals up to ``false_opacity`` %."""
+    import numpy as np
+
+    from medai.evaluation.worlds import TruthCase
+    from medai.inference.decision import FEATURE_SETS
+    from medai.labels import CLASS_NAMES
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        label = CLASS_NAMES[i % 3]
+        lesion = float(rng.uniform(0, false_opacity)) if label == "normal" else float(np.exp(rng.uniform(0, 3.4)))
+        features = dict.fromkeys(FEATURE_SETS["combined"], 0.0) | {
+            "log_lesion": float(np.log1p(lesion)),
+            "consolidation_share": float(rng.uniform(0.5, 1) if label == "other_pneumonia" else rng.uniform(0, 0.4)),
+        }
+        measured = {"lesion": lesion, "lung_ml": 4000.0, "grade": "CT-1" if lesion >= 1 else "CT-0", "flags": ()}
+        out.append(
+            (TruthCase(f"{world}-s{seed}-{i}", world, label, None, lesion, 4000.0, "none", {}), features, measured)
+        )
+    return out
+
+
+def test_keep_layer_recalibrates_the_checkpoints_own_layer_on_the_choosing_worlds(tmp_path: Path) -> None:
+    import pickle
+
+    from medai.inference.decision import DecisionLayer
+    from medai.phantoms.synthetic import GENERATOR
+    from medai.quantify.head import shipped_quantnet
+    from medai.quantify.measure import METHOD_HYBRID
+    from medai.quantify.params import QuantifyParams
+    from medai.training.decision_fit import fit_decision_layer
+    from tests.inference.test_decision import _checkpoint
+
+    script = _script()
+    fit = _stage_rows("train", 60, 1, false_opacity=0.0)
+    layer = fit_decision_layer([f for _, f, _ in fit], [c.label for c, _, _ in fit], feature_set="findings-burden")
+    path = _checkpoint(tmp_path / "model.pt", layer=layer, margin=10.0)
+    with pytest.raises(ValueError, match="no decision layer to keep"):
+        script.decision_stage(
+            _checkpoint(tmp_path / "bare.pt", layer=None, margin=10.0), out_dir=tmp_path, n_fit=60, n_select=30,
+            threads=1, keep_layer=True,
+        )  # fmt: skip
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    worlds = ["independent-val", "heldout"]
+    key = {
+        "network_sha256": script._network_digest(ckpt),
+        "quantification": f"{METHOD_HYBRID} {QuantifyParams()!r} {shipped_quantnet().model_id}",
+        "phantoms": GENERATOR,
+        "n_fit": 60,
+        "n_select": 30,
+        "worlds": worlds,
+    }
+    selection = {w: _stage_rows(w, 30, 0, false_opacity=3.0) for w in worlds}  # their normals measure 0-3 %
+    (tmp_path / "decision_rows.pkl").write_bytes(pickle.dumps({"key": key, "fit": fit, "selection": selection}))
+    ablation = script.decision_stage(
+        path, out_dir=tmp_path, n_fit=60, n_select=30, threads=1, keep_layer=True, recalibrate=True
+    )
+    assert ablation["chosen"] == "previous (kept, fitted before)"  # nothing refitted
+    how = ablation["recalibration"]
+    import numpy as np
+
+    assert how["n_rows"] == 60 and how["nll_after"] < how["nll_before"] and how["shift"][0] == 0.0
+    served = DecisionLayer.from_dict(torch.load(path, map_location="cpu", weights_only=False)["decision_layer"])
+    np.testing.assert_allclose(served.weights * how["temperature"], layer.weights)
+    assert "recalibrated on 60 cases of independent-val + heldout" in served.fitted_on
+    assert set(ablation["metrics"]) == {
+        "previous (kept, fitted before)",
+        "previous (kept, fitted before) (recalibrated)",
+    }
