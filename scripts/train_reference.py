@@ -317,6 +317,7 @@ def decision_stage(
     export_onnx(checkpoint, base)
     clf = Classifier.load(base, threads=threads)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    previous = ckpt.get("decision_ablation")
     if keep_layer:
         if ckpt.get("decision_layer") is None:
             raise ValueError(f"{checkpoint} has no decision layer to keep")
@@ -441,6 +442,8 @@ def decision_stage(
         "guard_auc": guard_auc,
         "eligible": sorted(eligible),
     }
+    if keep_layer:  # the kept layer's own record (how it was chosen) stays with it
+        ckpt["decision_ablation"]["kept_from"] = previous
     torch.save(ckpt, checkpoint)
     if report_worlds:
         _report(report_worlds, n_report, layers, served_as, rule, out_dir=out_dir, key=key, served=served)

@@ -242,6 +242,7 @@ def test_keep_layer_recalibrates_the_checkpoints_own_layer_on_the_choosing_world
         path, out_dir=tmp_path, n_fit=60, n_select=30, threads=1, keep_layer=True, recalibrate=True
     )
     assert ablation["chosen"] == "previous (kept, fitted before)"  # nothing refitted
+    assert ablation["kept_from"] is None  # the test checkpoint's layer had no record of its choice
     how = ablation["recalibration"]
     import numpy as np
 
