@@ -67,8 +67,10 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
 
     path = Path(checkpoint)
     out = path.with_suffix(".json")
-    if timings is None and out.is_file():  # --card-only keeps the recorded training times
-        timings = json.loads(out.read_text()).get("timings_s")
+    # A re-export (no new timings: --card-only, --decision-only) keeps what the card recorded of how the model
+    # was made; a training run starts a new card.
+    before = json.loads(out.read_text()) if out.is_file() and timings is None else {}
+    timings = timings if timings is not None else before.get("timings_s")
     report = export_onnx(path, path.with_suffix(".onnx"))
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     card = {
@@ -91,7 +93,7 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
         "heldout_test": ckpt.get("heldout", {}),
         "data": ckpt.get("data"),
         "code": ckpt.get("code"),
-        "reproduce": "python scripts/train_reference.py",
+        "reproduce": before.get("reproduce", "python scripts/train_reference.py"),
         "timings_s": timings or {},
     }
     out.write_text(json.dumps(card, indent=2, default=str) + "\n")
