@@ -254,3 +254,21 @@ def test_keep_layer_recalibrates_the_checkpoints_own_layer_on_the_choosing_world
         "previous (kept, fitted before)",
         "previous (kept, fitted before) (recalibrated)",
     }
+
+
+def test_a_card_re_export_keeps_how_the_model_was_made(tmp_path: Path) -> None:
+    import json
+
+    from tests.inference.test_decision import _checkpoint
+
+    script = _script()
+    path = _checkpoint(tmp_path / "model.pt", layer=None, margin=10.0)
+    card = script.write_model_card(path, timings={"training": 12.0})  # a training run starts a card
+    first = json.loads(card.read_text())
+    assert first["reproduce"] == "python scripts/train_reference.py" and first["timings_s"] == {"training": 12.0}
+    first["reproduce"] = "fine-tuned from X, then its layer recalibrated (docs)"
+    card.write_text(json.dumps(first))
+    again = json.loads(script.write_model_card(path).read_text())  # --card-only, --decision-only
+    assert again["reproduce"] == first["reproduce"] and again["timings_s"] == {"training": 12.0}
+    fresh = json.loads(script.write_model_card(path, timings={"training": 3.0}).read_text())  # trained again
+    assert fresh["reproduce"] == "python scripts/train_reference.py" and fresh["timings_s"] == {"training": 3.0}
