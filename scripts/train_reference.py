@@ -145,6 +145,23 @@ def _network_digest(ckpt: dict) -> str:
     return digest.hexdigest()
 
 
+def _rows_key(ckpt: dict, n_fit: int, n_select: int, worlds: Sequence[str]) -> dict:
+    """What the decision stage's served rows depend on: they are reused while it is unchanged."""
+    from medai.phantoms.synthetic import GENERATOR
+    from medai.quantify.head import shipped_quantnet
+    from medai.quantify.measure import METHOD_HYBRID
+    from medai.quantify.params import QuantifyParams
+
+    return {
+        "network_sha256": _network_digest(ckpt),
+        "quantification": f"{METHOD_HYBRID} {QuantifyParams()!r} {shipped_quantnet().model_id}",
+        "phantoms": GENERATOR,
+        "n_fit": n_fit,
+        "n_select": n_select,
+        "worlds": list(worlds),
+    }
+
+
 def _incumbent(ckpt: dict) -> tuple[str, DecisionLayer] | None:
     """The checkpoint's own decision layer as a candidate: ``(name, layer)``, or None when it has none.
 
@@ -307,10 +324,6 @@ def decision_stage(
     from medai.evaluation.served import choice_score, decision_rows, summarize
     from medai.inference.classifier import Classifier
     from medai.inference.decision import FINDINGS
-    from medai.phantoms.synthetic import GENERATOR
-    from medai.quantify.head import shipped_quantnet
-    from medai.quantify.measure import METHOD_HYBRID
-    from medai.quantify.params import QuantifyParams
     from medai.training.decision_fit import fit_decision_layer
     from medai.training.decision_fit import recalibrate as recalibrated
     from medai.training.export import export_onnx
@@ -334,14 +347,7 @@ def decision_stage(
         print("no independent phantom family here: choosing on the leave-extremes-out world only", flush=True)
     # The served rows cost ~6 s a case; they depend only on the network and the quantification, so they are
     # kept beside the run and reused while both are unchanged (a decision-layer change then costs seconds).
-    key = {
-        "network_sha256": _network_digest(ckpt),
-        "quantification": f"{METHOD_HYBRID} {QuantifyParams()!r} {shipped_quantnet().model_id}",
-        "phantoms": GENERATOR,
-        "n_fit": n_fit,
-        "n_select": n_select,
-        "worlds": worlds,
-    }
+    key = _rows_key(ckpt, n_fit, n_select, worlds)
 
     def served(world: str, n: int | None, seed: int, purpose: str) -> list:
         print(f"decision layer: {n} {world} cases {purpose} (seed set {seed})", flush=True)

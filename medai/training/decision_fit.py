@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -154,14 +154,7 @@ class Recalibration:
     nll_after: float
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "temperature": self.temperature,
-            "shift": list(self.shift),
-            "n_rows": self.n_rows,
-            "fitted_on": self.fitted_on,
-            "nll_before": self.nll_before,
-            "nll_after": self.nll_after,
-        }
+        return {**asdict(self), "shift": list(self.shift)}
 
 
 def recalibrate(

@@ -210,10 +210,6 @@ def test_keep_layer_recalibrates_the_checkpoints_own_layer_on_the_choosing_world
     import pickle
 
     from medai.inference.decision import DecisionLayer
-    from medai.phantoms.synthetic import GENERATOR
-    from medai.quantify.head import shipped_quantnet
-    from medai.quantify.measure import METHOD_HYBRID
-    from medai.quantify.params import QuantifyParams
     from medai.training.decision_fit import fit_decision_layer
     from tests.inference.test_decision import _checkpoint
 
@@ -228,14 +224,7 @@ def test_keep_layer_recalibrates_the_checkpoints_own_layer_on_the_choosing_world
         )  # fmt: skip
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     worlds = ["independent-val", "heldout"]
-    key = {
-        "network_sha256": script._network_digest(ckpt),
-        "quantification": f"{METHOD_HYBRID} {QuantifyParams()!r} {shipped_quantnet().model_id}",
-        "phantoms": GENERATOR,
-        "n_fit": 60,
-        "n_select": 30,
-        "worlds": worlds,
-    }
+    key = script._rows_key(ckpt, 60, 30, worlds)
     selection = {w: _stage_rows(w, 30, 0, false_opacity=3.0) for w in worlds}  # their normals measure 0-3 %
     (tmp_path / "decision_rows.pkl").write_bytes(pickle.dumps({"key": key, "fit": fit, "selection": selection}))
     ablation = script.decision_stage(
