@@ -8,9 +8,9 @@ worlds can reach it: the evidence itself must change (docs/ood.md, "The findings
 Rows are ``(truth, decision features)`` of the served pipeline's cases (:func:`medai.inference.decision.
 decision_features` of the shipped network's logits and quantification): scored here for every ``--world``
 given as ``WORLD:SEED:N`` and kept in ``--out-dir`` (reused while the model and quantification are the same),
-and, with ``--stage-rows``, the rows a decision stage cached (``scripts/train_reference.py --decision-only
---out-dir DIR`` writes ``DIR/decision_rows.pkl``: its fitting world and its choosing worlds). Rows of one
-world from several seed sets are pooled.
+and, with ``--stage-rows``, rows a decision stage cached (``scripts/train_reference.py --decision-only
+--out-dir DIR`` keeps one ``DIR/decision_rows_WORLD-sSEED.pkl`` per world and seed set: its fitting world, seed
+set 1; its choosing and report worlds, seed set 0). Rows of one world from several seed sets are pooled.
 
 For every world, feature set and regularization: stratified 5-fold cross-validation, repeated with shuffled
 folds, reporting the covid19-vs-rest AUC, against the normals and against other pneumonia, and the share of
@@ -18,7 +18,8 @@ normals whose most probable class is normal. ``--with-train`` also adds the trai
 fold's fit (a layer fitted on both families). Research use only.
 
 Example:
-    python scripts/layer_ceiling.py --stage-rows runs/q13b/decision_rows.pkl --world independent-val:1:90
+    python scripts/layer_ceiling.py --stage-rows runs/q13d/decision_rows_{train-s1,heldout-s0}.pkl \
+        --world independent-val:1:90
 """
 
 from __future__ import annotations
@@ -60,12 +61,8 @@ def scored_rows(world: str, seed: int, n: int, out_dir: Path) -> list[Row]:
 
 
 def stage_rows(path: Path) -> list[Row]:
-    """The fitting and choosing rows a decision stage cached (``decision_rows.pkl``)."""
-    made = pickle.loads(path.read_bytes())
-    rows = [(case.world, case.label, features) for case, features, _ in made["fit"]]
-    for world, selection in made["selection"].items():
-        rows += [(world, case.label, features) for case, features, _ in selection]
-    return rows
+    """The rows of one world and seed set that a decision stage cached (``decision_rows_WORLD-sSEED.pkl``)."""
+    return [(case.world, case.label, features) for case, features, _ in pickle.loads(path.read_bytes())["rows"]]
 
 
 def _auc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -105,7 +102,9 @@ def cross_validated(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--world", action="append", default=[], help="WORLD:SEED:N to score here (repeatable)")
-    parser.add_argument("--stage-rows", type=Path, help="a decision stage's cached decision_rows.pkl")
+    parser.add_argument(
+        "--stage-rows", type=Path, nargs="+", default=[], help="a decision stage's cached decision_rows_WORLD-sSEED.pkl"
+    )
     parser.add_argument("--feature-sets", nargs="+", default=["cnn", "findings", "combined"], choices=FEATURE_SETS)
     parser.add_argument("--regularizations", nargs="+", type=float, default=[0.3, 1.0])
     parser.add_argument("--repeats", type=int, default=5, help="shuffled 5-fold splits per variant")
@@ -114,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
 
-    rows: list[Row] = stage_rows(args.stage_rows) if args.stage_rows else []
+    rows: list[Row] = [row for path in args.stage_rows for row in stage_rows(path)]
     for spec in args.world:
         try:
             world, seed, n = spec.split(":")

@@ -100,15 +100,22 @@ def write_model_card(checkpoint: str | Path, *, timings: dict[str, float] | None
     return out
 
 
-def _cached(cache: Path, key: dict, make: Callable[[], dict], what: str) -> dict:
-    """What ``make()`` returns, kept in ``cache`` beside ``key`` and reused while ``key`` is unchanged."""
+def _world_rows(out_dir: Path, key: dict, world: str, seed: int, n: int | None, score: Callable[[int], list]) -> list:
+    """The served rows of the first ``n`` cases of ``world``'s seed set ``seed`` (all of them when ``n`` is None).
+
+    Kept in ``out_dir`` beside ``key`` and reused while it is unchanged. Asking for more cases than are kept scores
+    only the missing ones: ``score(start)`` returns the rows of cases ``start`` to ``n``, and case ``i`` of a seed set
+    is the same whatever ``n`` is (:func:`medai.evaluation.worlds.world_cases`).
+    """
+    cache = out_dir / f"decision_rows_{world}-s{seed}.pkl"
     cached = pickle.loads(cache.read_bytes()) if cache.exists() else None
-    if cached is not None and cached["key"] == key:
-        print(f"decision layer: {what} reused from {cache}", flush=True)
-        return cached
-    made = make()
-    cache.write_bytes(pickle.dumps({"key": key, **made}))
-    return made
+    rows, complete = (cached["rows"], cached["complete"]) if cached and cached["key"] == key else ([], False)
+    if complete or (n is not None and len(rows) >= n):
+        print(f"decision layer: {world} rows (seed set {seed}) reused from {cache}", flush=True)
+    else:
+        rows = rows + score(len(rows))
+        cache.write_bytes(pickle.dumps({"key": key, "rows": rows, "complete": n is None}))
+    return rows if n is None else rows[:n]
 
 
 def _scored(rows: list, layer: object, rule: DecisionRule) -> list:
@@ -145,7 +152,7 @@ def _network_digest(ckpt: dict) -> str:
     return digest.hexdigest()
 
 
-def _rows_key(ckpt: dict, n_fit: int, n_select: int, worlds: Sequence[str]) -> dict:
+def _rows_key(ckpt: dict) -> dict:
     """What the decision stage's served rows depend on: they are reused while it is unchanged."""
     from medai.phantoms.synthetic import GENERATOR
     from medai.quantify.head import shipped_quantnet
@@ -156,9 +163,6 @@ def _rows_key(ckpt: dict, n_fit: int, n_select: int, worlds: Sequence[str]) -> d
         "network_sha256": _network_digest(ckpt),
         "quantification": f"{METHOD_HYBRID} {QuantifyParams()!r} {shipped_quantnet().model_id}",
         "phantoms": GENERATOR,
-        "n_fit": n_fit,
-        "n_select": n_select,
-        "worlds": list(worlds),
     }
 
 
@@ -345,29 +349,20 @@ def decision_stage(
         worlds.insert(0, "independent-val")
     except ImportError:
         print("no independent phantom family here: choosing on the leave-extremes-out world only", flush=True)
-    # The served rows cost ~6 s a case; they depend only on the network and the quantification, so they are
-    # kept beside the run and reused while both are unchanged (a decision-layer change then costs seconds).
-    key = _rows_key(ckpt, n_fit, n_select, worlds)
+    # The served rows cost ~5 s a case; they depend only on the network, the quantification and the phantoms, so
+    # they are kept beside the run, per world and seed set, and reused while those are unchanged (a decision-layer
+    # change then costs seconds, and more cases cost only the new ones).
+    key = _rows_key(ckpt)
 
     def served(world: str, n: int | None, seed: int, purpose: str) -> list:
-        print(f"decision layer: {n} {world} cases {purpose} (seed set {seed})", flush=True)
-        return decision_rows(clf, world, n, seed)
+        def score(start: int) -> list:
+            print(f"decision layer: {world} cases {start} to {n or 'the last'} {purpose} (seed set {seed})", flush=True)
+            return decision_rows(clf, world, n, seed, start=start)
 
-    def fit_and_choose() -> dict:
-        fit = served("train", n_fit, 1, "to fit on")
-        return {"fit": fit, "selection": {w: served(w, n_select, 0, "to choose on") for w in worlds}}
+        return _world_rows(out_dir, key, world, seed, n, score)
 
-    made = _cached(out_dir / "decision_rows.pkl", key, fit_and_choose, "served rows")
-    fit_rows, selection = made["fit"], made["selection"]
-    rows_of = {"train": fit_rows}
-    for world in fit_worlds:
-        if world != "train":
-            rows_of[world] = _cached(
-                out_dir / f"decision_rows_fit-{world}.pkl",
-                {**key, "fit_world": world},
-                lambda world=world: {"rows": served(world, n_fit, 1, "to fit on")},
-                f"{world} rows",
-            )["rows"]
+    selection = {w: served(w, n_select, 0, "to choose on") for w in worlds}
+    rows_of = {world: served(world, n_fit, 1, "to fit on") for world in dict.fromkeys(("train", *fit_worlds))}
     choosing = _choosing_worlds(worlds, fit_worlds)
     print(f"decision layer: fitted on {' / '.join(fit_worlds)}, chosen on {' + '.join(choosing)}", flush=True)
     comparison, layers, recipes = {}, {}, {}
@@ -454,7 +449,7 @@ def decision_stage(
         ckpt["decision_ablation"]["kept_from"] = previous
     torch.save(ckpt, checkpoint)
     if report_worlds:
-        _report(report_worlds, n_report, layers, served_as, rule, out_dir=out_dir, key=key, served=served)
+        _report(report_worlds, n_report, layers, served_as, rule, out_dir=out_dir, served=served)
     return ckpt["decision_ablation"]
 
 
@@ -466,7 +461,6 @@ def _report(
     rule: DecisionRule,
     *,
     out_dir: Path,
-    key: dict,
     served: Callable[[str, int | None, int, str], list],
 ) -> None:
     """Every decision-layer variant scored on ``worlds`` once the choice is made (reported, never chosen on)."""
@@ -475,12 +469,7 @@ def _report(
     report: dict[str, dict] = {}
     for world in worlds:
         count = None if world in REAL_WORLDS else n
-        rows = _cached(
-            out_dir / f"decision_rows_report-{world}.pkl",
-            {**key, "report_world": world, "n": count},
-            lambda world=world, count=count: {"rows": served(world, count, 0, "to report on")},
-            f"{world} rows",
-        )["rows"]
+        rows = served(world, count, 0, "to report on")
         print(f"decision layer, reported on {world} ({len(rows)} cases; not chosen on):", flush=True)
         for name, layer in layers.items():
             m = summarize(_scored(rows, layer, rule), n_bootstrap=200)

@@ -97,9 +97,12 @@ def score_cases(
     return rows
 
 
-def decision_rows(classifier: Any, world: str, n: int | None, seed: int) -> list[tuple[TruthCase, dict, dict]]:
+def decision_rows(
+    classifier: Any, world: str, n: int | None, seed: int, *, start: int = 0
+) -> list[tuple[TruthCase, dict, dict]]:
     """``(truth case, decision features, measured findings)`` of a world's cases under ``classifier``'s network and
     quantification: what a decision layer is fitted and read on (scripts/train_reference.py, scripts/layer_ceiling.py).
+    Cases ``start`` to ``n`` of the seed set (:func:`medai.evaluation.worlds.world_cases`).
 
     The truth cases keep no volume (20 MB of CT each); the measured findings are the lesion %, lung volume, grade,
     QC flags and zone percentages.
@@ -110,7 +113,7 @@ def decision_rows(classifier: Any, world: str, n: int | None, seed: int) -> list
     from medai.inference.decision import decision_features
 
     rows = []
-    for case in world_cases(world, n, seed=seed):
+    for case in world_cases(world, n, seed=seed, start=start):
         pred = classifier.predict(case.volume)
         measured = {
             "lesion": pred.lesion_percent,

@@ -68,11 +68,11 @@ def _lung_ml(mask: np.ndarray, volume: Volume) -> float:
     return float(np.count_nonzero(mask)) * volume.voxel_volume_ml
 
 
-def _synthetic(world: str, n: int, seed: int, matrix: int) -> Iterator[TruthCase]:
+def _synthetic(world: str, n: int, seed: int, matrix: int, start: int) -> Iterator[TruthCase]:
     from medai.phantoms import synthetic
 
     split = "train" if world == "train" else "heldout"
-    for i in range(n):
+    for i in range(start, n):
         rng = np.random.default_rng(_SEED_BASE[world] + seed * 10_000 + i)
         spec = synthetic.sample_spec(rng, label=CLASS_NAMES[i % len(CLASS_NAMES)], split=split, matrix=matrix)
         ph = synthetic.generate(spec, fast=matrix <= 256)
@@ -99,13 +99,16 @@ def _synthetic(world: str, n: int, seed: int, matrix: int) -> Iterator[TruthCase
         )
 
 
-def _independent(world: str, n: int, seed: int, matrix: int | None) -> Iterator[TruthCase]:
+def _independent(world: str, n: int, seed: int, matrix: int | None, start: int) -> Iterator[TruthCase]:
     from medai.phantoms.independent import generate_independent, sample_independent_spec
 
     split = world.split("-", 1)[1]
     rng = np.random.default_rng([seed, 0 if split == "val" else 1])
     for i in range(n):
+        # the specs share one stream: the skipped cases are drawn (cheap) but not generated (seconds each)
         spec = sample_independent_spec(rng, label=CLASS_NAMES[i % len(CLASS_NAMES)], split=split, matrix=matrix)
+        if i < start:
+            continue
         ph = generate_independent(spec)
         yield TruthCase(
             f"{world}-s{seed}-{i:04d}",
@@ -119,13 +122,15 @@ def _independent(world: str, n: int, seed: int, matrix: int | None) -> Iterator[
         )
 
 
-def _real(world: str, n: int | None, seed: int) -> Iterator[TruthCase]:
+def _real(world: str, n: int | None, seed: int, start: int) -> Iterator[TruthCase]:
     from medai.evaluation.real_ct import acquisition_sweep, real_cases
 
     cases = real_cases(seed=seed) if world == "real" else acquisition_sweep(seed=seed)
     for i, case in enumerate(cases):
         if n is not None and i >= n:
             return
+        if i < start:
+            continue
         yield TruthCase(
             f"{world}-{case.name}",
             world,
@@ -138,8 +143,12 @@ def _real(world: str, n: int | None, seed: int) -> Iterator[TruthCase]:
         )
 
 
-def world_cases(world: str, n: int | None, *, seed: int = 0, matrix: int | None = 256) -> Iterator[TruthCase]:
-    """The first ``n`` cases of ``world`` (classes in turn), generated lazily.
+def world_cases(
+    world: str, n: int | None, *, seed: int = 0, matrix: int | None = 256, start: int = 0
+) -> Iterator[TruthCase]:
+    """The first ``n`` cases of ``world`` (classes in turn), generated lazily; from case ``start`` on when given.
+
+    Case ``i`` of a seed set is the same whatever ``n`` and ``start`` are, so more cases extend fewer.
 
     Args:
         world: one of :data:`WORLDS`.
@@ -158,9 +167,9 @@ def world_cases(world: str, n: int | None, *, seed: int = 0, matrix: int | None 
     if world not in WORLDS:
         raise ValueError(f"world must be one of {WORLDS}, not {world!r}")
     if world in REAL_WORLDS:
-        return _real(world, n, seed)
+        return _real(world, n, seed, start)
     if n is None or n < 1:
         raise ValueError(f"n must be a positive number of cases for world {world!r}, not {n!r}")
     if world.startswith("independent"):
-        return _independent(world, n, seed, matrix)
-    return _synthetic(world, n, seed, matrix or 256)
+        return _independent(world, n, seed, matrix, start)
+    return _synthetic(world, n, seed, matrix or 256, start)

@@ -36,6 +36,18 @@ def test_synthetic_worlds_are_balanced_deterministic_and_disjoint() -> None:
         world_cases("mars", 3)
 
 
+@pytest.mark.parametrize("world", ["train", "independent-val"])
+def test_later_cases_alone_are_the_same_cases(world: str) -> None:
+    """``start`` skips cases without changing the rest, so cached rows can be extended by the missing cases only
+    (the independent family draws every spec from one stream, so its skipped cases must still be drawn)."""
+    every = list(world_cases(world, 3, seed=3, matrix=64))
+    later = list(world_cases(world, 3, seed=3, matrix=64, start=1))
+    assert [c.case_id for c in later] == [c.case_id for c in every[1:]]
+    for a, b in zip(every[1:], later, strict=True):
+        assert (a.label, a.lesion_percent, a.factors) == (b.label, b.lesion_percent, b.factors)
+        np.testing.assert_array_equal(a.volume.hu, b.volume.hu)
+
+
 def test_summary_counts_failures_and_measures_the_targets() -> None:
     p_ok = {"normal": 0.8, "covid19": 0.1, "other_pneumonia": 0.1}
     rows = [

@@ -52,14 +52,15 @@ def test_stage_rows_and_training_rows_in_every_fold(tmp_path: Path, capsys: pyte
             for i, (_, label, features) in enumerate(_rows(world, n, informative=informative, seed=n))
         ]
 
-    made = {"key": {}, "fit": cases("train", 60, True), "selection": {"heldout": cases("heldout", 30, True)}}
-    path = tmp_path / "decision_rows.pkl"
-    path.write_bytes(pickle.dumps(made))
-    rows = script.stage_rows(path)
+    paths = []
+    for world, seed, n in (("train", 1, 60), ("heldout", 0, 30)):  # as scripts/train_reference.py keeps them
+        paths.append(tmp_path / f"decision_rows_{world}-s{seed}.pkl")
+        paths[-1].write_bytes(pickle.dumps({"key": {}, "rows": cases(world, n, True), "complete": False}))
+    rows = script.stage_rows(paths[0]) + script.stage_rows(paths[1])
     assert [w for w, _, _ in rows].count("train") == 60 and [w for w, _, _ in rows].count("heldout") == 30
 
     out = tmp_path / "ceiling.json"
-    argv = ["--stage-rows", str(path), "--feature-sets", "findings", "--regularizations", "1", "--repeats", "1"]
+    argv = ["--stage-rows", *map(str, paths), "--feature-sets", "findings", "--regularizations", "1", "--repeats", "1"]
     assert script.main([*argv, "--with-train", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert set(results) == {"train", "heldout"}

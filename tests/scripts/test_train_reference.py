@@ -65,19 +65,26 @@ def test_the_decision_layer_is_chosen_on_worlds_it_was_not_fitted_on() -> None:
         script._fit_sources(["independent-val"])
 
 
-def test_served_rows_are_kept_beside_their_key(tmp_path: Path) -> None:
-    cached = _script()._cached
-    made: list[int] = []
+def test_served_rows_are_kept_beside_their_key_and_extended_by_the_missing_cases_only(tmp_path: Path) -> None:
+    rows_of = _script()._world_rows
+    asked: list[tuple[int, int | None]] = []
 
-    def make() -> dict:
-        made.append(1)
-        return {"rows": [len(made)]}
+    def scorer(n: int | None):
+        def score(start: int) -> list:
+            asked.append((start, n))
+            return [f"case {i}" for i in range(start, 5 if n is None else n)]
 
-    cache = tmp_path / "rows.pkl"
-    assert cached(cache, {"quantification": "a"}, make, "rows") == {"rows": [1]}
-    assert cached(cache, {"quantification": "a"}, make, "rows")["rows"] == [1]  # reused, not made again
-    assert cached(cache, {"quantification": "b"}, make, "rows") == {"rows": [2]}  # another key: made again
-    assert len(made) == 2
+        return score
+
+    a = {"quantification": "a"}
+    assert rows_of(tmp_path, a, "heldout", 0, 3, scorer(3)) == ["case 0", "case 1", "case 2"]
+    assert rows_of(tmp_path, a, "heldout", 0, 2, scorer(2)) == ["case 0", "case 1"]  # reused: nothing scored
+    assert rows_of(tmp_path, a, "heldout", 0, 4, scorer(4))[-1] == "case 3"  # only case 3 is new
+    assert rows_of(tmp_path, a, "heldout", 1, 2, scorer(2)) == ["case 0", "case 1"]  # another seed set: its own
+    assert rows_of(tmp_path, {"quantification": "b"}, "heldout", 0, 2, scorer(2)) == ["case 0", "case 1"]
+    assert rows_of(tmp_path, a, "real", 0, None, scorer(None)) == [f"case {i}" for i in range(5)]  # all of them
+    assert rows_of(tmp_path, a, "real", 0, None, scorer(None))[-1] == "case 4"  # reused
+    assert asked == [(0, 3), (3, 4), (0, 2), (0, 2), (0, None)]
 
 
 def test_variants_are_named_for_what_differs_from_the_defaults() -> None:
@@ -122,9 +129,7 @@ def test_every_variant_is_reported_on_the_test_worlds_after_the_choice(tmp_path:
         torch.load(ROOT / "models" / "medai-ref.pt", map_location="cpu", weights_only=False)["decision_rule"]
     )
     made.clear()
-    for _ in range(2):  # the second time the rows are reused from the run folder
-        script._report(["real", "independent-test"], 9, layers, "findings", rule, out_dir=tmp_path, key={"k": 1},
-                       served=rows)  # fmt: skip
+    script._report(["real", "independent-test"], 9, layers, "findings", rule, out_dir=tmp_path, served=rows)
     assert made == [("real", None, "to report on"), ("independent-test", 9, "to report on")]
     report = json.loads((tmp_path / "decision_report.json").read_text())
     assert report["chosen"] == "findings" and set(report["metrics"]) == set(layers)
@@ -207,8 +212,6 @@ def _stage_rows(world: str, n: int, seed: int, *, false_opacity: float) -> list:
 
 
 def test_keep_layer_recalibrates_the_checkpoints_own_layer_on_the_choosing_worlds(tmp_path: Path) -> None:
-    import pickle
-
     from medai.inference.decision import DecisionLayer
     from medai.training.decision_fit import fit_decision_layer
     from tests.inference.test_decision import _checkpoint
@@ -224,9 +227,10 @@ def test_keep_layer_recalibrates_the_checkpoints_own_layer_on_the_choosing_world
         )  # fmt: skip
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     worlds = ["independent-val", "heldout"]
-    key = script._rows_key(ckpt, 60, 30, worlds)
-    selection = {w: _stage_rows(w, 30, 0, false_opacity=3.0) for w in worlds}  # their normals measure 0-3 %
-    (tmp_path / "decision_rows.pkl").write_bytes(pickle.dumps({"key": key, "fit": fit, "selection": selection}))
+    key = script._rows_key(ckpt)
+    script._world_rows(tmp_path, key, "train", 1, 60, lambda start: fit[start:])  # the stage's rows, cached
+    for w in worlds:  # their normals measure 0-3 %
+        script._world_rows(tmp_path, key, w, 0, 30, lambda start, w=w: _stage_rows(w, 30, 0, false_opacity=3.0))
     ablation = script.decision_stage(
         path, out_dir=tmp_path, n_fit=60, n_select=30, threads=1, keep_layer=True, recalibrate=True
     )
