@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medai.inference.calibration import DecisionRule
-from medai.inference.classifier import Classifier, QCFlag, _qc_flags
+from medai.inference.classifier import UNRELIABLE_FLAGS, Classifier, QCFlag, _qc_flags
 from medai.inference.decision import FEATURE_SETS, FINDINGS, LOGITS, DecisionLayer, decision_features, forgive
 from medai.inference.network_input import network_input
 from medai.labels import CLASS_NAMES
@@ -244,13 +244,39 @@ def test_unreliable_lungs_are_flagged() -> None:
     lungs = np.zeros((10, 8, 8), np.uint8)
     lungs[3:7, 2:6, 2:6] = 1
 
-    def flags(measured_ml: float, aerated_ml: float) -> tuple[str, ...]:
-        quant = SimpleNamespace(lung_volume_ml=measured_ml, lung_mask=lungs)
+    def flags(measured_ml: float, aerated_ml: float, right_share: float = 0.55) -> tuple[str, ...]:
+        quant = SimpleNamespace(
+            lung_volume_ml=measured_ml,
+            right_lung_volume_ml=right_share * measured_ml,
+            left_lung_volume_ml=(1 - right_share) * measured_ml,
+            lung_mask=lungs,
+        )
         return _qc_flags(volume, quant, SimpleNamespace(lung_volume_ml=aerated_ml))  # type: ignore[arg-type]
 
     assert QCFlag.LUNG_MASK_INCOMPLETE in flags(900.0, 4000.0)  # the mask missed most of the aerated lung
     assert QCFlag.LUNG_MASK_INCOMPLETE not in flags(3900.0, 4000.0)
     assert QCFlag.LUNG_VOLUME_IMPLAUSIBLE in flags(14_000.0, 4000.0)
+    assert QCFlag.LUNG_SIDES_UNEQUAL in flags(3000.0, 3000.0, right_share=0.25)  # one lung a third of the other
+    assert QCFlag.LUNG_SIDES_UNEQUAL in flags(3000.0, 3000.0, right_share=0.7)
+    assert QCFlag.LUNG_SIDES_UNEQUAL not in flags(3000.0, 3000.0, right_share=0.62)  # within what lungs measure
+    assert QCFlag.LUNG_SIDES_UNEQUAL not in flags(100.0, 3000.0, right_share=0.0)  # no lungs: that flag says it
+    assert QCFlag.LUNG_SIDES_UNEQUAL in UNRELIABLE_FLAGS  # the label is then indeterminate
+
+
+def test_a_whole_lung_consolidated_and_left_out_of_the_mask_is_flagged_and_indeterminate(
+    shipped_classifier: Classifier,
+) -> None:
+    """heldout-s0-0086: lobar pneumonia over 61 % of a small chest, the right lung 99 % consolidated. The mask
+    leaves most of that lung out (786 ml measured for 1,289 ml, 30.7 % lesion for 61 %); without this flag the
+    numbers were silent (docs/ood.md)."""
+    from medai.evaluation.worlds import world_cases
+
+    case = next(world_cases("heldout", 87, seed=0, start=86))
+    pred = shipped_classifier.predict(case.volume)
+    q = pred.quantification
+    assert q.lung_volume_ml < 0.75 * case.lung_volume_ml  # the failure this flag is for is still there
+    assert min(q.right_lung_volume_ml, q.left_lung_volume_ml) < 0.5 * max(q.right_lung_volume_ml, q.left_lung_volume_ml)
+    assert QCFlag.LUNG_SIDES_UNEQUAL in pred.qc_flags and pred.indeterminate
 
 
 def test_a_determinate_normal_decision_is_graded_ct0_whatever_the_measured_opacity(
