@@ -16,7 +16,8 @@ It is the only real patient, so it is never training data. :func:`real_cases` ma
 
 :func:`acquisition_sweep` makes more normals from the same scan, one acquisition change or two at a time:
 sharper and smoother reconstruction kernels, heavier noise, a tilted patient, and the 5 mm and shallow-breath
-copies combined with a sharper kernel or noise. A normal lung must read normal under each.
+copies combined with a sharper kernel or noise, and the lungs without IV contrast (at 2.5 and 5 mm). A normal
+lung must read normal under each.
 """
 
 from __future__ import annotations
@@ -191,6 +192,25 @@ def _shallow_breath(volume: Volume, lungs: np.ndarray) -> Volume:
     return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
 
 
+# Unenhanced blood is about 40 HU; this scan's contrast lifts its pulmonary vessels' cores to 300-460 HU.
+UNENHANCED_BLOOD_HU = 40.0
+ENHANCEMENT_HU = 300.0
+AERATED_HU = -870.0  # the scan's clear parenchyma (median of the lungs)
+
+
+def _unenhanced(volume: Volume, lungs: np.ndarray) -> Volume:
+    """The lungs as a scan without IV contrast would show them: every lung voxel is read as air and blood, and
+    its blood loses :data:`ENHANCEMENT_HU` (a vessel's core at 300 HU falls to 40, its partial-volume rim in
+    proportion, clear parenchyma hardly moves). The blood share is read on a copy smoothed over about a pixel,
+    so the lung's noise stays as it was. Outside the lung mask nothing changes: the heart and the great vessels
+    stay enhanced (their density alone does not tell them from bone)."""
+    hu = volume.hu.astype(np.float32)
+    smooth = ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0))
+    blood = np.clip((smooth - AERATED_HU) / (UNENHANCED_BLOOD_HU + ENHANCEMENT_HU - AERATED_HU), 0.0, 1.0)
+    hu = np.where(lungs > 0, hu - ENHANCEMENT_HU * blood, hu)
+    return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+
+
 def _sharper(hu: np.ndarray, amount: float) -> np.ndarray:
     """A sharper reconstruction kernel's look: the in-plane detail above ~1 pixel amplified by ``1 + amount``."""
     return hu + amount * (hu - ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0)))
@@ -286,8 +306,9 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     ``sharper-kernel`` (in-plane detail amplified 2x and 3x), ``smooth-kernel`` (a 1-pixel Gaussian),
     ``noise-80`` and ``noise-120`` (added noise of that many HU), ``sharp-kernel+noise-60``, ``tilt-6-axial`` and
     ``tilt-6-sagittal`` (the patient rotated 6 degrees in the table plane, or head-to-foot), ``thick-5mm+sharp``,
-    ``thick-5mm+noise-60``, ``shallow-breath+sharp`` and ``shallow-breath+thick-5mm``. The tilted copies rotate the
-    lung mask with the scan (nearest neighbour).
+    ``thick-5mm+noise-60``, ``shallow-breath+sharp``, ``shallow-breath+thick-5mm``, and ``unenhanced`` and
+    ``unenhanced+thick-5mm`` (the lungs' vessels as a scan without IV contrast shows them, :func:`_unenhanced`).
+    The tilted copies rotate the lung mask with the scan (nearest neighbour).
 
     Raises:
         MedaiError: the real CT is missing (``make real-ct``).
@@ -322,4 +343,11 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     yield case(
         "shallow-breath+thick-5mm", shallow_thick.hu.astype(np.float32), shallow_thick, shallow_lungs,
         breath="shallow", recon="5 mm",
+    )  # fmt: skip
+    plain = _unenhanced(volume, lungs)
+    yield case("unenhanced", plain.hu.astype(np.float32), contrast="none")
+    plain_thick, plain_lungs = _thick(plain, lungs, 2)
+    yield case(
+        "unenhanced+thick-5mm", plain_thick.hu.astype(np.float32), plain_thick, plain_lungs,
+        contrast="none", recon="5 mm",
     )  # fmt: skip

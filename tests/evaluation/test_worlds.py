@@ -139,7 +139,7 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     for case in world_cases("real-sweep", None):
         assert (case.world, case.label, case.lesion_percent) == ("real-sweep", "normal", 0.0)
         cases[case.case_id.removeprefix("real-sweep-")] = case
-    assert len(cases) == 12
+    assert len(cases) == 14
     base = detail(as_is, inside)
     assert detail(cases["sharp-kernel"].volume.hu, inside) > 1.5 * base
     assert detail(cases["sharper-kernel"].volume.hu, inside) > detail(cases["sharp-kernel"].volume.hu, inside)
@@ -151,13 +151,25 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
         tilted = cases[f"tilt-6-{plane}"]
         assert tilted.volume.shape == volume.shape and (tilted.volume.hu != volume.hu).mean() > 0.3
         assert abs(tilted.lung_volume_ml - cases["sharp-kernel"].lung_volume_ml) < 0.03 * tilted.lung_volume_ml
-    for name in ("thick-5mm+sharp", "thick-5mm+noise-60", "shallow-breath+thick-5mm"):
+    for name in ("thick-5mm+sharp", "thick-5mm+noise-60", "shallow-breath+thick-5mm", "unenhanced+thick-5mm"):
         assert cases[name].volume.spacing_mm[0] == pytest.approx(5.0)
     shallow = cases["shallow-breath+sharp"].volume.hu.astype(np.float32)
     parenchyma = inside & (as_is > -900) & (as_is < -800)
     assert float(np.median(shallow[parenchyma] - as_is[parenchyma])) >= 100  # denser lungs, and ...
     plain = _shallow_breath(volume, _lung_mask(lobes)).hu
     assert detail(shallow, inside) > 1.5 * detail(plain, inside)  # ... a sharper kernel than the shallow copy's
+    # Without contrast the lungs' vessels lose their enhancement (cores at 300-460 HU fall near blood's 40), while
+    # clear parenchyma and the lung's noise stay, and nothing outside the lungs moves.
+    unenhanced = cases["unenhanced"].volume.hu.astype(np.float32)
+    lung = _lung_mask(lobes) > 0  # (``inside`` is every labelled organ of the mask)
+    smooth = ndimage.gaussian_filter(as_is, (0.0, 1.0, 1.0))
+    cores = lung & (smooth > 250)
+    assert float(np.median(as_is[cores] - unenhanced[cores])) > 200
+    assert float(np.median(unenhanced[cores])) < 150
+    clear = lung & (smooth < -870)
+    assert float(np.abs(unenhanced[clear] - as_is[clear]).max()) == 0
+    assert detail(unenhanced, lung & (as_is < -800)) > 0.9 * detail(as_is, lung & (as_is < -800))
+    assert bool((unenhanced[~lung] == as_is[~lung]).all())
 
 
 def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:
