@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,6 +107,38 @@ def opacity_pixels(png: bytes) -> int:
     return int(np.count_nonzero(((g - r > 40) & (b - r > 40)) | ((r - g > 40) & (b - g > 40))))
 
 
+def _snapshot(driver: Any) -> tuple[list[str], list[str], bool] | None:
+    """The page's result headings, the sources of its full-size axial images and whether it is still scoring;
+    ``None`` when an element went stale while it was read (Streamlit replaces elements as it redraws)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        headings = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "h2")]
+        axial = [
+            src
+            for img in driver.find_elements(By.CSS_SELECTOR, "img")
+            if "/media/" in (src := img.get_attribute("src") or "")
+            and driver.execute_script("return arguments[0].naturalWidth", img) == 512
+        ]
+        waiting = "waiting to be scored" in driver.page_source or "scoring ..." in driver.page_source
+    except StaleElementReferenceException:
+        return None
+    return headings, axial, waiting
+
+
+def _stable(read: Callable[[], Any], tries: int = 20) -> Any:
+    """``read()``, again while an element it reads goes stale under a redraw."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(tries - 1):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            time.sleep(0.25)
+    return read()
+
+
 def test_medai_app_in_headless_chromium_shows_the_result_banner_and_the_deciding_overlay(
     viewer_server: tuple[str, Path, synthetic.Phantom], shipped_classifier: Classifier
 ) -> None:
@@ -118,22 +151,18 @@ def test_medai_app_in_headless_chromium_shows_the_result_banner_and_the_deciding
         driver.get(url)  # type: ignore[attr-defined]
         deadline = time.monotonic() + 120
         while True:
-            headings = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "h2")]  # type: ignore[attr-defined]
-            axial = [
-                img
-                for img in driver.find_elements(By.CSS_SELECTOR, "img")  # type: ignore[attr-defined]
-                if "/media/" in (img.get_attribute("src") or "")
-                and driver.execute_script("return arguments[0].naturalWidth", img) == 512  # type: ignore[attr-defined]
-            ]
-            waiting = "waiting to be scored" in driver.page_source or "scoring ..." in driver.page_source  # type: ignore[attr-defined]
-            if expected in headings and axial and not waiting:
-                break
-            assert time.monotonic() < deadline, f"no result in the browser: headings {headings}"
+            seen = _snapshot(driver)  # None: Streamlit redrew the page while it was read
+            if seen is not None:
+                headings, axial, waiting = seen
+                if expected in headings and axial and not waiting:
+                    break
+            assert time.monotonic() < deadline, f"no result in the browser: {seen}"
             time.sleep(0.5)
-        banner = driver.find_element(By.ID, "medai-banner")  # type: ignore[attr-defined]
-        assert banner.text == RESEARCH_BANNER and banner.is_displayed()
+        banner = _stable(lambda: driver.find_element(By.ID, "medai-banner").text)  # type: ignore[attr-defined]
+        assert banner == RESEARCH_BANNER
+        assert _stable(lambda: driver.find_element(By.ID, "medai-banner").is_displayed())  # type: ignore[attr-defined]
         assert "Calibrated probabilities" in driver.page_source  # type: ignore[attr-defined]
-        with urllib.request.urlopen(axial[0].get_attribute("src"), timeout=10) as response:
+        with urllib.request.urlopen(axial[0], timeout=10) as response:
             png = response.read()
         assert png[:4] == b"\x89PNG"
         if shipped_classifier.evidence == "findings":  # the overlay that decided is drawn on the opened study
