@@ -10,7 +10,8 @@ or raises a :class:`~medai.errors.MedaiError` with a reason; no other exception,
 * ``nifti``: the rest is a NIfTI file (``.nii``, or ``.nii.gz`` when it starts with the gzip magic).
 
 The seed corpus is made here from a phantom (a valid slice in several transfer syntaxes, an enhanced
-multi-frame object, NIfTI) plus every regression file in ``tests/ingest/crashes/``. A crash stops the run and
+multi-frame object, NIfTI) plus every regression file in ``tests/ingest/crashes/`` (and ``process-killers/``, the
+inputs on which a codec killed the process, which make test replays in a child process). A crash stops the run and
 leaves ``crash-*`` in ``--artifacts``: reduce it, add it to ``tests/ingest/crashes/`` (replayed by
 ``make test``) and fix ingestion. ``make test`` runs this for a bounded time with a fixed seed.
 
@@ -159,7 +160,7 @@ def seed_corpus(folder: Path) -> list[Path]:
         path = folder / f"seed-{k:02d}"
         path.write_bytes(data)
         paths.append(path)
-    return paths + sorted(CRASHES.glob("*.bin"))
+    return paths + sorted(CRASHES.rglob("*.bin"))  # process-killers/ too: the fuzzer starts from them
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,8 +7,9 @@ output once and fills it slice by slice:
 * native little-endian 16-bit data (the common case) is read straight from
   the file into the output slice with ``readinto`` and converted in place;
 * everything else (big-endian, deflated, RLE, JPEG, JPEG-LS, JPEG 2000, zip
-  members) goes through pydicom's pixel decoders (pylibjpeg, pyjpegls, gdcm)
-  on a small thread pool, the codecs releasing the GIL.
+  members) goes through pydicom's pixel decoders (pylibjpeg, pyjpegls; gdcm only
+  where nothing else decodes a syntax, :data:`SAFE_PLUGINS`) on a small thread pool,
+  or forked worker processes for a large compressed series.
 
 HU = stored x RescaleSlope + RescaleIntercept, per frame. Stored values equal
 to PixelPaddingValue (or within PixelPaddingRangeLimit) mark air outside the
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import JPEG2000, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medai.errors import InvalidSeriesError, QCReason
 from medai.ingest.header import value
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 PADDING_HU = -1024
 _INT16 = (-32768, 32767)
 _NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
-_JPEG2000 = {JPEG2000, JPEG2000Lossless}
 # Compressed series with at least this many frames are decoded in worker processes.
 _PROCESS_MIN_FRAMES = 16
 
@@ -218,7 +218,8 @@ def _fill_decoded(task: FrameTask, module: _PixelModule, out: np.ndarray) -> Non
     """Decode one frame with pydicom's pixel handlers and convert it."""
     index = task.frame if module.frames > 1 else None
     try:
-        array, _ = get_decoder(module.transfer_syntax).as_array(task.dataset, index=index)
+        syntax = module.transfer_syntax
+        array, _ = get_decoder(syntax).as_array(task.dataset, index=index, decoding_plugin=_plugin(syntax))
     except BaseException as exc:  # codecs raise anything from ValueError to a Rust panic on bad streams
         if not _is_codec_failure(exc):
             raise
@@ -325,19 +326,24 @@ _FORK_JOBS: list[tuple[Dataset, int | None, UID]] = []
 def _decode_inherited(k: int) -> np.ndarray:
     """Process-pool worker: decode job ``k`` of :data:`_FORK_JOBS`, returning stored values."""
     dataset, index, syntax = _FORK_JOBS[k]
-    return get_decoder(syntax).as_array(dataset, index=index, decoding_plugin=_pool_plugin(syntax))[0]
+    return get_decoder(syntax).as_array(dataset, index=index, decoding_plugin=_plugin(syntax))[0]
+
+
+# Decoder plugins in the order medai asks for them. gdcm comes last, used only where no other plugin can decode
+# a syntax: on corrupt streams it can take the process down with it (a JPEG Lossless frame whose header claims
+# 116 bits per sample made it write out of bounds: a segmentation fault, tests/ingest/crashes/), which neither a
+# batch nor the PACS listener survives. pylibjpeg's and pyjpegls's codecs raise errors instead; and they are
+# single-threaded per frame, so the worker processes of a large series do not oversubscribe the cores (gdcm
+# decodes JPEG 2000 with several OpenJPEG threads).
+SAFE_PLUGINS = ("pylibjpeg", "pyjpegls", "pillow", "pydicom")
 
 
 @functools.cache
-def _pool_plugin(syntax: UID) -> str:
-    """Decoder plugin for worker processes: a single-threaded one, so that workers do not oversubscribe cores.
-
-    gdcm decodes JPEG 2000 with several OpenJPEG threads (fastest alone, slowest when each worker
-    process also spawns threads); pylibjpeg-openjpeg uses one thread per frame.
-    """
-    if syntax in _JPEG2000 and "pylibjpeg" in get_decoder(syntax).available_plugins:
-        return "pylibjpeg"
-    return ""
+def _plugin(syntax: UID) -> str:
+    """The decoder plugin for ``syntax``: the first of :data:`SAFE_PLUGINS` installed for it, else pydicom's own
+    choice ("")."""
+    available = get_decoder(syntax).available_plugins
+    return next((name for name in SAFE_PLUGINS if name in available), "")
 
 
 def _process_pool(workers: int) -> ProcessPoolExecutor | None:

@@ -91,6 +91,41 @@ def test_every_crash_ever_found_is_replayed() -> None:
         assert outcome, path.name
 
 
+@pytest.mark.parametrize("path", sorted((CRASHES / "process-killers").glob("*.bin")), ids=lambda p: p.stem)
+def test_corrupt_streams_that_killed_the_process_are_undecodable(path: Path) -> None:
+    """Inputs on which a codec took the whole process down (gdcm: a segmentation fault on a JPEG Lossless header
+    claiming 116 bits, an uncaught C++ exception on a corrupt JPEG Baseline stream), replayed in a child process so
+    that a regression fails this test instead of killing the run: a batch or the PACS listener would die with it."""
+    code = (
+        "import sys; from pathlib import Path; from tests.conftest import load_script; "
+        "fuzz = load_script('fuzz_ingest'); print(fuzz.check_input(Path(sys.argv[1]).read_bytes(), fuzz.Workspace()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, f"the process died (return code {result.returncode}): {result.stderr[-2000:]}"
+    assert result.stdout.strip().splitlines()[-1] == QCReason.UNDECODABLE_TRANSFER_SYNTAX.value
+
+
+def test_compressed_frames_are_never_decoded_by_gdcm_when_another_plugin_can() -> None:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import (
+        JPEG2000,
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+        RLELossless,
+    )
+
+    from medai.ingest.pixels import SAFE_PLUGINS, _plugin
+
+    for syntax in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+                   JPEG2000, RLELossless):  # fmt: skip
+        assert _plugin(syntax) in SAFE_PLUGINS and _plugin(syntax) in get_decoder(syntax).available_plugins
+
+
 def test_a_pixel_module_pydicom_cannot_parse_is_unreadable() -> None:
     # the header gate parses every element ingestion reads but PixelData, whose value pydicom converts when
     # decoding asks for it: this input's PixelData has an unknown VR (pydicom raised NotImplementedError)
