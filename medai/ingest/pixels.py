@@ -7,9 +7,10 @@ output once and fills it slice by slice:
 * native little-endian 16-bit data (the common case) is read straight from
   the file into the output slice with ``readinto`` and converted in place;
 * everything else (big-endian, deflated, RLE, JPEG, JPEG-LS, JPEG 2000, zip
-  members) goes through pydicom's pixel decoders (pylibjpeg, pyjpegls; gdcm only
-  where nothing else decodes a syntax, :data:`SAFE_PLUGINS`) on a small thread pool,
-  or forked worker processes for a large compressed series.
+  members) goes through pydicom's pixel decoders: in forked worker processes for a
+  large compressed series (gdcm first, where a codec crash only breaks the pool),
+  else on a small thread pool with pylibjpeg / pyjpegls (gdcm only where nothing
+  else decodes a syntax, :data:`SAFE_PLUGINS`: it can kill the process).
 
 HU = stored x RescaleSlope + RescaleIntercept, per frame. Stored values equal
 to PixelPaddingValue (or within PixelPaddingRangeLimit) mark air outside the
@@ -26,6 +27,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import JPEG2000, UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
 from medai.errors import InvalidSeriesError, QCReason
 from medai.ingest.header import value
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 PADDING_HU = -1024
 _INT16 = (-32768, 32767)
 _NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+_JPEG2000 = {JPEG2000, JPEG2000Lossless}
 # Compressed series with at least this many frames are decoded in worker processes.
 _PROCESS_MIN_FRAMES = 16
 
@@ -326,24 +329,37 @@ _FORK_JOBS: list[tuple[Dataset, int | None, UID]] = []
 def _decode_inherited(k: int) -> np.ndarray:
     """Process-pool worker: decode job ``k`` of :data:`_FORK_JOBS`, returning stored values."""
     dataset, index, syntax = _FORK_JOBS[k]
-    return get_decoder(syntax).as_array(dataset, index=index, decoding_plugin=_plugin(syntax))[0]
+    return get_decoder(syntax).as_array(dataset, index=index, decoding_plugin=_pool_plugin(syntax))[0]
 
 
-# Decoder plugins in the order medai asks for them. gdcm comes last, used only where no other plugin can decode
-# a syntax: on corrupt streams it can take the process down with it (a JPEG Lossless frame whose header claims
-# 116 bits per sample made it write out of bounds: a segmentation fault, tests/ingest/crashes/), which neither a
-# batch nor the PACS listener survives. pylibjpeg's and pyjpegls's codecs raise errors instead; and they are
-# single-threaded per frame, so the worker processes of a large series do not oversubscribe the cores (gdcm
-# decodes JPEG 2000 with several OpenJPEG threads).
-SAFE_PLUGINS = ("pylibjpeg", "pyjpegls", "pillow", "pydicom")
+# Decoder plugins for frames decoded in medai's own process, in the order asked for. gdcm comes last, used only
+# where no other plugin can decode a syntax: on corrupt streams it can take the process down with it (a JPEG
+# Lossless header claiming 116 bits per sample: a segmentation fault; a corrupt JPEG Baseline stream: an uncaught
+# C++ exception, abort; tests/ingest/crashes/process-killers/), which neither a batch nor the PACS listener
+# survives. pyjpegls's and pylibjpeg's codecs raise errors instead (pyjpegls first: it only decodes JPEG-LS, 1.2x as
+# fast as gdcm there and 3x as fast as pylibjpeg; scripts/bench_decoders.py).
+SAFE_PLUGINS = ("pyjpegls", "pylibjpeg", "pillow", "pydicom")
 
 
 @functools.cache
 def _plugin(syntax: UID) -> str:
-    """The decoder plugin for ``syntax``: the first of :data:`SAFE_PLUGINS` installed for it, else pydicom's own
-    choice ("")."""
+    """The in-process decoder plugin for ``syntax``: the first of :data:`SAFE_PLUGINS` installed for it, else
+    pydicom's own choice ("")."""
     available = get_decoder(syntax).available_plugins
     return next((name for name in SAFE_PLUGINS if name in available), "")
+
+
+@functools.cache
+def _pool_plugin(syntax: UID) -> str:
+    """Decoder plugin for forked worker processes, where a codec that kills its process breaks the pool
+    (``BrokenProcessPool``, read as an undecodable frame) and not the caller: pydicom's own choice (gdcm first:
+    twice as fast as pylibjpeg on JPEG Lossless, scripts/bench_decoders.py), except JPEG 2000, which gdcm
+    decodes with several OpenJPEG threads (fastest alone, slowest when each worker process also spawns
+    threads); pylibjpeg-openjpeg uses one thread per frame.
+    """
+    if syntax in _JPEG2000 and "pylibjpeg" in get_decoder(syntax).available_plugins:
+        return "pylibjpeg"
+    return ""
 
 
 def _process_pool(workers: int) -> ProcessPoolExecutor | None:
@@ -387,6 +403,12 @@ def _decode_into(
                     task, module = plan[k], modules[id(plan[k].dataset)]
                     try:
                         array = next(results)
+                    except BrokenProcessPool as exc:  # a codec killed its worker: which frame is not known
+                        raise InvalidSeriesError(
+                            QCReason.UNDECODABLE_TRANSFER_SYNTAX,
+                            f"a decoder process died on a corrupt {module.transfer_syntax.name} frame of this "
+                            f"series (at or after {task.source}, frame {task.frame})",
+                        ) from exc
                     except BaseException as exc:
                         if not _is_codec_failure(exc):
                             raise

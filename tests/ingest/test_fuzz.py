@@ -107,7 +107,43 @@ def test_corrupt_streams_that_killed_the_process_are_undecodable(path: Path) -> 
     assert result.stdout.strip().splitlines()[-1] == QCReason.UNDECODABLE_TRANSFER_SYNTAX.value
 
 
-def test_compressed_frames_are_never_decoded_by_gdcm_when_another_plugin_can() -> None:
+_KILLER_IN_A_SERIES = """
+import io, sys, tempfile
+from pathlib import Path
+import pydicom
+from tests.conftest import load_script
+from medai.errors import InvalidSeriesError
+from medai.ingest.load import load_series
+from medai.phantoms.ctwriter import TransferSyntax, write_ct_series
+killer = pydicom.dcmread(io.BytesIO(Path(sys.argv[1]).read_bytes()[1:]))
+with tempfile.TemporaryDirectory() as tmp:
+    volume = load_script("fuzz_ingest")._base_volume(slices=24, matrix=16)
+    paths = write_ct_series(volume, tmp, transfer_syntax=TransferSyntax.JPEG_LOSSLESS)
+    ds = pydicom.dcmread(paths[7])
+    ds.file_meta.TransferSyntaxUID, ds.PixelData = killer.file_meta.TransferSyntaxUID, killer.PixelData
+    ds.save_as(paths[7])
+    try:
+        load_series(tmp, workers=int(sys.argv[2]))
+    except InvalidSeriesError as exc:
+        print(exc.reason.value)
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "worker-processes"])
+def test_a_process_killer_frame_in_a_large_series_fails_the_series_not_the_process(workers: int) -> None:
+    """24 JPEG Lossless slices, one of them the frame that made gdcm segfault. Decoded in medai's process it never
+    reaches gdcm; decoded by forked workers (gdcm first there, for speed) it kills a worker, and the broken pool
+    is read as an undecodable series."""
+    killer = CRASHES / "process-killers" / "gdcm-jpeg-lossless-116-bits-segfault.bin"
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLER_IN_A_SERIES, str(killer), str(workers)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, f"the process died (return code {result.returncode}): {result.stderr[-2000:]}"
+    assert result.stdout.strip().splitlines()[-1] == QCReason.UNDECODABLE_TRANSFER_SYNTAX.value
+
+
+def test_frames_decoded_in_process_never_go_to_gdcm_when_another_plugin_can() -> None:
     from pydicom.pixels import get_decoder
     from pydicom.uid import (
         JPEG2000,
