@@ -27,7 +27,8 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,34 @@ def _base_volume(slices: int = _SERIES_SLICES, matrix: int = 16):  # type: ignor
     rng = np.random.default_rng(0)
     hu = rng.integers(-1024, 400, size=(slices, matrix, matrix)).astype(np.int16)
     return Volume(hu, spacing_mm=(5.0, 2.0, 2.0), series_uid="1.2.3.4.5", study_uid="1.2.3.4")
+
+
+@contextmanager
+def reproducible_files() -> Iterator[None]:
+    """Fixed UIDs and dates while the seed corpus and the base series are written, so the corpus is the same bytes
+    on every machine (fresh UIDs made every run start elsewhere: a crash CI found on 2026-12-06 could not be
+    replayed). With ``--seed`` two runs then take the same inputs until timing-dependent paths part them (the
+    first ~1,500 of 3,000 measured), so ``--runs N`` replays an early crash of a bounded run, not every one."""
+    import datetime
+    import itertools
+    import types
+    from unittest import mock
+
+    counter = itertools.count(1)
+    fixed = datetime.datetime(2026, 1, 1, 12, 0, 0)
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> datetime.datetime:  # type: ignore[override]
+            return fixed
+
+    with (
+        mock.patch(
+            "medai.phantoms.ctwriter.generate_uid", lambda *_, **__: f"1.2.826.0.1.3680043.10.543.{next(counter)}"
+        ),
+        mock.patch("medai.phantoms.ctwriter._dt", types.SimpleNamespace(datetime=Clock)),
+    ):
+        yield
 
 
 def _write_base_series(folder: Path) -> list[Path]:
@@ -154,7 +183,7 @@ def seed_corpus(folder: Path) -> list[Path]:
         seeds += [bytes([TARGETS.index("file")]) + write_enhanced_ct(volume, Path(tmp) / "e.dcm").read_bytes()]
         write_nifti(volume, Path(tmp) / "v.nii")
         raw = (Path(tmp) / "v.nii").read_bytes()
-        seeds += [bytes([TARGETS.index("nifti")]) + raw, bytes([TARGETS.index("nifti")]) + gzip.compress(raw)]
+        seeds += [bytes([TARGETS.index("nifti")]) + raw, bytes([TARGETS.index("nifti")]) + gzip.compress(raw, mtime=0)]
     paths = []
     for k, data in enumerate(seeds):
         path = folder / f"seed-{k:02d}"
@@ -187,8 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     artifacts = Path(args.artifacts).resolve()
     corpus = artifacts / "corpus"
-    seeds = seed_corpus(artifacts / "seeds")
-    workspace = Workspace()
+    with reproducible_files():
+        seeds = seed_corpus(artifacts / "seeds")
+        workspace = Workspace()
 
     def test_one_input(data: bytes) -> None:
         check_input(data, workspace)
