@@ -158,9 +158,12 @@ def test_medai_app_in_headless_chromium_shows_the_result_banner_and_the_deciding
                     break
             assert time.monotonic() < deadline, f"no result in the browser: {seen}"
             time.sleep(0.5)
-        banner = _stable(lambda: driver.find_element(By.ID, "medai-banner").text)  # type: ignore[attr-defined]
-        assert banner == RESEARCH_BANNER
-        assert _stable(lambda: driver.find_element(By.ID, "medai-banner").is_displayed())  # type: ignore[attr-defined]
+
+        def read_banner() -> tuple[str, bool]:
+            banner = driver.find_element(By.ID, "medai-banner")  # type: ignore[attr-defined]
+            return banner.text, banner.is_displayed()
+
+        assert _stable(read_banner) == (RESEARCH_BANNER, True)
         assert "Calibrated probabilities" in driver.page_source  # type: ignore[attr-defined]
         with urllib.request.urlopen(axial[0], timeout=10) as response:
             png = response.read()
