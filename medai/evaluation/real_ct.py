@@ -16,8 +16,9 @@ It is the only real patient, so it is never training data. :func:`real_cases` ma
 
 :func:`acquisition_sweep` makes more normals from the same scan, one acquisition change or two at a time:
 sharper and smoother reconstruction kernels, heavier noise, a tilted patient, and the 5 mm and shallow-breath
-copies combined with a sharper kernel or noise, and the lungs without IV contrast (at 2.5 and 5 mm). A normal
-lung must read normal under each.
+copies combined with a sharper kernel or noise, the lungs without IV contrast (at 2.5 and 5 mm), and the motion
+of a scan without ECG gating (the heart's border smeared by its beat) or of a badly held breath (the lung bases
+smeared head to foot). A normal lung must read normal under each.
 """
 
 from __future__ import annotations
@@ -211,6 +212,69 @@ def _unenhanced(volume: Volume, lungs: np.ndarray) -> Volume:
     return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
 
 
+HEART_LABEL = 51  # the mask's heart (its lungs are labels 10-14)
+CARDIAC_MOTION_MM = 8.0  # the left heart border's excursion in a scan without ECG gating
+BREATHING_MOTION_MM = 10.0  # the diaphragm's travel while a breath is held badly
+MOTION_REACH_MM = 30.0  # how far from the moving organ the blur fades to nothing
+
+
+def _blur_near(hu: np.ndarray, blurred: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    return hu + weight.astype(np.float32) * (blurred - hu)
+
+
+def _cardiac_motion(volume: Volume, lobes: np.ndarray) -> Volume:
+    """The scan as one without ECG gating shows the heart: the heart and everything within
+    :data:`MOTION_REACH_MM` of it smeared over :data:`CARDIAC_MOTION_MM` towards the left and front (the
+    left ventricle's beat), fully within 10 mm of the heart and fading to nothing at the reach. The lung
+    beside the heart (lingula, the lower lobes' paracardiac lung) takes in the blurred border; lung far from it
+    does not move."""
+    hu = volume.hu.astype(np.float32)
+    heart = lobes == HEART_LABEL
+    spacing = volume.spacing_mm
+    # The distance to the heart is needed only within the reach: on the heart's box grown by it.
+    around = tuple(
+        slice(max(0, int(idx.min()) - grow), int(idx.max()) + grow + 1)
+        for idx, grow in zip(np.nonzero(heart), (int(np.ceil(MOTION_REACH_MM / s)) for s in spacing), strict=True)
+    )
+    weight = np.zeros(hu.shape, np.float32)
+    distance = ndimage.distance_transform_edt(~heart[around], sampling=spacing)
+    weight[around] = np.clip((MOTION_REACH_MM - distance) / (MOTION_REACH_MM - 10.0), 0.0, 1.0)
+    # Patient's left is +x in LPS arrays; anterior is -y (or +y where the rows run the other way).
+    front = -1.0 if volume.direction[1, 1] > 0 else 1.0
+    steps = np.linspace(-0.5, 0.5, 9) * CARDIAC_MOTION_MM / np.sqrt(2.0)
+    # Only the box where the weight is not zero moves (grown by the largest shift, so no edge is read twice).
+    reach = int(np.ceil(CARDIAC_MOTION_MM / min(spacing[1:]))) + 1
+    box = tuple(
+        slice(max(0, int(idx.min()) - grow), int(idx.max()) + grow + 1)
+        for idx, grow in zip(np.nonzero(weight > 0), (0, reach, reach), strict=True)
+    )
+    part = hu[box]
+    blurred = np.zeros_like(part)
+    for t in steps:
+        blurred += ndimage.shift(part, (0.0, front * t / spacing[1], t / spacing[2]), order=1, mode="nearest")
+    out = hu.copy()
+    out[box] = _blur_near(part, blurred / len(steps), weight[box])
+    return volume.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16))
+
+
+def _breathing_motion(volume: Volume, lungs: np.ndarray) -> Volume:
+    """The scan as a breath held badly shows the lung bases: every slice up to the highest point of the
+    diaphragm's dome (the lowest slice the lungs fill most of) smeared over :data:`BREATHING_MOTION_MM` head to
+    foot, fading to nothing :data:`MOTION_REACH_MM` above it. The dome's soft tissue and the liver's top are
+    partial-volumed into the lowest lung; the upper lung does not move."""
+    hu = volume.hu.astype(np.float32)
+    area = np.count_nonzero(lungs, axis=(1, 2)).astype(np.float32)
+    up = volume.direction[2, 2] > 0  # higher slice index is superior
+    order = np.arange(volume.shape[0]) if up else np.arange(volume.shape[0])[::-1]
+    full = area >= 0.5 * area.max()
+    dome = order[np.argmax(full[order])]  # the lowest slice where the lungs are half their widest
+    height = (np.arange(volume.shape[0]) - dome) * (1.0 if up else -1.0) * volume.spacing_mm[0]
+    weight = np.clip(1.0 - height / MOTION_REACH_MM, 0.0, 1.0)[:, None, None]
+    size = max(2, round(BREATHING_MOTION_MM / volume.spacing_mm[0]))  # slices the diaphragm travels
+    blurred = ndimage.uniform_filter1d(hu, size=size, axis=0, mode="nearest")
+    return volume.with_array(np.clip(np.rint(_blur_near(hu, blurred, weight)), -1024, 3071).astype(np.int16))
+
+
 def _sharper(hu: np.ndarray, amount: float) -> np.ndarray:
     """A sharper reconstruction kernel's look: the in-plane detail above ~1 pixel amplified by ``1 + amount``."""
     return hu + amount * (hu - ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0)))
@@ -307,7 +371,9 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     ``noise-80`` and ``noise-120`` (added noise of that many HU), ``sharp-kernel+noise-60``, ``tilt-6-axial`` and
     ``tilt-6-sagittal`` (the patient rotated 6 degrees in the table plane, or head-to-foot), ``thick-5mm+sharp``,
     ``thick-5mm+noise-60``, ``shallow-breath+sharp``, ``shallow-breath+thick-5mm``, and ``unenhanced`` and
-    ``unenhanced+thick-5mm`` (the lungs' vessels as a scan without IV contrast shows them, :func:`_unenhanced`).
+    ``unenhanced+thick-5mm`` (the lungs' vessels as a scan without IV contrast shows them, :func:`_unenhanced`),
+    ``cardiac-motion`` (the heart's border smeared by its beat, :func:`_cardiac_motion`) and ``breathing-motion``
+    (the lung bases and the diaphragm's dome smeared head to foot, :func:`_breathing_motion`).
     The tilted copies rotate the lung mask with the scan (nearest neighbour).
 
     Raises:
@@ -351,3 +417,7 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
         "unenhanced+thick-5mm", plain_thick.hu.astype(np.float32), plain_thick, plain_lungs,
         contrast="none", recon="5 mm",
     )  # fmt: skip
+    beating = _cardiac_motion(volume, lobes)
+    yield case("cardiac-motion", beating.hu.astype(np.float32), motion="cardiac", motion_mm=CARDIAC_MOTION_MM)
+    breathing = _breathing_motion(volume, lungs)
+    yield case("breathing-motion", breathing.hu.astype(np.float32), motion="breathing", motion_mm=BREATHING_MOTION_MM)

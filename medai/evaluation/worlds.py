@@ -12,7 +12,8 @@ world                  what it is
 ``real``               the one real patient (:mod:`medai.evaluation.real_ct`): as it is, reconstructed
                        otherwise, and with inserted lesions
 ``real-sweep``         the real patient's normal scan under acquisition changes, one or two at a time
-                       (kernels, noise, tilt, 5 mm and shallow-breath copies combined): normals only
+                       (kernels, noise, tilt, 5 mm and shallow-breath copies combined, no IV contrast,
+                       cardiac and breathing motion): normals only
 =====================  =================================================================================
 
 :func:`world_cases` yields :class:`TruthCase` lazily (one volume in memory at a time).

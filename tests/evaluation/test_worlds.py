@@ -11,7 +11,15 @@ import pytest
 from scipy import ndimage
 
 from medai.cli import main as cli_main
-from medai.evaluation.real_ct import DEFAULT_FOLDER, _lung_mask, _shallow_breath, load_lidc, real_cases
+from medai.evaluation.real_ct import (
+    DEFAULT_FOLDER,
+    HEART_LABEL,
+    MOTION_REACH_MM,
+    _lung_mask,
+    _shallow_breath,
+    load_lidc,
+    real_cases,
+)
 from medai.evaluation.served import ScoredCase, score_cases, summarize
 from medai.evaluation.worlds import world_cases
 from medai.inference.classifier import Classifier
@@ -139,7 +147,7 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     for case in world_cases("real-sweep", None):
         assert (case.world, case.label, case.lesion_percent) == ("real-sweep", "normal", 0.0)
         cases[case.case_id.removeprefix("real-sweep-")] = case
-    assert len(cases) == 14
+    assert len(cases) == 16
     base = detail(as_is, inside)
     assert detail(cases["sharp-kernel"].volume.hu, inside) > 1.5 * base
     assert detail(cases["sharper-kernel"].volume.hu, inside) > detail(cases["sharp-kernel"].volume.hu, inside)
@@ -170,6 +178,21 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     assert float(np.abs(unenhanced[clear] - as_is[clear]).max()) == 0
     assert detail(unenhanced, lung & (as_is < -800)) > 0.9 * detail(as_is, lung & (as_is < -800))
     assert bool((unenhanced[~lung] == as_is[~lung]).all())
+    # The heart's beat smears its border and the lung beside it; lung beyond the blur's reach does not move.
+    beating = cases["cardiac-motion"].volume.hu.astype(np.float32)
+    to_heart = ndimage.distance_transform_edt(lobes != HEART_LABEL, sampling=volume.spacing_mm)
+    border = lung & (to_heart <= 10)
+    assert float(np.mean(np.abs(beating[border] - as_is[border]) > 20)) > 0.3
+    far = to_heart > MOTION_REACH_MM
+    assert bool((beating[far] == as_is[far]).all())
+    assert float(np.mean(beating[lung] != as_is[lung])) < 0.5
+    # A badly held breath smears the lung bases head to foot; the upper lungs do not move.
+    breathing = cases["breathing-motion"].volume.hu.astype(np.float32)
+    rows = np.flatnonzero(lung.any(axis=(1, 2)))  # slices holding lung, inferior first (z up in this scan)
+    assert volume.direction[2, 2] > 0
+    base, apex = slice(rows[0], rows[0] + 6), slice(rows[len(rows) // 2], rows[-1] + 1)
+    assert float(np.mean(np.abs(breathing[base] - as_is[base])[lung[base]] > 20)) > 0.2
+    assert bool((breathing[apex] == as_is[apex]).all())
 
 
 def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:
