@@ -18,7 +18,8 @@ It is the only real patient, so it is never training data. :func:`real_cases` ma
 sharper and smoother reconstruction kernels, heavier noise, a tilted patient, and the 5 mm and shallow-breath
 copies combined with a sharper kernel or noise, the lungs without IV contrast (at 2.5 and 5 mm), and the motion
 of a scan without ECG gating (the heart's border smeared by its beat) or of a badly held breath (the lung bases
-smeared head to foot). A normal lung must read normal under each.
+smeared head to foot); and two findings of normal older lungs that are not pneumonia: centrilobular emphysema and
+dependent atelectasis. A normal lung must read normal under each.
 """
 
 from __future__ import annotations
@@ -275,6 +276,49 @@ def _breathing_motion(volume: Volume, lungs: np.ndarray) -> Volume:
     return volume.with_array(np.clip(np.rint(_blur_near(hu, blurred, weight)), -1024, 3071).astype(np.int16))
 
 
+EMPHYSEMA_SHARE = 0.15  # of the upper lobes' parenchyma
+EMPHYSEMA_HU = -960.0
+ATELECTASIS_MM = 10.0  # the dependent band's typical thickness under the posterior pleura
+ATELECTASIS_HU = -150.0  # its density at the pleura
+
+
+def _emphysema(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> Volume:
+    """The upper lobes with centrilobular emphysema, as in the smokers a screening programme scans:
+    :data:`EMPHYSEMA_SHARE` of their parenchyma (not vessels) destroyed into holes of a few mm at about
+    :data:`EMPHYSEMA_HU`, the scan's own noise kept on top."""
+    hu = volume.hu.astype(np.float32)
+    upper = np.isin(lobes, (LOBES["left_upper"], LOBES["right_upper"]))
+    spacing = volume.spacing_mm
+    field = _smooth_noise(hu.shape, rng, (1.2 * 2.5 / spacing[0], 4.0 * 0.7 / spacing[1], 4.0 * 0.7 / spacing[2]))
+    holes = upper & (field > np.quantile(field[upper], 1.0 - EMPHYSEMA_SHARE)) & (hu < -700)
+    residual = hu - ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0))  # the scan's noise and fine texture
+    return volume.with_array(
+        np.clip(np.rint(np.where(holes, EMPHYSEMA_HU + residual, hu)), -1024, 3071).astype(np.int16)
+    )
+
+
+def _dependent_atelectasis(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> Volume:
+    """The lower lobes with the dependent atelectasis of a patient lying supine: under the posterior pleura
+    (the back 45 % of the lungs, fading in over the 15 % in front of it) a band of about :data:`ATELECTASIS_MM`,
+    its thickness varying 2-25 mm, whose aerated lung is drawn towards :data:`ATELECTASIS_HU` at the pleura and
+    clears inward. Vessels and soft tissue do not change."""
+    hu = volume.hu.astype(np.float32)
+    lungs = _lung_mask(lobes) > 0
+    lower = np.isin(lobes, (LOBES["left_lower"], LOBES["right_lower"]))
+    spacing = volume.spacing_mm
+    depth = ndimage.distance_transform_edt(lungs, sampling=spacing)
+    rows = np.flatnonzero(lungs.any(axis=(0, 2)))
+    y = (np.arange(volume.shape[1], dtype=np.float32) - rows[0]) / max(1, rows[-1] - rows[0])
+    if volume.direction[1, 1] < 0:  # posterior at low rows
+        y = 1.0 - y
+    back = np.clip((y - 0.40) / 0.15, 0.0, 1.0)[None, :, None]
+    sigma = (20.0 / spacing[0], 30.0 / spacing[1], 30.0 / spacing[2])
+    thickness = np.clip(ATELECTASIS_MM * (1.0 + 0.5 * _smooth_noise(hu.shape, rng, sigma)), 2.0, 2.5 * ATELECTASIS_MM)
+    weight = np.clip(1.0 - depth / thickness, 0.0, 1.0) ** 0.7 * back * lower * (hu < -300)
+    out = hu + (ATELECTASIS_HU - hu) * weight
+    return volume.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16))
+
+
 def _sharper(hu: np.ndarray, amount: float) -> np.ndarray:
     """A sharper reconstruction kernel's look: the in-plane detail above ~1 pixel amplified by ``1 + amount``."""
     return hu + amount * (hu - ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0)))
@@ -372,8 +416,10 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     ``tilt-6-sagittal`` (the patient rotated 6 degrees in the table plane, or head-to-foot), ``thick-5mm+sharp``,
     ``thick-5mm+noise-60``, ``shallow-breath+sharp``, ``shallow-breath+thick-5mm``, and ``unenhanced`` and
     ``unenhanced+thick-5mm`` (the lungs' vessels as a scan without IV contrast shows them, :func:`_unenhanced`),
-    ``cardiac-motion`` (the heart's border smeared by its beat, :func:`_cardiac_motion`) and ``breathing-motion``
-    (the lung bases and the diaphragm's dome smeared head to foot, :func:`_breathing_motion`).
+    ``cardiac-motion`` (the heart's border smeared by its beat, :func:`_cardiac_motion`), ``breathing-motion``
+    (the lung bases and the diaphragm's dome smeared head to foot, :func:`_breathing_motion`), ``emphysema``
+    (centrilobular holes in the upper lobes, :func:`_emphysema`) and ``dependent-atelectasis`` (a supine
+    patient's band under the posterior pleura of the lower lobes, :func:`_dependent_atelectasis`).
     The tilted copies rotate the lung mask with the scan (nearest neighbour).
 
     Raises:
@@ -421,3 +467,7 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     yield case("cardiac-motion", beating.hu.astype(np.float32), motion="cardiac", motion_mm=CARDIAC_MOTION_MM)
     breathing = _breathing_motion(volume, lungs)
     yield case("breathing-motion", breathing.hu.astype(np.float32), motion="breathing", motion_mm=BREATHING_MOTION_MM)
+    smoker = _emphysema(volume, lobes, rng)
+    yield case("emphysema", smoker.hu.astype(np.float32), emphysema_share=EMPHYSEMA_SHARE)
+    supine = _dependent_atelectasis(volume, lobes, rng)
+    yield case("dependent-atelectasis", supine.hu.astype(np.float32), atelectasis_mm=ATELECTASIS_MM)

@@ -13,7 +13,10 @@ from scipy import ndimage
 from medai.cli import main as cli_main
 from medai.evaluation.real_ct import (
     DEFAULT_FOLDER,
+    EMPHYSEMA_HU,
+    EMPHYSEMA_SHARE,
     HEART_LABEL,
+    LOBES,
     MOTION_REACH_MM,
     _lung_mask,
     _shallow_breath,
@@ -147,7 +150,7 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     for case in world_cases("real-sweep", None):
         assert (case.world, case.label, case.lesion_percent) == ("real-sweep", "normal", 0.0)
         cases[case.case_id.removeprefix("real-sweep-")] = case
-    assert len(cases) == 16
+    assert len(cases) == 18
     base = detail(as_is, inside)
     assert detail(cases["sharp-kernel"].volume.hu, inside) > 1.5 * base
     assert detail(cases["sharper-kernel"].volume.hu, inside) > detail(cases["sharp-kernel"].volume.hu, inside)
@@ -193,6 +196,26 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     base, apex = slice(rows[0], rows[0] + 6), slice(rows[len(rows) // 2], rows[-1] + 1)
     assert float(np.mean(np.abs(breathing[base] - as_is[base])[lung[base]] > 20)) > 0.2
     assert bool((breathing[apex] == as_is[apex]).all())
+    # Emphysema destroys about EMPHYSEMA_SHARE of the upper lobes' parenchyma into holes; the lower lobes keep theirs.
+    smoker = cases["emphysema"].volume.hu.astype(np.float32)
+    upper = np.isin(lobes, (LOBES["left_upper"], LOBES["right_upper"]))
+    lower = np.isin(lobes, (LOBES["left_lower"], LOBES["right_lower"]))
+    holes = upper & (smoker < EMPHYSEMA_HU + 40) & (as_is > EMPHYSEMA_HU + 60)
+    assert 0.6 * EMPHYSEMA_SHARE < holes.sum() / np.count_nonzero(upper & (as_is < -700)) < 1.2 * EMPHYSEMA_SHARE
+    assert bool((smoker[lower] == as_is[lower]).all())
+    # Dependent atelectasis: the lower lobes' back under the pleura denser, clearing inward; the front untouched.
+    supine = cases["dependent-atelectasis"].volume.hu.astype(np.float32)
+    depth = ndimage.distance_transform_edt(lung, sampling=volume.spacing_mm)
+    extent = np.flatnonzero(lung.any(axis=(0, 2)))
+    y = (np.arange(volume.shape[1]) - extent[0]) / (extent[-1] - extent[0])  # 0 front .. 1 back of the lungs
+    assert volume.direction[1, 1] < 0  # this scan's rows run from the back (low) to the front
+    y = (1.0 - y)[None, :, None] * np.ones(volume.shape, bool)
+    back = lower & (y > 0.7) & (as_is < -700)
+    added = supine - as_is
+    assert float(np.median(added[back & (depth < 3)])) > 150
+    assert float(np.median(added[back & (depth < 3)])) > 3 * float(np.median(added[back & (depth > 20)]))
+    front = y < 0.4
+    assert bool((supine[front | upper] == as_is[front | upper]).all())
 
 
 def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:
