@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from medai.errors import MedaiError
+from medai.quantify.lungs import bbox
 from medai.volume import Volume
 
 __all__ = ["DEFAULT_FOLDER", "LOBES", "RealCase", "acquisition_sweep", "load_lidc", "real_cases"]
@@ -107,6 +108,18 @@ def _lung_mask(lobes: np.ndarray) -> np.ndarray:
     return out
 
 
+def _as_ct(volume: Volume, hu: np.ndarray) -> Volume:
+    """``volume`` with ``hu`` rounded to int16 CT numbers within the scanner's range."""
+    return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+
+
+def _front_to_back(volume: Volume, lungs: np.ndarray) -> np.ndarray:
+    """Per row: 0 at the lungs' front .. 1 at their back (outside the lungs below 0 or above 1)."""
+    rows = np.flatnonzero((lungs > 0).any(axis=(0, 2)))
+    y = (np.arange(volume.shape[1], dtype=np.float32) - rows[0]) / max(1, rows[-1] - rows[0])
+    return 1.0 - y if volume.direction[1, 1] < 0 else y  # posterior at low rows there
+
+
 def _smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, sigma: tuple[float, ...]) -> np.ndarray:
     small = tuple(max(4, n // 4) for n in shape)
     field_ = ndimage.gaussian_filter(rng.standard_normal(small).astype(np.float32), [s / 4 for s in sigma])
@@ -153,7 +166,7 @@ def _insert(
     labels = np.zeros(hu.shape, np.uint8)
     labels[lesion] = 1
     labels[dense] = 2
-    return volume.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16)), labels
+    return _as_ct(volume, out), labels
 
 
 def _thick(volume: Volume, lungs: np.ndarray, factor: int) -> tuple[Volume, np.ndarray]:
@@ -178,11 +191,7 @@ def _shallow_breath(volume: Volume, lungs: np.ndarray) -> Volume:
     dependent lung). Only the air-holding tissue changes: the added density falls to nothing towards soft-tissue
     density (vessels, the hila) and towards air (airway lumen), and the lung's noise stays as it was."""
     inside = lungs > 0
-    rows = np.flatnonzero(inside.any(axis=(0, 2)))
-    y = (np.arange(volume.shape[1], dtype=np.float32) - rows[0]) / max(1, rows[-1] - rows[0])
-    if volume.direction[1, 1] < 0:  # posterior at low rows
-        y = 1.0 - y
-    added = 70.0 + 120.0 * np.clip(y, 0.0, 1.0)[None, :, None]
+    added = 70.0 + 120.0 * np.clip(_front_to_back(volume, lungs), 0.0, 1.0)[None, :, None]
     hu = volume.hu.astype(np.float32)
     # Parenchyma (under -300 HU) gains in full; partial volume with vessels less, vessels nothing. Airway lumen
     # is told from parenchyma on a smoothed copy: voxel by voxel, a ramp towards air would modulate the added
@@ -190,8 +199,7 @@ def _shallow_breath(volume: Volume, lungs: np.ndarray) -> Volume:
     # a coarse texture no shallower breath makes.
     local = ndimage.gaussian_filter(hu, [SHALLOW_SMOOTH_MM / s for s in volume.spacing_mm])
     aerated = np.clip((40.0 - hu) / 340.0, 0.0, 1.0) * np.clip((local + 1000.0) / 100.0, 0.0, 1.0)
-    hu = np.where(inside, hu + added * aerated, hu)
-    return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+    return _as_ct(volume, np.where(inside, hu + added * aerated, hu))
 
 
 # Unenhanced blood is about 40 HU; this scan's contrast lifts its pulmonary vessels' cores to 300-460 HU.
@@ -209,8 +217,7 @@ def _unenhanced(volume: Volume, lungs: np.ndarray) -> Volume:
     hu = volume.hu.astype(np.float32)
     smooth = ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0))
     blood = np.clip((smooth - AERATED_HU) / (UNENHANCED_BLOOD_HU + ENHANCEMENT_HU - AERATED_HU), 0.0, 1.0)
-    hu = np.where(lungs > 0, hu - ENHANCEMENT_HU * blood, hu)
-    return volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
+    return _as_ct(volume, np.where(lungs > 0, hu - ENHANCEMENT_HU * blood, hu))
 
 
 HEART_LABEL = 51  # the mask's heart (its lungs are labels 10-14)
@@ -223,8 +230,8 @@ def _blur_near(hu: np.ndarray, blurred: np.ndarray, weight: np.ndarray) -> np.nd
     return hu + weight.astype(np.float32) * (blurred - hu)
 
 
-def _cardiac_motion(volume: Volume, lobes: np.ndarray) -> Volume:
-    """The scan as one without ECG gating shows the heart: the heart and everything within
+def _cardiac_motion(volume: Volume, lobes: np.ndarray) -> np.ndarray:
+    """HU of the scan as one without ECG gating shows the heart: the heart and everything within
     :data:`MOTION_REACH_MM` of it smeared over :data:`CARDIAC_MOTION_MM` towards the left and front (the
     left ventricle's beat), fully within 10 mm of the heart and fading to nothing at the reach. The lung
     beside the heart (lingula, the lower lobes' paracardiac lung) takes in the blurred border; lung far from it
@@ -233,10 +240,8 @@ def _cardiac_motion(volume: Volume, lobes: np.ndarray) -> Volume:
     heart = lobes == HEART_LABEL
     spacing = volume.spacing_mm
     # The distance to the heart is needed only within the reach: on the heart's box grown by it.
-    around = tuple(
-        slice(max(0, int(idx.min()) - grow), int(idx.max()) + grow + 1)
-        for idx, grow in zip(np.nonzero(heart), (int(np.ceil(MOTION_REACH_MM / s)) for s in spacing), strict=True)
-    )
+    dz, dy, dx = (int(np.ceil(MOTION_REACH_MM / s)) for s in spacing)
+    around = bbox(heart, (dz, dy, dx))
     weight = np.zeros(hu.shape, np.float32)
     distance = ndimage.distance_transform_edt(~heart[around], sampling=spacing)
     weight[around] = np.clip((MOTION_REACH_MM - distance) / (MOTION_REACH_MM - 10.0), 0.0, 1.0)
@@ -245,21 +250,17 @@ def _cardiac_motion(volume: Volume, lobes: np.ndarray) -> Volume:
     steps = np.linspace(-0.5, 0.5, 9) * CARDIAC_MOTION_MM / np.sqrt(2.0)
     # Only the box where the weight is not zero moves (grown by the largest shift, so no edge is read twice).
     reach = int(np.ceil(CARDIAC_MOTION_MM / min(spacing[1:]))) + 1
-    box = tuple(
-        slice(max(0, int(idx.min()) - grow), int(idx.max()) + grow + 1)
-        for idx, grow in zip(np.nonzero(weight > 0), (0, reach, reach), strict=True)
-    )
+    box = bbox(weight > 0, (0, reach, reach))
     part = hu[box]
     blurred = np.zeros_like(part)
     for t in steps:
         blurred += ndimage.shift(part, (0.0, front * t / spacing[1], t / spacing[2]), order=1, mode="nearest")
-    out = hu.copy()
-    out[box] = _blur_near(part, blurred / len(steps), weight[box])
-    return volume.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16))
+    hu[box] = _blur_near(part, blurred / len(steps), weight[box])
+    return hu
 
 
-def _breathing_motion(volume: Volume, lungs: np.ndarray) -> Volume:
-    """The scan as a breath held badly shows the lung bases: every slice up to the highest point of the
+def _breathing_motion(volume: Volume, lungs: np.ndarray) -> np.ndarray:
+    """HU of the scan as a breath held badly shows the lung bases: every slice up to the highest point of the
     diaphragm's dome (the lowest slice the lungs fill most of) smeared over :data:`BREATHING_MOTION_MM` head to
     foot, fading to nothing :data:`MOTION_REACH_MM` above it. The dome's soft tissue and the liver's top are
     partial-volumed into the lowest lung; the upper lung does not move."""
@@ -273,7 +274,7 @@ def _breathing_motion(volume: Volume, lungs: np.ndarray) -> Volume:
     weight = np.clip(1.0 - height / MOTION_REACH_MM, 0.0, 1.0)[:, None, None]
     size = max(2, round(BREATHING_MOTION_MM / volume.spacing_mm[0]))  # slices the diaphragm travels
     blurred = ndimage.uniform_filter1d(hu, size=size, axis=0, mode="nearest")
-    return volume.with_array(np.clip(np.rint(_blur_near(hu, blurred, weight)), -1024, 3071).astype(np.int16))
+    return _blur_near(hu, blurred, weight)
 
 
 EMPHYSEMA_SHARE = 0.15  # of the upper lobes' parenchyma
@@ -282,8 +283,8 @@ ATELECTASIS_MM = 10.0  # the dependent band's typical thickness under the poster
 ATELECTASIS_HU = -150.0  # its density at the pleura
 
 
-def _emphysema(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> Volume:
-    """The upper lobes with centrilobular emphysema, as in the smokers a screening programme scans:
+def _emphysema(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """HU of the upper lobes with centrilobular emphysema, as in the smokers a screening programme scans:
     :data:`EMPHYSEMA_SHARE` of their parenchyma (not vessels) destroyed into holes of a few mm at about
     :data:`EMPHYSEMA_HU`, the scan's own noise kept on top."""
     hu = volume.hu.astype(np.float32)
@@ -292,31 +293,24 @@ def _emphysema(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> V
     field = _smooth_noise(hu.shape, rng, (1.2 * 2.5 / spacing[0], 4.0 * 0.7 / spacing[1], 4.0 * 0.7 / spacing[2]))
     holes = upper & (field > np.quantile(field[upper], 1.0 - EMPHYSEMA_SHARE)) & (hu < -700)
     residual = hu - ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0))  # the scan's noise and fine texture
-    return volume.with_array(
-        np.clip(np.rint(np.where(holes, EMPHYSEMA_HU + residual, hu)), -1024, 3071).astype(np.int16)
-    )
+    return np.where(holes, EMPHYSEMA_HU + residual, hu)
 
 
-def _dependent_atelectasis(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> Volume:
-    """The lower lobes with the dependent atelectasis of a patient lying supine: under the posterior pleura
+def _dependent_atelectasis(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """HU of the lower lobes with the dependent atelectasis of a patient lying supine: under the posterior pleura
     (the back 45 % of the lungs, fading in over the 15 % in front of it) a band of about :data:`ATELECTASIS_MM`,
     its thickness varying 2-25 mm, whose aerated lung is drawn towards :data:`ATELECTASIS_HU` at the pleura and
     clears inward. Vessels and soft tissue do not change."""
     hu = volume.hu.astype(np.float32)
-    lungs = _lung_mask(lobes) > 0
+    lungs = _lung_mask(lobes)
     lower = np.isin(lobes, (LOBES["left_lower"], LOBES["right_lower"]))
     spacing = volume.spacing_mm
-    depth = ndimage.distance_transform_edt(lungs, sampling=spacing)
-    rows = np.flatnonzero(lungs.any(axis=(0, 2)))
-    y = (np.arange(volume.shape[1], dtype=np.float32) - rows[0]) / max(1, rows[-1] - rows[0])
-    if volume.direction[1, 1] < 0:  # posterior at low rows
-        y = 1.0 - y
-    back = np.clip((y - 0.40) / 0.15, 0.0, 1.0)[None, :, None]
+    depth = ndimage.distance_transform_edt(lungs > 0, sampling=spacing)
+    back = np.clip((_front_to_back(volume, lungs) - 0.40) / 0.15, 0.0, 1.0)[None, :, None]
     sigma = (20.0 / spacing[0], 30.0 / spacing[1], 30.0 / spacing[2])
     thickness = np.clip(ATELECTASIS_MM * (1.0 + 0.5 * _smooth_noise(hu.shape, rng, sigma)), 2.0, 2.5 * ATELECTASIS_MM)
     weight = np.clip(1.0 - depth / thickness, 0.0, 1.0) ** 0.7 * back * lower * (hu < -300)
-    out = hu + (ATELECTASIS_HU - hu) * weight
-    return volume.with_array(np.clip(np.rint(out), -1024, 3071).astype(np.int16))
+    return hu + (ATELECTASIS_HU - hu) * weight
 
 
 def _sharper(hu: np.ndarray, amount: float) -> np.ndarray:
@@ -431,8 +425,13 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     hu = volume.hu.astype(np.float32)
 
     def case(name: str, arr: np.ndarray, base: Volume = volume, mask: np.ndarray = lungs, **factors: Any) -> RealCase:
-        out = base.with_array(np.rint(np.clip(arr, -1024, 3071)).astype(np.int16))
-        return RealCase(name, "normal", out, mask, np.zeros(mask.shape, np.uint8), {"kind": "normal", **factors})
+        return RealCase(
+            name, "normal", _as_ct(base, arr), mask, np.zeros(mask.shape, np.uint8), {"kind": "normal", **factors}
+        )
+
+    def thick_case(name: str, base: Volume, **factors: Any) -> RealCase:  # ``base`` averaged to 5 mm slices
+        thick, thick_lungs = _thick(base, lungs, 2)
+        return case(name, thick.hu.astype(np.float32), thick, thick_lungs, **factors, recon="5 mm")
 
     yield case("sharp-kernel", _sharper(hu, 1.0), kernel="sharp")
     yield case("sharper-kernel", _sharper(hu, 2.0), kernel="sharper")
@@ -451,23 +450,12 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     yield case("thick-5mm+noise-60", noisy, thick, thick_lungs, recon="5 mm", noise_hu=60.0)
     shallow = _shallow_breath(volume, lungs)
     yield case("shallow-breath+sharp", _sharper(shallow.hu.astype(np.float32), 1.0), breath="shallow", kernel="sharp")
-    shallow_thick, shallow_lungs = _thick(shallow, lungs, 2)
-    yield case(
-        "shallow-breath+thick-5mm", shallow_thick.hu.astype(np.float32), shallow_thick, shallow_lungs,
-        breath="shallow", recon="5 mm",
-    )  # fmt: skip
+    yield thick_case("shallow-breath+thick-5mm", shallow, breath="shallow")
     plain = _unenhanced(volume, lungs)
     yield case("unenhanced", plain.hu.astype(np.float32), contrast="none")
-    plain_thick, plain_lungs = _thick(plain, lungs, 2)
-    yield case(
-        "unenhanced+thick-5mm", plain_thick.hu.astype(np.float32), plain_thick, plain_lungs,
-        contrast="none", recon="5 mm",
-    )  # fmt: skip
-    beating = _cardiac_motion(volume, lobes)
-    yield case("cardiac-motion", beating.hu.astype(np.float32), motion="cardiac", motion_mm=CARDIAC_MOTION_MM)
+    yield thick_case("unenhanced+thick-5mm", plain, contrast="none")
+    yield case("cardiac-motion", _cardiac_motion(volume, lobes), motion="cardiac", motion_mm=CARDIAC_MOTION_MM)
     breathing = _breathing_motion(volume, lungs)
-    yield case("breathing-motion", breathing.hu.astype(np.float32), motion="breathing", motion_mm=BREATHING_MOTION_MM)
-    smoker = _emphysema(volume, lobes, rng)
-    yield case("emphysema", smoker.hu.astype(np.float32), emphysema_share=EMPHYSEMA_SHARE)
-    supine = _dependent_atelectasis(volume, lobes, rng)
-    yield case("dependent-atelectasis", supine.hu.astype(np.float32), atelectasis_mm=ATELECTASIS_MM)
+    yield case("breathing-motion", breathing, motion="breathing", motion_mm=BREATHING_MOTION_MM)
+    yield case("emphysema", _emphysema(volume, lobes, rng), emphysema_share=EMPHYSEMA_SHARE)
+    yield case("dependent-atelectasis", _dependent_atelectasis(volume, lobes, rng), atelectasis_mm=ATELECTASIS_MM)

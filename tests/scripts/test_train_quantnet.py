@@ -12,18 +12,16 @@ def _fractions(shape: tuple[int, int, int]) -> np.ndarray:
     and a block of ground glass, one voxel layer consolidated only by half (a block mean at the lesion's edge)."""
     frac = np.zeros((4, *shape), np.float32)
     frac[0] = 1.0
-    lung = (slice(None), slice(2, 14), slice(2, 14))
-    frac[(0, *lung)] = 0.0
-    frac[(1, *lung)] = 1.0
-    cons = (slice(None), slice(2, 14), slice(8, 14))
-    frac[(1, *cons)] = 0.0
-    frac[(3, *cons)] = 1.0
-    edge = (slice(None), slice(2, 14), slice(7, 8))
-    frac[(1, *edge)] = 0.5
-    frac[(3, *edge)] = 0.5
-    ggo = (slice(None), slice(2, 5), slice(2, 5))
-    frac[(1, *ggo)] = 0.0
-    frac[(2, *ggo)] = 1.0
+    regions = (  # (rows, columns) of every slice and their class fractions; each region overwrites the ones before
+        ((slice(2, 14), slice(2, 14)), {1: 1.0}),  # the lung
+        ((slice(2, 14), slice(8, 14)), {3: 1.0}),  # its consolidated half
+        ((slice(2, 14), slice(7, 8)), {1: 0.5, 3: 0.5}),  # the consolidation's edge
+        ((slice(2, 5), slice(2, 5)), {2: 1.0}),  # ground glass
+    )
+    for (rows, cols), classes in regions:
+        frac[:, :, rows, cols] = 0.0
+        for k, value in classes.items():
+            frac[k, :, rows, cols] = value
     return frac
 
 
