@@ -13,7 +13,7 @@ world                  what it is
                        otherwise, and with inserted lesions
 ``real-sweep``         the real patient's normal scan under acquisition changes, one or two at a time
                        (kernels, noise, tilt, 5 mm and shallow-breath copies combined, no IV contrast,
-                       cardiac and breathing motion): normals only
+                       cardiac and breathing motion, emphysema, dependent atelectasis): normals only
 =====================  =================================================================================
 
 :func:`world_cases` yields :class:`TruthCase` lazily (one volume in memory at a time).
