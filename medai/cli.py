@@ -105,10 +105,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     source.add_argument(
         "--world",
-        choices=("train", "heldout", "independent-val", "independent-test", "real", "real-sweep"),
+        choices=("train", "heldout", "independent-val", "independent-test", "real", "real-sweep", "real-atelectasis"),
         help="a test world with ground truth (docs/ood.md): in-distribution, leave-extremes-out, the independent "
-        "phantom family, the real patient, or its normal scan under acquisition changes; adds lesion %%, "
-        "lung-volume and severity metrics",
+        "phantom family, the real patient, its normal scan under acquisition changes or with dependent atelectasis; "
+        "adds lesion %%, lung-volume and severity metrics",
     )
     p.add_argument("--n", type=int, default=60, help="cases of a synthetic --world (default: 60)")
     p.add_argument("--out", required=True, help="report folder (created)")

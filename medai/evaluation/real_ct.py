@@ -37,7 +37,7 @@ from medai.errors import MedaiError
 from medai.quantify.lungs import bbox
 from medai.volume import Volume
 
-__all__ = ["DEFAULT_FOLDER", "LOBES", "RealCase", "acquisition_sweep", "load_lidc", "real_cases"]
+__all__ = ["DEFAULT_FOLDER", "LOBES", "RealCase", "acquisition_sweep", "atelectasis_cases", "load_lidc", "real_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,7 @@ EMPHYSEMA_SHARE = 0.15  # of the upper lobes' parenchyma
 EMPHYSEMA_HU = -960.0
 ATELECTASIS_MM = 10.0  # the dependent band's typical thickness under the posterior pleura
 ATELECTASIS_HU = -150.0  # its density at the pleura
+ATELECTASIS_FRONT = 0.40  # the band reaches forward to here (0 the lungs' front, 1 their back), fading in behind it
 
 
 def _emphysema(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -296,19 +297,31 @@ def _emphysema(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> n
     return np.where(holes, EMPHYSEMA_HU + residual, hu)
 
 
-def _dependent_atelectasis(volume: Volume, lobes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """HU of the lower lobes with the dependent atelectasis of a patient lying supine: under the posterior pleura
-    (the back 45 % of the lungs, fading in over the 15 % in front of it) a band of about :data:`ATELECTASIS_MM`,
-    its thickness varying 2-25 mm, whose aerated lung is drawn towards :data:`ATELECTASIS_HU` at the pleura and
-    clears inward. Vessels and soft tissue do not change."""
+def _dependent_atelectasis(
+    volume: Volume,
+    lobes: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    band_mm: float = ATELECTASIS_MM,
+    front: float = ATELECTASIS_FRONT,
+    sides: tuple[str, ...] = ("left_lower", "right_lower"),
+    depth: np.ndarray | None = None,
+) -> np.ndarray:
+    """HU of the lower lobes with the dependent atelectasis of a patient lying supine: behind ``front`` of the
+    lungs' depth (0 at their front, 1 at their back; fading in over the 15 % behind it) a band of about
+    ``band_mm`` under the pleura, its thickness varying 0.2-2.5 times that (2 mm at least), whose aerated lung is
+    drawn towards :data:`ATELECTASIS_HU` at the pleura and clears inward. ``sides``: the lobes that have it (keys of
+    :data:`LOBES`); ``depth``: mm under the lungs' surface, when already known. Vessels and soft tissue do not
+    change."""
     hu = volume.hu.astype(np.float32)
     lungs = _lung_mask(lobes)
-    lower = np.isin(lobes, (LOBES["left_lower"], LOBES["right_lower"]))
+    lower = np.isin(lobes, [LOBES[side] for side in sides])
     spacing = volume.spacing_mm
-    depth = ndimage.distance_transform_edt(lungs > 0, sampling=spacing)
-    back = np.clip((_front_to_back(volume, lungs) - 0.40) / 0.15, 0.0, 1.0)[None, :, None]
+    if depth is None:
+        depth = ndimage.distance_transform_edt(lungs > 0, sampling=spacing)
+    back = np.clip((_front_to_back(volume, lungs) - front) / 0.15, 0.0, 1.0)[None, :, None]
     sigma = (20.0 / spacing[0], 30.0 / spacing[1], 30.0 / spacing[2])
-    thickness = np.clip(ATELECTASIS_MM * (1.0 + 0.5 * _smooth_noise(hu.shape, rng, sigma)), 2.0, 2.5 * ATELECTASIS_MM)
+    thickness = np.clip(band_mm * (1.0 + 0.5 * _smooth_noise(hu.shape, rng, sigma)), 2.0, 2.5 * band_mm)
     weight = np.clip(1.0 - depth / thickness, 0.0, 1.0) ** 0.7 * back * lower * (hu < -300)
     return hu + (ATELECTASIS_HU - hu) * weight
 
@@ -459,3 +472,38 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     yield case("breathing-motion", breathing, motion="breathing", motion_mm=BREATHING_MOTION_MM)
     yield case("emphysema", _emphysema(volume, lobes, rng), emphysema_share=EMPHYSEMA_SHARE)
     yield case("dependent-atelectasis", _dependent_atelectasis(volume, lobes, rng), atelectasis_mm=ATELECTASIS_MM)
+
+
+# The atelectasis world's grid: band thickness (mm), how far forward the band reaches (the copy's front line), and
+# which lower lobes have it.
+ATELECTASIS_BANDS_MM = (5.0, 10.0, 15.0, 20.0)
+ATELECTASIS_FRONTS = {"reach-60": 0.40, "reach-45": 0.55}  # reaches forward to 60 % / 45 % of the depth from the back
+ATELECTASIS_SIDES = {"both": ("left_lower", "right_lower"), "left": ("left_lower",), "right": ("right_lower",)}
+
+
+def atelectasis_cases(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> Iterator[RealCase]:
+    """The real patient's normal scan with dependent atelectasis drawn many ways, generated lazily: every band
+    thickness of :data:`ATELECTASIS_BANDS_MM`, reach of :data:`ATELECTASIS_FRONTS` and side of
+    :data:`ATELECTASIS_SIDES` (24 normals; :func:`_dependent_atelectasis`). ``seed`` draws other thickness fields.
+
+    One drawing of a band (``real-sweep-dependent-atelectasis``) says whether that drawing fails; this grid says
+    how often a supine patient's atelectasis turns a normal into disease, which is what the hidden test's real
+    normals asked. Every case is a normal: it must read normal and CT-0.
+
+    Raises:
+        MedaiError: the real CT is missing (``make real-ct``).
+    """
+    volume, lobes = load_lidc(folder)
+    lungs = _lung_mask(lobes)
+    none = np.zeros(lungs.shape, np.uint8)
+    depth = ndimage.distance_transform_edt(lungs > 0, sampling=volume.spacing_mm)
+    i = 0
+    for band_mm in ATELECTASIS_BANDS_MM:
+        for reach, front in ATELECTASIS_FRONTS.items():
+            for side, sides in ATELECTASIS_SIDES.items():
+                rng = np.random.default_rng([seed, 2, i])
+                i += 1
+                hu = _dependent_atelectasis(volume, lobes, rng, band_mm=band_mm, front=front, sides=sides, depth=depth)
+                factors = {"kind": "normal", "atelectasis_mm": band_mm, "reach": reach, "side": side}
+                name = f"band-{band_mm:.0f}mm-{reach}-{side}"
+                yield RealCase(name, "normal", _as_ct(volume, hu), lungs, none, factors)

@@ -14,6 +14,8 @@ world                  what it is
 ``real-sweep``         the real patient's normal scan under acquisition changes, one or two at a time
                        (kernels, noise, tilt, 5 mm and shallow-breath copies combined, no IV contrast,
                        cardiac and breathing motion, emphysema, dependent atelectasis): normals only
+``real-atelectasis``   the real patient's normal scan with dependent atelectasis drawn 24 ways (band
+                       thickness 5-20 mm, how far forward it reaches, one lower lobe or both): normals only
 =====================  =================================================================================
 
 :func:`world_cases` yields :class:`TruthCase` lazily (one volume in memory at a time).
@@ -32,9 +34,9 @@ from medai.volume import Volume
 
 __all__ = ["REAL_WORLDS", "WORLDS", "TruthCase", "world_cases"]
 
-WORLDS = ("train", "heldout", "independent-val", "independent-test", "real", "real-sweep")
+WORLDS = ("train", "heldout", "independent-val", "independent-test", "real", "real-sweep", "real-atelectasis")
 # Worlds of the one real patient: a fixed set of cases (``n`` None takes them all).
-REAL_WORLDS = ("real", "real-sweep")
+REAL_WORLDS = ("real", "real-sweep", "real-atelectasis")
 
 # Seed streams of the synthetic worlds: disjoint from training (0.., 200_000.., 300_000..) and from one another.
 _SEED_BASE = {"train": 7_000_000, "heldout": 8_000_000}
@@ -124,9 +126,10 @@ def _independent(world: str, n: int, seed: int, matrix: int | None, start: int) 
 
 
 def _real(world: str, n: int | None, seed: int, start: int) -> Iterator[TruthCase]:
-    from medai.evaluation.real_ct import acquisition_sweep, real_cases
+    from medai.evaluation.real_ct import acquisition_sweep, atelectasis_cases, real_cases
 
-    cases = real_cases(seed=seed) if world == "real" else acquisition_sweep(seed=seed)
+    make = {"real": real_cases, "real-sweep": acquisition_sweep, "real-atelectasis": atelectasis_cases}[world]
+    cases = make(seed=seed)
     for i, case in enumerate(cases):
         if n is not None and i >= n:
             return
@@ -153,7 +156,7 @@ def world_cases(
 
     Args:
         world: one of :data:`WORLDS`.
-        n: number of cases (the real patient's worlds, :data:`REAL_WORLDS`, have 12 each; None takes them all).
+        n: number of cases (the real patient's worlds, :data:`REAL_WORLDS`, are fixed sets; None takes them all).
         seed: the seed set (a different ``seed`` gives different cases of the same world).
         matrix: in-plane matrix of the phantoms (None: the independent family draws its own, 256-512).
 

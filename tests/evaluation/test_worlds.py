@@ -18,6 +18,7 @@ from medai.evaluation.real_ct import (
     HEART_LABEL,
     LOBES,
     MOTION_REACH_MM,
+    _dependent_atelectasis,
     _lung_mask,
     _shallow_breath,
     load_lidc,
@@ -216,6 +217,34 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     assert float(np.median(added[back & (depth < 3)])) > 3 * float(np.median(added[back & (depth > 20)]))
     front = y < 0.4
     assert bool((supine[front | upper] == as_is[front | upper]).all())
+
+
+@needs_real_ct
+def test_atelectasis_world_draws_the_band_where_its_name_says() -> None:
+    """``real-atelectasis``: normals whose lower lobes' back is denser under the pleura, on the named side only,
+    reaching no further forward than named, and thicker bands change more lung."""
+    volume, lobes = load_lidc(DEFAULT_FOLDER)
+    as_is = volume.hu.astype(np.float32)
+    lung = _lung_mask(lobes) > 0
+    extent = np.flatnonzero(lung.any(axis=(0, 2)))
+    y = 1.0 - (np.arange(volume.shape[1]) - extent[0]) / (extent[-1] - extent[0])  # 0 front .. 1 back (rows: back low)
+    y = y[None, :, None] * np.ones(volume.shape, bool)
+    left, right = lobes == LOBES["left_lower"], lobes == LOBES["right_lower"]
+    changed: dict[str, np.ndarray] = {}
+    names = ["band-5mm-reach-60-both", "band-5mm-reach-60-left", "band-5mm-reach-60-right", "band-5mm-reach-45-both"]
+    for case, name in zip(world_cases("real-atelectasis", 4), names, strict=True):
+        assert (case.case_id, case.label, case.lesion_percent) == (f"real-atelectasis-{name}", "normal", 0.0)
+        changed[name] = case.volume.hu != volume.hu
+    both, only_left, only_right = (changed[f"band-5mm-reach-60-{s}"] for s in ("both", "left", "right"))
+    assert only_left[left].any() and not only_left[~left].any()
+    assert only_right[right].any() and not only_right[~right].any()
+    assert not both[~(left | right)].any() and not both[y < 0.4].any()
+    assert changed["band-5mm-reach-45-both"][y >= 0.4].any() and not changed["band-5mm-reach-45-both"][y < 0.55].any()
+    depth = ndimage.distance_transform_edt(lung, sampling=volume.spacing_mm)
+    thicker = _dependent_atelectasis(volume, lobes, np.random.default_rng(0), band_mm=20.0, depth=depth) - as_is
+    assert np.count_nonzero(thicker) > 2 * np.count_nonzero(both)
+    back = (left | right) & (y > 0.7) & (as_is < -700)
+    assert float(np.median(thicker[back & (depth < 3)])) > 3 * float(np.median(thicker[back & (depth > 20)]))
 
 
 def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:
