@@ -775,6 +775,35 @@ def test_a_band_that_clears_inward_is_atelectasis_to_35_mm_deep_and_disease_deep
     assert (share > 0.9) if read else (share < 0.1), share
 
 
+@pytest.mark.parametrize("profile", ["clears", "one density", "denser inward"])
+def test_a_band_of_varying_thickness_is_read_slice_by_slice(profile: str) -> None:
+    """A posterior band 7.5 mm deep in half of its slices and 22.5 mm in the others, clearing inward in every
+    slice (thin: -500 HU at the pleura; thick: -150, falling late): pooled over the part its depths barely tell
+    its density (rank correlation -0.16), slice by slice they do, and it is atelectasis (medai.quantify/13 kept
+    such bands: 2-7 % on the real patient, docs/ood.md failure mode 1). The same part at one density, or denser
+    away from the pleura, is disease and stays."""
+    from medai.quantify.opacities import _drop_dependent_bands, rank_correlation
+
+    lung = np.ones((20, 40, 30), bool)
+    y = np.arange(40)[None, :, None]
+    depth = np.broadcast_to((39 - y) * 2.5, lung.shape).astype(np.float32)  # the pleura at the back (y = 39)
+    thin = (np.arange(20) < 10)[:, None, None]
+    columns = (np.arange(30) >= 5) & (np.arange(30) < 25)
+    part = np.where(thin, y >= 36, y >= 30) & columns[None, None, :]
+    fraction = np.where(thin, depth / 7.5, depth / 22.5)  # of the way through the band, 0 at the pleura
+    hu = {
+        "clears": np.where(thin, -500.0 - 250.0 * fraction, -150.0 - 350.0 * fraction**3),
+        "one density": np.full(lung.shape, -500.0),
+        "denser inward": np.where(thin, -750.0 + 250.0 * fraction, -500.0 + 350.0 * fraction**3),
+    }[profile]
+    hu = (hu + np.random.default_rng(0).normal(0, 10, lung.shape)).astype(np.float32)
+    if profile == "clears":
+        assert rank_correlation(depth[part], hu[part]) > -0.5  # the whole part's reading alone would keep it
+    parts = ndimage.label(part, structure=np.ones((3, 3, 3), bool))
+    kept = _drop_dependent_bands(part, hu, lung, depth, ap_dim=1, posterior_high=True, parts=parts)
+    assert bool(kept[part].any()) == (profile != "clears")
+
+
 def test_rank_correlation_is_spearmans_with_ties() -> None:
     from scipy import stats
 
