@@ -775,14 +775,23 @@ def test_a_band_that_clears_inward_is_atelectasis_to_35_mm_deep_and_disease_deep
     assert (share > 0.9) if read else (share < 0.1), share
 
 
+@pytest.mark.parametrize("neighbours", [True, False])
 @pytest.mark.parametrize("profile", ["clears", "one density", "denser inward"])
-def test_a_band_of_varying_thickness_is_read_slice_by_slice(profile: str) -> None:
+def test_a_band_of_varying_thickness_is_read_slice_by_slice(
+    profile: str, neighbours: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A posterior band 7.5 mm deep in half of its slices and 22.5 mm in the others, clearing inward in every
     slice (thin: -500 HU at the pleura; thick: -150, falling late): pooled over the part its depths barely tell
     its density (rank correlation -0.16), slice by slice they do, and it is atelectasis (medai.quantify/13 kept
     such bands: 2-7 % on the real patient, docs/ood.md failure mode 1). The same part at one density, or denser
-    away from the pleura, is disease and stays."""
+    away from the pleura, is disease and stays. Without the neighbour rule (medai.quantify/15, which also takes
+    this band) the slice reading alone decides."""
+    from medai.quantify import opacities
     from medai.quantify.opacities import _drop_dependent_bands, rank_correlation
+
+    if not neighbours:  # no share of pairs reaches these: only the correlations judge
+        monkeypatch.setattr(opacities, "DEPENDENT_BAND_CLEARING", 2.0)
+        monkeypatch.setattr(opacities, "DEPENDENT_BAND_CLEARING_FORWARD", 2.0)
 
     lung = np.ones((20, 40, 30), bool)
     y = np.arange(40)[None, :, None]
