@@ -247,6 +247,20 @@ def test_atelectasis_world_draws_the_band_where_its_name_says() -> None:
     assert float(np.median(thicker[back & (depth < 3)])) > 3 * float(np.median(thicker[back & (depth > 20)]))
 
 
+def test_medai_evaluate_offers_every_world() -> None:
+    """The CLI keeps its own list of worlds (importing the evaluation package would slow every command's start):
+    it must name the same ones as :data:`medai.evaluation.worlds.WORLDS`."""
+    import argparse
+
+    from medai.cli import _add_evaluate
+    from medai.evaluation.worlds import WORLDS
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    _add_evaluate(sub)
+    evaluate = next(a for a in sub.choices["evaluate"]._actions if "--world" in a.option_strings)
+    assert tuple(evaluate.choices) == WORLDS
+
+
 def test_medai_evaluate_world_writes_the_served_targets(tmp_path: Path) -> None:
     out = tmp_path / "report"
     model = Path(__file__).resolve().parents[2] / "models" / "medai-ref.onnx"
