@@ -120,13 +120,12 @@ def _world_rows(out_dir: Path, key: dict, world: str, seed: int, n: int | None, 
 
 def _scored(rows: list, layer: object, rule: DecisionRule) -> list:
     from medai.evaluation.served import ScoredCase
-    from medai.inference.classifier import UNRELIABLE_FLAGS
+    from medai.inference.classifier import served_decision
 
     out = []
     for case, features, measured in rows:
         probs = layer.probabilities(features)  # type: ignore[attr-defined]
-        label, indeterminate = rule.decide(probs)
-        indeterminate = bool(indeterminate) or any(f in UNRELIABLE_FLAGS for f in measured["flags"])
+        label, indeterminate = served_decision(rule, probs, measured["lesion"], measured["flags"])
         severity = "CT-0" if label == "normal" and not indeterminate else measured["grade"]
         out.append(
             ScoredCase(

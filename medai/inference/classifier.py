@@ -45,7 +45,7 @@ from medai.inference.calibration import DecisionRule, softmax
 from medai.inference.decision import LOGITS, DecisionLayer, decision_features
 from medai.inference.network_input import network_input, network_input_with_lungs
 from medai.inference.saliency import Saliency, lungs_on_model_grid, make_saliency
-from medai.labels import INTENDED_USE, Severity
+from medai.labels import INTENDED_USE, LESION_NOISE_FLOOR_PERCENT, Severity
 from medai.modelcard import verify_model_file
 from medai.preprocess import ModelInput, PreprocessParams
 from medai.quantify.grid import QuantGrid
@@ -62,6 +62,7 @@ __all__ = [
     "QCFlag",
     "default_providers",
     "read_metadata",
+    "served_decision",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,35 @@ class QCFlag(enum.StrEnum):
 UNRELIABLE_FLAGS = frozenset(
     {QCFlag.NO_LUNGS, QCFlag.LUNG_MASK_INCOMPLETE, QCFlag.LUNG_VOLUME_IMPLAUSIBLE, QCFlag.LUNG_SIDES_UNEQUAL}
 )
+
+
+def served_decision(
+    rule: DecisionRule, probabilities: Sequence[float] | np.ndarray, lesion_percent: float, flags: Sequence[str]
+) -> tuple[str, bool]:
+    """The served label and ``indeterminate`` flag: the decision rule's, then what the measurements say.
+
+    1. Unreliable lungs (:data:`UNRELIABLE_FLAGS`) make the rule's label indeterminate.
+    2. Otherwise a lung whose measured opacity is under the CT-0 line
+       (:data:`~medai.labels.LESION_NOISE_FLOOR_PERCENT`, the method's detection limit) is not called sick: the
+       label is ``normal``, and indeterminate where the rule would have called a disease (a reader still looks).
+       The probabilities are not changed, so every AUC and calibration figure is the rule's alone.
+
+    Example:
+        >>> rule = DecisionRule()
+        >>> served_decision(rule, [0.3, 0.6, 0.1], 0.8, ())  # covid19 by the rule, but under the line
+        ('normal', True)
+        >>> served_decision(rule, [0.3, 0.6, 0.1], 2.5, ())
+        ('covid19', False)
+        >>> served_decision(rule, [0.3, 0.6, 0.1], 0.8, ("lung_sides_unequal",))  # a lung left out: not gated
+        ('covid19', True)
+    """
+    label, indeterminate = rule.decide(probabilities)
+    if any(f in UNRELIABLE_FLAGS for f in flags):
+        return label, True
+    normal = "normal"
+    if label != normal and normal in rule.class_names and lesion_percent < LESION_NOISE_FLOOR_PERCENT:
+        return normal, True
+    return label, bool(indeterminate)
 
 
 @dataclass(frozen=True, eq=False)
@@ -523,11 +553,10 @@ class Classifier:
     ) -> Prediction:
         t0 = time.perf_counter()
         probs = self._probabilities(logits, quant)
-        label, indeterminate = self.rule.decide(probs)
+        flags = _qc_flags(volume, quant, mi)
+        label, indeterminate = served_decision(self.rule, probs, quant.lesion_percent, flags)
         t1 = time.perf_counter()
         timings.update(decision=t1 - t0)
-        flags = _qc_flags(volume, quant, mi)
-        indeterminate = bool(indeterminate) or any(f in UNRELIABLE_FLAGS for f in flags)
         explained = label if label != "normal" else self.rule.positive_class
         k = self.class_names.index(explained)
         model_shape: tuple[int, int, int] = mi.array.shape[1:]  # type: ignore[assignment]

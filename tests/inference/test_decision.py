@@ -13,7 +13,7 @@ from medai.inference.calibration import DecisionRule
 from medai.inference.classifier import UNRELIABLE_FLAGS, Classifier, QCFlag, _qc_flags
 from medai.inference.decision import FEATURE_SETS, FINDINGS, LOGITS, DecisionLayer, decision_features, forgive
 from medai.inference.network_input import network_input
-from medai.labels import CLASS_NAMES
+from medai.labels import CLASS_NAMES, LESION_NOISE_FLOOR_PERCENT
 from medai.phantoms import synthetic
 from medai.preprocess import PreprocessParams, to_model_input
 from medai.quantify.measure import quantify
@@ -291,3 +291,21 @@ def test_a_determinate_normal_decision_is_graded_ct0_whatever_the_measured_opaci
     assert replace(pred, label="other_pneumonia", indeterminate=False).severity == measured
     assert replace(pred, label="normal", indeterminate=False).severity.value == "CT-0"
     assert replace(pred, label="normal", indeterminate=True).severity == measured  # no decision, no CT-0
+
+
+def test_a_lung_under_the_ct0_line_is_not_called_sick(
+    shipped_classifier: Classifier, phantoms: dict[str, synthetic.Phantom], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's rule: a lung without measured opacity (under the CT-0 line) is not called sick, whatever the
+    probabilities; the label is normal and flagged for a reader where the rule would have called a disease."""
+    eager = DecisionRule(threshold=0.01, band_half_width=0.0)  # calls covid19 on any probability at all
+    clear = shipped_classifier.predict(phantoms["normal"].volume)
+    assert clear.quantification.lesion_percent < LESION_NOISE_FLOOR_PERCENT
+    assert eager.decide(list(clear.probabilities.values())) == ("covid19", False)
+    monkeypatch.setattr(shipped_classifier, "rule", eager)
+    gated = shipped_classifier.predict(phantoms["normal"].volume)
+    assert (gated.label, gated.indeterminate) == ("normal", True)
+    assert gated.probabilities == clear.probabilities  # the probabilities are the rule's alone
+    assert gated.severity.value == "CT-0"
+    sick = shipped_classifier.predict(phantoms["covid19"].volume)  # 30 % opaque: above the line, not gated
+    assert (sick.label, sick.indeterminate) == ("covid19", False)
