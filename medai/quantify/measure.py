@@ -92,13 +92,13 @@ METHOD = (
     "thresholds against the fitted parenchyma baseline)"
 )
 # The served quantification's version: every change to what it measures bumps it (docs/ood.md, "What changed").
-QUANTIFY_VERSION = "medai.quantify/15"
+QUANTIFY_VERSION = "medai.quantify/16"
 METHOD_HYBRID = (
     f"{QUANTIFY_VERSION} hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
     "surface - dense parts no aerated lung borders - fat - parts detached above the apex or under the base, "
     "classical opacities against a baseline that follows expiration, half-expired dense slabs, censored slabs' "
-    "texture and dependent density, without bands of dependent atelectasis (their fade read slice by slice and "
-    "between neighbours) or small rims of vessels; CT-0 below 1 %)"
+    "texture and dependent density, without bands of dependent atelectasis (their fade read between neighbours) "
+    "or small rims of vessels; CT-0 below 1 %)"
 )
 
 

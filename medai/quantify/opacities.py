@@ -446,14 +446,12 @@ def _drop_dependent_bands(
     that depth (:data:`DEPENDENT_BAND_MAX_RHO`). The rule of :func:`_dependent_density` takes up a band that
     runs along the whole dependent pleura; this one takes the bands that are thick only in places (at the
     bases, in one lung), which that rule leaves. A band whose thickness varies along the pleura (5 mm here, 25 mm
-    there) clears inward in every slice while its voxels' depths, pooled over the part, barely tell its density:
-    so when the whole part's correlation is not under the line, the slices' correlations are read instead
-    (:func:`_slicewise_rank_correlation`, axial slices: the first axis). A part is a band too when nearly every
-    pair of its face neighbours at different depths is clearer on the deeper side (:func:`_clearing_share`,
-    :data:`DEPENDENT_BAND_CLEARING`), and then it may lie a little further forward (a band over the back half of the
-    diaphragm's dome, :data:`DEPENDENT_BAND_FORWARD`). Posterior disease that keeps its density away from the
-    pleura, or reaches deeper, stays. ``parts``: ``opacity``'s connected parts (26 neighbours), as
-    ``ndimage.label`` gives.
+    there) clears inward everywhere while its voxels' depths, pooled over the part, barely tell its density: so
+    a part is a band too when nearly every pair of its face neighbours at different depths is clearer on the
+    deeper side (:func:`_clearing_share`, :data:`DEPENDENT_BAND_CLEARING`), and then it may lie a little further
+    forward (a band over the back half of the diaphragm's dome, :data:`DEPENDENT_BAND_FORWARD`). Posterior
+    disease that keeps its density away from the pleura, or reaches deeper, stays. ``parts``: ``opacity``'s
+    connected parts (26 neighbours), as ``ndimage.label`` gives.
     """
     labels, n = parts
     if n == 0:
@@ -481,13 +479,10 @@ def _drop_dependent_bands(
         ((posterior > DEPENDENT_BAND_POSTERIOR) & (clearing >= DEPENDENT_BAND_CLEARING))
         | ((posterior > DEPENDENT_BAND_FORWARD) & (clearing >= DEPENDENT_BAND_CLEARING_FORWARD))
     )
-    part_hu, part_slice = hu[where][order], where[0][order]
+    part_hu = hu[where][order]
     for i in np.flatnonzero(candidates & ~bands[1:]):
         span = slice(starts[i], starts[i] + counts[i])
-        rho = rank_correlation(part_depth[span], part_hu[span])
-        if rho >= DEPENDENT_BAND_MAX_RHO:  # a band thick in one place and thin in another: read slice by slice
-            rho = _slicewise_rank_correlation(part_slice[span], part_depth[span], part_hu[span])
-        bands[i + 1] = rho < DEPENDENT_BAND_MAX_RHO
+        bands[i + 1] = rank_correlation(part_depth[span], part_hu[span]) < DEPENDENT_BAND_MAX_RHO
     return opacity & ~bands[labels] if bands.any() else opacity
 
 
@@ -516,27 +511,6 @@ def _clearing_share(labels: np.ndarray, n: int, hu: np.ndarray, depth: np.ndarra
         pairs += np.bincount(part, minlength=n + 1)
         clear += np.bincount(part, weights=(step[judged] * rise[judged] < 0), minlength=n + 1)
     return np.where(pairs > 0, clear / np.maximum(pairs, 1), 0.5)[1:]
-
-
-def _slicewise_rank_correlation(slices: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    """The mean of :func:`rank_correlation` of ``a`` and ``b`` within each slice (``slices``: each value's slice),
-    weighted by the slice's count; slices of fewer than :data:`_MIN_BAND_VOXELS` values do not count (0 when
-    none does).
-
-    Example:
-        >>> z = np.repeat([0, 1], 6)
-        >>> depth = np.concatenate([np.arange(6.0), 5 * np.arange(6.0)])  # 5 mm deep in one slice, 25 in the next
-        >>> hu = np.concatenate([-300 - 100 * np.arange(6.0), -200 - 40 * np.arange(6.0)])  # each clears inward
-        >>> round(rank_correlation(depth, hu), 2), round(_slicewise_rank_correlation(z, depth, hu), 2)
-        (-0.09, -1.0)
-    """
-    _, inverse, counts = np.unique(slices, return_inverse=True, return_counts=True)
-    total = weighted = 0.0
-    for k in np.flatnonzero(counts >= _MIN_BAND_VOXELS):
-        members = inverse == k
-        weighted += counts[k] * rank_correlation(a[members], b[members])
-        total += counts[k]
-    return float(weighted / total) if total else 0.0
 
 
 # A connected opacity of at most VESSEL_HALO_MAX_ML (a ball of about 21 mm) that lies, for at least
