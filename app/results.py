@@ -17,7 +17,7 @@ from app import cache
 from medai.inference.classifier import Classifier, Prediction
 from medai.labels import CLASS_NAMES, INTENDED_USE
 from medai.report import dicom_sr
-from medai.report.case_report import case_report_html
+from medai.report.case_report import case_report_html, indeterminate_warning
 from medai.report.deidentify import Deidentifier, RowDeidentifier, UidMap, deidentify_case
 from medai.report.worklist import Case, StudyRef
 
@@ -27,12 +27,12 @@ def panel(row: Mapping[str, Any], case: Case, ref: StudyRef, classifier: Classif
     prediction = case.prediction
     label = str(row.get("label") or "")
     st.markdown(f"## {label or 'not scored'}")
-    if row.get("indeterminate"):
-        st.warning(
-            "**Indeterminate**: the probabilities are near the decision threshold or the model is not confident. "
-            "Read this study without relying on the label."
-        )
     probabilities = {name: row.get(f"p_{name}") for name in CLASS_NAMES}
+    if row.get("indeterminate"):
+        known = {k: float(v) for k, v in probabilities.items() if v is not None}
+        lesion = row.get("lesion_percent")
+        text = indeterminate_warning(label, known, None if lesion is None else float(lesion))
+        st.warning(text.replace("Indeterminate:", "**Indeterminate**:", 1))
     if all(p is not None for p in probabilities.values()):
         chart = pd.DataFrame({"class": list(probabilities), "probability": [float(p) for p in probabilities.values()]})  # type: ignore[arg-type]
         st.bar_chart(

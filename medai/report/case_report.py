@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from medai.labels import INTENDED_USE
+from medai.labels import INTENDED_USE, LESION_NOISE_FLOOR_PERCENT
 from medai.report.keyimages import OPACITY_CAPTION, key_slices, shows_opacities
 from medai.report.rendering import (
     CONSOLIDATION_RGB,
@@ -40,7 +40,7 @@ from medai.volume import Volume
 if TYPE_CHECKING:
     from medai.inference.classifier import Prediction
 
-__all__ = ["RESEARCH_BANNER", "case_report_html", "key_views"]
+__all__ = ["RESEARCH_BANNER", "case_report_html", "indeterminate_warning", "key_views"]
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,8 @@ def case_report_html(
         "quantification": quant.method,
     }
     verdict = html.escape(prediction.label)
-    warning = (
-        '<p class="warn">Indeterminate: the probabilities are close to the decision threshold or the model is not '
-        "confident. Read this study without relying on the label.</p>"
-        if prediction.indeterminate
-        else ""
-    )
+    unsure = indeterminate_warning(prediction.label, prediction.probabilities, prediction.lesion_percent)
+    warning = f'<p class="warn">{html.escape(unsure)}</p>' if prediction.indeterminate else ""
     images = "".join(
         f'<figure style="display:inline-block;margin:0"><img alt="{html.escape(c)}" src="{_png_uri(rgb)}">'
         f'<figcaption class="small">{html.escape(c)}</figcaption></figure>'
@@ -224,3 +220,29 @@ Ground glass is shown in <span style="color:{_rgb(GGO_RGB)}">cyan</span> and con
 <div class="banner">{RESEARCH_BANNER}</div>
 </body></html>
 """
+
+
+def indeterminate_warning(label: str, probabilities: Mapping[str, float], lesion_percent: float | None) -> str:
+    """The sentence a reader sees beside an indeterminate label (the case report, the viewer).
+
+    A lung measured under the CT-0 line is labelled normal whatever the probabilities
+    (:func:`medai.inference.classifier.served_decision`): when they lean to a disease, the warning says so.
+
+    Example:
+        >>> indeterminate_warning("normal", {"normal": 0.3, "covid19": 0.6, "other_pneumonia": 0.1}, 0.9)[:60]
+        'Indeterminate: the probabilities lean to covid19, but the me'
+        >>> indeterminate_warning("covid19", {"normal": 0.45, "covid19": 0.5, "other_pneumonia": 0.05}, 3.0)[:60]
+        'Indeterminate: the probabilities are close to the decision t'
+    """
+    read = "Read this study without relying on the label."
+    top = max(probabilities, key=lambda k: probabilities[k]) if probabilities else label
+    under_line = lesion_percent is not None and lesion_percent < LESION_NOISE_FLOOR_PERCENT
+    if label == "normal" and top != "normal" and under_line:
+        return (
+            f"Indeterminate: the probabilities lean to {top}, but the measured opacity ({lesion_percent:.1f} %) "
+            f"is under the CT-0 line ({LESION_NOISE_FLOOR_PERCENT:g} %), so the lung is not called sick. {read}"
+        )
+    return (
+        "Indeterminate: the probabilities are close to the decision threshold, the model is not confident, or the "
+        f"QC warnings say the lungs were not measured reliably. {read}"
+    )

@@ -202,6 +202,32 @@ def test_a_results_file_lists_its_studies_without_scoring(studies: Studies, monk
     assert "No overlays" not in texts(at)  # the reader asked: scored now, overlays on
 
 
+def test_a_normal_label_under_the_ct0_line_says_why_it_is_indeterminate(
+    studies: Studies, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The served label of a lung measured under the CT-0 line is normal whatever the probabilities; the reader
+    is told that this is why it is flagged, not a close call."""
+    results = studies.root.parent / "gated.csv"
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(
+        source=str(studies.root / "a_normal"),
+        series_uid=studies.normal_uid,
+        status="ok",
+        label="normal",
+        indeterminate="true",
+        p_normal="0.3",
+        p_covid19="0.6",
+        p_other_pneumonia="0.1",
+        lesion_percent="0.8",
+        severity="CT-0",
+        model_id="medai-ref@old",
+    )
+    results.write_text(",".join(COLUMNS) + "\n" + ",".join(row[c] for c in COLUMNS) + "\n")
+    page = texts(viewer(monkeypatch, "--results", str(results)))
+    assert "## normal" in page
+    assert "the probabilities lean to covid19, but the measured opacity (0.8 %) is under the CT-0 line" in page
+
+
 def test_the_pacs_worklist_lists_and_opens_a_study_from_orthanc(
     orthanc: OrthancServer,
     small_phantom: Callable[..., synthetic.Phantom],

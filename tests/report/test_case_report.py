@@ -11,7 +11,7 @@ import pytest
 
 from medai.inference.classifier import Classifier
 from medai.phantoms import synthetic
-from medai.report.case_report import RESEARCH_BANNER, case_report_html, key_views
+from medai.report.case_report import RESEARCH_BANNER, case_report_html, indeterminate_warning, key_views
 from medai.report.keyimages import OPACITY_CAPTION
 
 
@@ -51,3 +51,21 @@ def test_case_report_is_self_contained_with_banner_numbers_and_key_images(
     other = small_phantom("normal", 0.0, 32, slices=24)
     with pytest.raises(ValueError, match="prediction must belong to the volume"):
         case_report_html(other.volume, prediction)
+
+
+def test_a_normal_label_under_the_ct0_line_says_why_it_is_indeterminate(
+    shipped_classifier: Classifier, small_phantom: Callable[..., synthetic.Phantom]
+) -> None:
+    """A lung measured under the CT-0 line is labelled normal whatever the probabilities; when they lean to a
+    disease, the reader is told that this, not a close call, is why the label is flagged."""
+    phantom = small_phantom("normal", 0.0, 33)
+    prediction = shipped_classifier.predict(phantom.volume)
+    assert prediction.lesion_percent < 1.0
+    leaning = {"normal": 0.3, "covid19": 0.6, "other_pneumonia": 0.1}
+    gated = dataclasses.replace(prediction, label="normal", indeterminate=True, probabilities=leaning)
+    page = case_report_html(phantom.volume, gated)
+    assert "the probabilities lean to covid19, but the measured opacity" in page and "CT-0 line (1 %)" in page
+    assert "close to the decision threshold" not in page
+    close = dataclasses.replace(gated, probabilities={"normal": 0.55, "covid19": 0.4, "other_pneumonia": 0.05})
+    assert "close to the decision threshold" in case_report_html(phantom.volume, close)
+    assert indeterminate_warning("normal", leaning, 2.5).startswith("Indeterminate: the probabilities are close")
