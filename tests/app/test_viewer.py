@@ -178,22 +178,29 @@ def test_a_zip_with_a_parent_path_is_refused_before_anything_is_written(
     assert not at.image and not (Path.cwd().parent / "escape.dcm").exists()
 
 
-def test_a_results_file_lists_its_studies_without_scoring(studies: Studies, monkeypatch: pytest.MonkeyPatch) -> None:
-    results = studies.root.parent / "results.csv"
+def normal_study_results(studies: Studies, name: str, **fields: str) -> Path:
+    """A results file beside the studies with one scored row for ``a_normal``, written by an older model."""
     row = dict.fromkeys(COLUMNS, "")
     row.update(
-        source=str(studies.root / "a_normal"),
-        series_uid=studies.normal_uid,
-        status="ok",
+        source=str(studies.root / "a_normal"), series_uid=studies.normal_uid, status="ok", model_id="medai-ref@old"
+    )
+    row.update(fields)
+    results = studies.root.parent / name
+    results.write_text(",".join(COLUMNS) + "\n" + ",".join(row[c] for c in COLUMNS) + "\n")
+    return results
+
+
+def test_a_results_file_lists_its_studies_without_scoring(studies: Studies, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = normal_study_results(
+        studies,
+        "results.csv",
         label="covid19",
         indeterminate="false",
         p_normal="0.1",
         p_covid19="0.8",
         p_other_pneumonia="0.1",
         severity="CT-2",
-        model_id="medai-ref@old",
     )
-    results.write_text(",".join(COLUMNS) + "\n" + ",".join(row[c] for c in COLUMNS) + "\n")
     at = viewer(monkeypatch, "--results", str(results))
     page = texts(at)
     assert "## covid19" in page and "another model version" in page  # the row as written, not re-scored
@@ -207,12 +214,9 @@ def test_a_normal_label_under_the_ct0_line_says_why_it_is_indeterminate(
 ) -> None:
     """The served label of a lung measured under the CT-0 line is normal whatever the probabilities; the reader
     is told that this is why it is flagged, not a close call."""
-    results = studies.root.parent / "gated.csv"
-    row = dict.fromkeys(COLUMNS, "")
-    row.update(
-        source=str(studies.root / "a_normal"),
-        series_uid=studies.normal_uid,
-        status="ok",
+    results = normal_study_results(
+        studies,
+        "gated.csv",
         label="normal",
         indeterminate="true",
         p_normal="0.3",
@@ -220,9 +224,7 @@ def test_a_normal_label_under_the_ct0_line_says_why_it_is_indeterminate(
         p_other_pneumonia="0.1",
         lesion_percent="0.8",
         severity="CT-0",
-        model_id="medai-ref@old",
     )
-    results.write_text(",".join(COLUMNS) + "\n" + ",".join(row[c] for c in COLUMNS) + "\n")
     page = texts(viewer(monkeypatch, "--results", str(results)))
     assert "## normal" in page
     assert "the probabilities lean to covid19, but the measured opacity (0.8 %) is under the CT-0 line" in page
