@@ -471,13 +471,13 @@ def _drop_dependent_bands(
     deepest = np.maximum.reduceat(part_depth, starts)
     shallow = (deepest < DEPENDENT_BAND_MAX_DEPTH_MM) & (counts >= _MIN_BAND_VOXELS)  # fewer: nothing to judge
     candidates = shallow & (posterior > DEPENDENT_BAND_POSTERIOR)
-    if not (shallow & (posterior > DEPENDENT_BAND_FORWARD)).any():
+    forward = shallow & (posterior > DEPENDENT_BAND_FORWARD)
+    if not forward.any():
         return opacity
     clearing = _clearing_share(labels, n, hu, depth)
     bands = np.zeros(n + 1, bool)
-    bands[1:] = shallow & (
-        ((posterior > DEPENDENT_BAND_POSTERIOR) & (clearing >= DEPENDENT_BAND_CLEARING))
-        | ((posterior > DEPENDENT_BAND_FORWARD) & (clearing >= DEPENDENT_BAND_CLEARING_FORWARD))
+    bands[1:] = (candidates & (clearing >= DEPENDENT_BAND_CLEARING)) | (
+        forward & (clearing >= DEPENDENT_BAND_CLEARING_FORWARD)
     )
     part_hu = hu[where][order]
     for i in np.flatnonzero(candidates & ~bands[1:]):
