@@ -36,7 +36,7 @@ from medai.evaluation.evaluate import evaluate_predictions
 from medai.evaluation.worlds import REAL_WORLDS, WORLDS
 from medai.inference.calibration import DecisionRule
 from medai.inference.decision import FEATURE_SETS
-from medai.labels import CLASS_NAMES
+from medai.labels import CLASS_NAMES, Severity
 from medai.preprocess import PreprocessParams
 from medai.training.config import TrainConfig
 from medai.training.data import prepare_synthetic, synthetic_inputs
@@ -120,13 +120,13 @@ def _world_rows(out_dir: Path, key: dict, world: str, seed: int, n: int | None, 
 
 def _scored(rows: list, layer: object, rule: DecisionRule) -> list:
     from medai.evaluation.served import ScoredCase
-    from medai.inference.classifier import served_decision
+    from medai.inference.classifier import served_decision, served_severity
 
     out = []
     for case, features, measured in rows:
         probs = layer.probabilities(features)  # type: ignore[attr-defined]
         label, indeterminate = served_decision(rule, probs, measured["lesion"], measured["flags"])
-        severity = "CT-0" if label == "normal" and not indeterminate else measured["grade"]
+        severity = served_severity(label, indeterminate, Severity(measured["grade"])).value
         out.append(
             ScoredCase(
                 case.case_id, case.world, case.label, case.pattern, case.lesion_percent, case.lung_volume_ml,

@@ -63,6 +63,7 @@ __all__ = [
     "default_providers",
     "read_metadata",
     "served_decision",
+    "served_severity",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,20 @@ def served_decision(
     return label, bool(indeterminate)
 
 
+def served_severity(label: str, indeterminate: bool, measured: Severity) -> Severity:
+    """The served grade: CT-0 for a determinate ``normal`` decision, else the ``measured`` grade.
+
+    MosMedData's CT-0 means "no signs of pneumonia". A determinate ``normal`` decision says exactly that, so the
+    few percent of "opacity" that partial volume, vessels and dependent density leave in a clear lung are reported
+    as measured but not graded as disease. An indeterminate label keeps the measured grade.
+
+    Example:
+        >>> served_severity("normal", False, Severity.CT_1).value, served_severity("normal", True, Severity.CT_1).value
+        ('CT-0', 'CT-1')
+    """
+    return Severity.CT_0 if label == "normal" and not indeterminate else measured
+
+
 @dataclass(frozen=True, eq=False)
 class Prediction:
     """Everything medai says about one CT series. Research use only; not a diagnosis.
@@ -183,16 +198,9 @@ class Prediction:
 
     @property
     def severity(self) -> Severity:
-        """MosMedData grade CT-0..CT-4: CT-0 when the decision is ``normal``, else the grade of :attr:`lesion_percent`.
-
-        MosMedData's CT-0 means "no signs of pneumonia". A determinate ``normal`` decision says exactly that,
-        so the few percent of "opacity" that partial volume, vessels and dependent density leave in a clear
-        lung are reported as measured (:attr:`lesion_percent`) but not graded as disease. An indeterminate
-        label keeps the measured grade.
-        """
-        if self.label == "normal" and not self.indeterminate:
-            return Severity.CT_0
-        return self.quantification.severity
+        """MosMedData grade CT-0..CT-4 (:func:`served_severity`): CT-0 when the decision is a determinate ``normal``,
+        else the grade of :attr:`lesion_percent`."""
+        return served_severity(self.label, self.indeterminate, self.quantification.severity)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays)."""
