@@ -94,11 +94,22 @@ class QCFlag(enum.StrEnum):
     # aerated (whited out by consolidation, collapsed, behind a large effusion) or one removed by surgery. The
     # volumes and the lesion share are then not the patient's, and the label is indeterminate.
     LUNG_SIDES_UNEQUAL = "lung_sides_unequal"
+    # The lungs were read as an expiration scan (hardly any clearly aerated lung: a breath not held, or held out):
+    # normal dependent density then reads as opacity and faint ground glass hides in the dense parenchyma (the
+    # independent phantom family's expiration normals read up to 3 % of opacity, a COVID-19 of 24 % read 2 %).
+    # The measured numbers are unreliable, so the label is indeterminate.
+    EXPIRATION = "expiration"
 
 
 #: QC flags that make a prediction indeterminate whatever its probabilities.
 UNRELIABLE_FLAGS = frozenset(
-    {QCFlag.NO_LUNGS, QCFlag.LUNG_MASK_INCOMPLETE, QCFlag.LUNG_VOLUME_IMPLAUSIBLE, QCFlag.LUNG_SIDES_UNEQUAL}
+    {
+        QCFlag.NO_LUNGS,
+        QCFlag.LUNG_MASK_INCOMPLETE,
+        QCFlag.LUNG_VOLUME_IMPLAUSIBLE,
+        QCFlag.LUNG_SIDES_UNEQUAL,
+        QCFlag.EXPIRATION,
+    }
 )
 
 
@@ -107,7 +118,8 @@ def served_decision(
 ) -> tuple[str, bool]:
     """The served label and ``indeterminate`` flag: the decision rule's, then what the measurements say.
 
-    1. Unreliable lungs (:data:`UNRELIABLE_FLAGS`) make the rule's label indeterminate.
+    1. Unreliable measurements (:data:`UNRELIABLE_FLAGS`: lungs not the patient's, or read as an expiration scan) make
+       the rule's label indeterminate.
     2. Otherwise a lung whose measured opacity is under the CT-0 line
        (:data:`~medai.labels.LESION_NOISE_FLOOR_PERCENT`, the method's detection limit) is not called sick: the
        label is ``normal``, and indeterminate where the rule would have called a disease (a reader still looks).
@@ -637,6 +649,8 @@ def _qc_flags(volume: Volume, quant: Quantification, mi: ModelInput) -> tuple[st
         flags.append(QCFlag.LUNG_CUT_OFF)
     if volume.spacing_mm[0] > 5.0 + 1e-6:
         flags.append(QCFlag.THICK_SLICES)
+    if quant.expiration:
+        flags.append(QCFlag.EXPIRATION)
     return tuple(str(f) for f in flags)
 
 

@@ -136,6 +136,9 @@ class Quantification:
         ggo_percent, consolidation_percent: ground glass and consolidation volume / lung volume.
         severity: MosMedData grade of ``lesion_percent``.
         method: the algorithm and its version, for reports.
+        expiration: the lungs were read as an expiration scan (:func:`medai.quantify.opacities.expiration_scan`),
+            where the measured opacity is unreliable both ways (the classical and hybrid methods; never set by
+            the learned method).
     """
 
     lung_mask: np.ndarray
@@ -153,6 +156,7 @@ class Quantification:
     consolidation_percent: float
     severity: Severity
     method: str = field(default=METHOD)
+    expiration: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready numbers (no masks); zones flattened to keys like ``"right_upper"``."""
@@ -168,6 +172,7 @@ class Quantification:
             "consolidation_percent": self.consolidation_percent,
             "severity": self.severity.value,
             "method": self.method,
+            "expiration": self.expiration,
             "grid_factors": list(self.grid.factors),
         }
         for (side, zone), value in self.zone_lesion_percent.items():
@@ -238,7 +243,8 @@ def quantify(
         on_lungs(lungs, grid)
     ap_dim = 3 - lr_dim
     posterior_high = bool(volume.direction[1, 2 - ap_dim] > 0)  # LPS: +y is posterior
-    lesions = segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=ap_dim, posterior_high=posterior_high)
+    found = segment_opacities(coarse, lungs, grid.spacing_mm, params, ap_dim=ap_dim, posterior_high=posterior_high)
+    lesions = found.mask
     lung_w = (lungs > 0).astype(np.float32)
     lesion_w = (lesions > 0) & (lungs > 0)
     result = _measure(
@@ -251,6 +257,8 @@ def quantify(
         lung_mask=lungs,
         lesion_mask=lesions,
     )
+    if found.expiration:
+        result = replace(result, expiration=True)
     if hybrid_lungs:
         from medai.quantify.head import shipped_quantnet
 

@@ -14,6 +14,7 @@ numpy/scipy only (serving path, no torch). Research use only, not for clinical u
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +27,23 @@ from medai.quantify.lungs import bbox
 if TYPE_CHECKING:
     from medai.quantify.params import QuantifyParams
 
-__all__ = ["rank_correlation", "segment_opacities"]
+__all__ = ["Opacities", "expiration_scan", "rank_correlation", "segment_opacities"]
+
+
+@dataclass(frozen=True, eq=False)
+class Opacities:
+    """What :func:`segment_opacities` found.
+
+    Attributes:
+        mask: uint8 0 / 1 ground glass / 2 consolidation, on the quantification grid.
+        expiration: the lungs were read as an expiration scan (:func:`expiration_scan`): their baseline is a low
+            quantile of each slab, not the clear parenchyma's median. Such a reading is unreliable both ways: the
+            independent phantom family's expiration normals read up to 3 % of opacity, and a COVID-19 of 24 %
+            read 2 % (docs/ood.md, failure mode 12).
+    """
+
+    mask: np.ndarray
+    expiration: bool
 
 
 def _grey_opening(values: np.ndarray, sizes: tuple[int, int, int]) -> np.ndarray:
@@ -80,8 +97,9 @@ def segment_opacities(
     *,
     ap_dim: int,
     posterior_high: bool = True,
-) -> np.ndarray:
-    """Opacity mask (uint8 0 / 1 ground glass / 2 consolidation) inside the lungs.
+) -> Opacities:
+    """Opacity mask (uint8 0 / 1 ground glass / 2 consolidation) inside the lungs, and whether the lungs were read
+    as an expiration scan (:class:`Opacities`).
 
     Vessels: a voxel much brighter than the grey opening (bright structures
     narrower than ``vessel_opening_mm`` removed) takes the opening's value.
@@ -100,14 +118,21 @@ def segment_opacities(
     out = np.zeros(lungs.shape, dtype=np.uint8)
     lung_all = lungs > 0
     if not lung_all.any():
-        return out
+        return Opacities(out, expiration=False)
     box = bbox(lung_all, (1, 1, 1))
     lung = lung_all[box]
     # The lung's surface layer is partial volume with the chest wall.
     inner = _erode(lung, (0, 1, 2), border=True)
     value, sharp = _opacity_values(coarse[box], lung, inner, spacing_mm, params)
+    expiration = expiration_scan(value, inner, params)
     baseline = _parenchyma_baseline(
-        value, inner, ap_dim=ap_dim, ap_mm=spacing_mm[ap_dim], params=params, posterior_high=posterior_high
+        value,
+        inner,
+        ap_dim=ap_dim,
+        ap_mm=spacing_mm[ap_dim],
+        params=params,
+        posterior_high=posterior_high,
+        expiration=expiration,
     )
     depth = depth_mm(lung, spacing_mm)  # under the lung's surface: the dependent-density and band rules read it
     baseline = baseline + _dependent_density(
@@ -136,7 +161,7 @@ def segment_opacities(
     view = out[box]
     view[opacity] = 1
     view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
-    return out
+    return Opacities(out, expiration=expiration)
 
 
 def _opacity_values(
@@ -196,6 +221,23 @@ CENSORED_SHARE = 0.9
 TAIL_QUANTILE = 10.0
 
 
+def expiration_scan(value: np.ndarray, inner: np.ndarray, params: QuantifyParams) -> bool:
+    """Whether a lung is read as an expiration scan: at least 200 inner voxels, and fewer than
+    :data:`EXPIRATION_SHARE` of them clearly aerated (``value`` under ``params.baseline_max_hu``).
+
+    Example:
+        >>> from medai.quantify.params import QuantifyParams
+        >>> inner = np.ones((10, 10, 10), bool)
+        >>> expiration_scan(np.full(inner.shape, -600.0), inner, QuantifyParams())
+        True
+        >>> expiration_scan(np.full(inner.shape, -860.0), inner, QuantifyParams())
+        False
+    """
+    n_inner = int(inner.sum())
+    n_clear = int((inner & (value < params.baseline_max_hu)).sum())
+    return n_inner >= 200 and n_clear < EXPIRATION_SHARE * n_inner
+
+
 def _uncensored_level(level: float, tail: float, median: float, tail_spread: float | None) -> float:
     """``level`` of a censored slab (:data:`CENSORED_SHARE`) lifted towards its parenchyma's median: its
     :data:`TAIL_QUANTILE` (``tail``) plus ``tail_spread``, never over its ``median``."""
@@ -212,6 +254,7 @@ def _parenchyma_baseline(
     ap_mm: float,
     params: QuantifyParams,
     posterior_high: bool = True,
+    expiration: bool | None = None,
 ) -> np.ndarray:
     """The patient's normal-parenchyma HU at every voxel: a line along the anterior-posterior axis.
 
@@ -228,16 +271,17 @@ def _parenchyma_baseline(
     (:data:`MAX_GRADIENT_HU_PER_MM`): a half-expired lung, not a band or disease filling the back. Whenever a
     slab is read so, the slope is kept within that gradient. Fewer than two usable slabs: one level, the median.
 
-    ``posterior_high``: posterior lies at high indices along ``ap_dim``.
+    ``posterior_high``: posterior lies at high indices along ``ap_dim``. ``expiration``: :func:`expiration_scan` of
+    ``value`` and ``inner``, when the caller has it.
     """
     position = np.arange(value.shape[ap_dim], dtype=np.float32)
     shape = [1, 1, 1]
     shape[ap_dim] = -1
     position = position.reshape(shape)
     cap = params.ggo_floor_hu - params.ggo_min_contrast_hu
-    n_inner = int(inner.sum())
     n_clear = int((inner & (value < params.baseline_max_hu)).sum())
-    expiration = n_inner >= 200 and n_clear < EXPIRATION_SHARE * n_inner
+    if expiration is None:
+        expiration = expiration_scan(value, inner, params)
     if n_clear < 50 and not expiration:
         return np.full(value.shape, cap, np.float32)
     where = np.broadcast_to(position, value.shape)[inner]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medai.inference.calibration import DecisionRule
-from medai.inference.classifier import UNRELIABLE_FLAGS, Classifier, QCFlag, _qc_flags
+from medai.inference.classifier import UNRELIABLE_FLAGS, Classifier, QCFlag, _qc_flags, served_decision
 from medai.inference.decision import FEATURE_SETS, FINDINGS, LOGITS, DecisionLayer, decision_features, forgive
 from medai.inference.network_input import network_input
 from medai.labels import CLASS_NAMES, LESION_NOISE_FLOOR_PERCENT
@@ -244,12 +244,15 @@ def test_unreliable_lungs_are_flagged() -> None:
     lungs = np.zeros((10, 8, 8), np.uint8)
     lungs[3:7, 2:6, 2:6] = 1
 
-    def flags(measured_ml: float, aerated_ml: float, right_share: float = 0.55) -> tuple[str, ...]:
+    def flags(
+        measured_ml: float, aerated_ml: float, right_share: float = 0.55, *, expiration: bool = False
+    ) -> tuple[str, ...]:
         quant = SimpleNamespace(
             lung_volume_ml=measured_ml,
             right_lung_volume_ml=right_share * measured_ml,
             left_lung_volume_ml=(1 - right_share) * measured_ml,
             lung_mask=lungs,
+            expiration=expiration,
         )
         return _qc_flags(volume, quant, SimpleNamespace(lung_volume_ml=aerated_ml))  # type: ignore[arg-type]
 
@@ -261,6 +264,27 @@ def test_unreliable_lungs_are_flagged() -> None:
     assert QCFlag.LUNG_SIDES_UNEQUAL not in flags(3000.0, 3000.0, right_share=0.62)  # within what lungs measure
     assert QCFlag.LUNG_SIDES_UNEQUAL not in flags(100.0, 3000.0, right_share=0.0)  # no lungs: that flag says it
     assert QCFlag.LUNG_SIDES_UNEQUAL in UNRELIABLE_FLAGS  # the label is then indeterminate
+    assert QCFlag.EXPIRATION in flags(3000.0, 3000.0, expiration=True)
+    assert QCFlag.EXPIRATION not in flags(3000.0, 3000.0)
+    assert QCFlag.EXPIRATION in UNRELIABLE_FLAGS
+
+
+def test_an_expiration_scan_is_flagged_and_its_label_is_the_rules_indeterminate(
+    shipped_classifier: Classifier, phantoms: dict[str, synthetic.Phantom]
+) -> None:
+    """An expiration scan's measured opacity is unreliable both ways (the independent family's expiration normals
+    read up to 3 %, a 24 % COVID-19 read 2 %: docs/ood.md, failure mode 12), so it is flagged and the label is
+    indeterminate, and the CT-0 gate does not turn it normal (faint ground glass can hide under the line)."""
+    from medai.phantoms.independent import generate_independent, sample_independent_spec
+
+    spec = sample_independent_spec(np.random.default_rng(2), label="normal", matrix=128)
+    assert spec.factors["lung_state"] == "expiration"  # the drawing this test is for
+    pred = shipped_classifier.predict(generate_independent(spec).volume)
+    assert pred.quantification.expiration
+    assert QCFlag.EXPIRATION in pred.qc_flags and pred.indeterminate
+    assert served_decision(shipped_classifier.rule, [0.2, 0.7, 0.1], 0.5, (QCFlag.EXPIRATION,)) == ("covid19", True)
+    inspired = shipped_classifier.predict(phantoms["normal"].volume)  # the training world's inspiration normal
+    assert QCFlag.EXPIRATION not in inspired.qc_flags
 
 
 def test_a_whole_lung_consolidated_and_left_out_of_the_mask_is_flagged_and_indeterminate(

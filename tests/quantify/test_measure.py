@@ -524,6 +524,7 @@ def test_expiration_lung_is_baseline_and_its_ground_glass_is_found() -> None:
     clear = (q.lung_mask > 0) & aerated & ~ndimage.binary_dilation(patch, iterations=3)
     assert float((q.lesion_mask[clear] > 0).mean()) < 0.03
     assert float((q.lesion_mask[patch] > 0).mean()) > 0.6
+    assert q.expiration and q.to_dict()["expiration"]  # and it says it read the scan so (a QC flag downstream)
 
 
 def _half_expired_chest() -> tuple[Volume, np.ndarray]:
@@ -556,6 +557,7 @@ def test_dense_dependent_lung_is_baseline_where_the_front_is_clear() -> None:
     vol, aerated = _half_expired_chest()
     q = quantify(vol, params=CLASSICAL)
     assert float((q.lesion_mask[aerated & (q.lung_mask > 0)] > 0).mean()) < 0.03
+    assert not q.expiration  # its clear front is read as such: not an expiration scan
 
 
 def test_ground_glass_filling_the_dependent_lung_is_not_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
