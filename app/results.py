@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app import cache
-from medai.inference.classifier import Classifier, Prediction
+from medai.inference.classifier import Classifier, Prediction, explain_qc_flags
 from medai.labels import CLASS_NAMES, INTENDED_USE
 from medai.report import dicom_sr
 from medai.report.case_report import case_report_html, indeterminate_warning
@@ -61,7 +61,7 @@ def panel(row: Mapping[str, Any], case: Case, ref: StudyRef, classifier: Classif
         st.caption(f"Lung volume {float(row['lung_volume_ml']):.0f} ml")
     flags = [f for f in str(row.get("qc_flags") or "").split(";") if f]
     if flags:
-        st.warning("QC warnings: " + ", ".join(flags))
+        st.warning("QC warnings:\n" + "\n".join(f"- {line}" for line in explain_qc_flags(flags)))
     _model(row, classifier)
 
 

@@ -219,7 +219,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from medai.inference.classifier import Classifier
+    from medai.inference.classifier import Classifier, explain_qc_flags
     from medai.labels import INTENDED_USE
 
     clf = Classifier.load(args.model)
@@ -236,10 +236,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(
         f"lungs    {q.lung_volume_ml:.0f} ml (right {q.right_lung_volume_ml:.0f}, left {q.left_lung_volume_ml:.0f}); "
         f"lesions {q.lesion_percent:.1f} % (ground glass {q.ggo_percent:.1f}, consolidation "
-        f"{q.consolidation_percent:.1f}); severity {q.severity.value}"
+        f"{q.consolidation_percent:.1f}); severity {pred.severity.value}"
     )
-    if pred.qc_flags:
-        print(f"qc       {', '.join(pred.qc_flags)}")
+    for line in explain_qc_flags(pred.qc_flags):
+        print(f"qc       {line}")
     print(f"time     {pred.timings['total']:.2f} s")
     print(INTENDED_USE)
     return 0

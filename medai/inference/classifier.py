@@ -57,10 +57,12 @@ __all__ = [
     "METADATA_KEY",
     "MODEL_ENV",
     "ONNX_FORMAT",
+    "QC_FLAG_MEANINGS",
     "Classifier",
     "Prediction",
     "QCFlag",
     "default_providers",
+    "explain_qc_flags",
     "read_metadata",
     "served_decision",
     "served_severity",
@@ -99,6 +101,32 @@ class QCFlag(enum.StrEnum):
     # independent phantom family's expiration normals read up to 3 % of opacity, a COVID-19 of 24 % read 2 %).
     # The measured numbers are unreliable, so the label is indeterminate.
     EXPIRATION = "expiration"
+
+
+#: What each QC flag means for a reader, in one line (the CLI, the viewer and the case report show it).
+QC_FLAG_MEANINGS: Mapping[str, str] = {
+    QCFlag.NO_LUNGS: "almost no aerated lung found: not a chest CT, or a wrong window or rescale",
+    QCFlag.SMALL_LUNGS: "lungs under 1.5 l: partial coverage, a child, or collapse",
+    QCFlag.LUNG_CUT_OFF: "the scan stops inside the lungs: part of them is not measured",
+    QCFlag.THICK_SLICES: "slices thicker than 5 mm: small lesions are averaged away",
+    QCFlag.LUNG_MASK_INCOMPLETE: "the lung mask misses most of the air-filled lung field: the numbers are not the "
+    "patient's",
+    QCFlag.LUNG_VOLUME_IMPLAUSIBLE: "over 10 l of lung measured: the mask took in other things",
+    QCFlag.LUNG_SIDES_UNEQUAL: "one lung measures under half of the other: a lung whited out, collapsed or removed "
+    "may be left out of the numbers",
+    QCFlag.EXPIRATION: "an expiration scan: normal dependent density reads as opacity and faint ground glass "
+    "hides, so the opacity measured is unreliable both ways",
+}
+
+
+def explain_qc_flags(flags: Sequence[str]) -> tuple[str, ...]:
+    """Each flag with its meaning (:data:`QC_FLAG_MEANINGS`), ``"flag: meaning"``; an unknown flag as it is.
+
+    Example:
+        >>> explain_qc_flags(["thick_slices", "from_a_newer_medai"])
+        ('thick_slices: slices thicker than 5 mm: small lesions are averaged away', 'from_a_newer_medai')
+    """
+    return tuple(f"{f}: {QC_FLAG_MEANINGS[f]}" if f in QC_FLAG_MEANINGS else str(f) for f in flags)
 
 
 #: QC flags that make a prediction indeterminate whatever its probabilities.

@@ -133,6 +133,8 @@ def case_report_html(
     Example:
         >>> Path("case.html").write_text(case_report_html(volume, prediction, title="case_0001"))  # doctest: +SKIP
     """
+    from medai.inference.classifier import explain_qc_flags  # at call time, as this package's modules do
+
     if tuple(prediction.saliency.source_shape) != tuple(volume.shape):
         raise ValueError(
             f"prediction must belong to the volume: saliency shape {prediction.saliency.source_shape} "
@@ -172,7 +174,7 @@ def case_report_html(
             for side in ("right", "left")
         )
         + " %",
-        "QC warnings": ", ".join(prediction.qc_flags) or "none",
+        "QC warnings": "; ".join(explain_qc_flags(prediction.qc_flags)) or "none",
         "quantification": quant.method,
     }
     verdict = html.escape(prediction.label)

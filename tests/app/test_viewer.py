@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from medai.inference.classifier import Classifier
+from medai.inference.classifier import QC_FLAG_MEANINGS, Classifier
 from medai.phantoms import files as phantom_files
 from medai.phantoms import synthetic
 from medai.report.case_report import RESEARCH_BANNER
@@ -200,10 +200,12 @@ def test_a_results_file_lists_its_studies_without_scoring(studies: Studies, monk
         p_covid19="0.8",
         p_other_pneumonia="0.1",
         severity="CT-2",
+        qc_flags="expiration",
     )
     at = viewer(monkeypatch, "--results", str(results))
     page = texts(at)
     assert "## covid19" in page and "another model version" in page  # the row as written, not re-scored
+    assert f"- expiration: {QC_FLAG_MEANINGS['expiration']}" in page  # each QC warning says what it means
     assert "No overlays" in page and not at.toggle(key="saliency").value
     at.button(key=f"score-button:{studies.normal_uid}").click().run()
     assert "No overlays" not in texts(at)  # the reader asked: scored now, overlays on

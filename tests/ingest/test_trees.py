@@ -12,6 +12,7 @@ import pytest
 
 from medai.batch.plan import plan_inputs
 from medai.cli import main as cli_main
+from medai.inference.classifier import QC_FLAG_MEANINGS
 from medai.ingest.discovery import find_series
 from medai.ingest.load import load_study
 from medai.ingest.nifti import write_nifti
@@ -76,6 +77,12 @@ def test_predict_scores_a_nifti_file_as_score_does(
     (row,) = read_results(tmp_path / "r.jsonl")
     assert row["label"] == predicted["label"]
     assert row["p_covid19"] == pytest.approx(predicted["probabilities"]["covid19"], abs=1e-6)
+    capsys.readouterr()
+    assert cli_main(["predict", str(path)]) == 0  # the lines a person reads say what the results file says
+    text = capsys.readouterr().out
+    assert f"severity {row['severity']}\n" in text  # the served grade (CT-0 for a determinate normal)
+    for flag in filter(None, str(row["qc_flags"] or "").split(";")):
+        assert f"qc       {flag}: {QC_FLAG_MEANINGS[flag]}\n" in text  # each warning with what it means
     report, volume = load_study(tmp_path)  # a folder holding one NIfTI volume, as predict PATH/ sees it
     assert report.selected is None and volume.shape == (30, 112, 112)
     assert cli_main(["inspect", str(tmp_path), "--json"]) == 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from medai.inference.classifier import Classifier
+from medai.inference.classifier import QC_FLAG_MEANINGS, Classifier
 from medai.phantoms import synthetic
 from medai.report.case_report import RESEARCH_BANNER, case_report_html, indeterminate_warning, key_views
 from medai.report.keyimages import OPACITY_CAPTION
@@ -48,6 +49,8 @@ def test_case_report_is_self_contained_with_banner_numbers_and_key_images(
     assert "the label comes from the measured opacities" in case_report_html(phantom.volume, clear)
     unsure = dataclasses.replace(prediction, indeterminate=True)
     assert "Indeterminate: the probabilities are close" in case_report_html(phantom.volume, unsure)
+    expired = dataclasses.replace(unsure, qc_flags=("thick_slices", "expiration"))
+    assert html.escape(f"expiration: {QC_FLAG_MEANINGS['expiration']}") in case_report_html(phantom.volume, expired)
     other = small_phantom("normal", 0.0, 32, slices=24)
     with pytest.raises(ValueError, match="prediction must belong to the volume"):
         case_report_html(other.volume, prediction)
