@@ -5,8 +5,9 @@ It holds one TID 1501 measurement group per concern, every value coded:
 
 * ``classification``: one group per class, its finding type the class (COVID-19 is SNOMED CT 840539006),
   its measurement the calibrated ``Probability`` (DCM 122157, no units);
-* ``result``: the ``Finding`` (DCM 121071, the group's finding type) the decision rule chose and whether it
-  is ``Indeterminate`` (SCT 82334004: Yes/No);
+* ``result``: the ``Finding`` (DCM 121071, the group's finding type) the decision rule chose, whether it
+  is ``Indeterminate`` (SCT 82334004: Yes/No), and each QC warning (``Quality control warning``, its value the
+  flag: ``EXPIRATION``, ``LUNG_SIDES_UNEQU``...; the flags that make the label indeterminate say why it is);
 * ``quantification``: opacity percentage of lung volume for both lungs and per lung (finding sites
   SCT Lung / Right lung / Left lung), lung volumes in ml and the MosMedData severity grade CT-0..CT-4.
 
@@ -44,6 +45,7 @@ __all__ = [
     "MedaiCode",
     "build_failure_sr",
     "build_sr",
+    "qc_warning_code",
     "severity_code",
 ]
 
@@ -73,6 +75,7 @@ class MedaiCode:
     SEVERITY = Code("246112005", "SCT", "Severity")
     OPACITY_PERCENT = Code("OPACITY-PCT", MEDAI_SCHEME, "Opacity volume as percentage of lung volume")
     SCORING_OUTCOME = Code("OUTCOME", MEDAI_SCHEME, "Scoring outcome")
+    QC_WARNING = Code("QC-WARNING", MEDAI_SCHEME, "Quality control warning")
     NO_UNITS = codes.UCUM.NoUnits
     PERCENT = codes.UCUM.Percent
     MILLILITER = Code("mL", "UCUM", "milliliter")
@@ -102,6 +105,18 @@ def severity_code(severity: Severity) -> Code:
         'CT-2: opacities 25-50% of lung'
     """
     return Code(severity.value, MEDAI_SCHEME, _SEVERITY_MEANINGS[Severity(severity)])
+
+
+def qc_warning_code(flag: str) -> Code:
+    """A QC flag of the prediction (``Prediction.qc_flags``) as a coded value: the flag in capitals (16 characters
+    at most, as DICOM's code values are) and its words.
+
+    Example:
+        >>> code = qc_warning_code("lung_sides_unequal")
+        >>> code.value, code.meaning
+        ('LUNG_SIDES_UNEQU', 'lung sides unequal')
+    """
+    return Code(flag.upper()[:16], MEDAI_SCHEME, flag.replace("_", " ")[:64])
 
 
 def _medai_version() -> str:
@@ -187,7 +202,8 @@ def _groups(prediction: Prediction) -> list[hd.sr.MeasurementsAndQualitativeEval
             evaluations=[
                 hd.sr.QualitativeEvaluation(
                     MedaiCode.INDETERMINATE, MedaiCode.YES if prediction.indeterminate else MedaiCode.NO
-                )
+                ),
+                *(hd.sr.QualitativeEvaluation(MedaiCode.QC_WARNING, qc_warning_code(f)) for f in prediction.qc_flags),
             ],
         )
     )

@@ -96,6 +96,22 @@ def test_sr_reports_the_prediction_in_the_source_study_with_coded_concepts(score
         i for i in quant if i.ValueType == "CODE" and i.ConceptCodeSequence[0].CodingSchemeDesignator == MEDAI_SCHEME
     )
     assert severity.ConceptCodeSequence[0].CodeValue == q.severity.value
+    flagged = build_sr(
+        dataclasses.replace(pred, indeterminate=True, qc_flags=("expiration", "lung_sides_unequal")), headers
+    )
+    warnings = [
+        i.ConceptCodeSequence[0]
+        for i in {str(g.ContentSequence[0].TextValue): g for g in _groups(flagged)}["result"].ContentSequence
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "QC-WARNING"
+    ]
+    assert [(w.CodeValue, w.CodeMeaning) for w in warnings] == [
+        ("EXPIRATION", "expiration"),
+        ("LUNG_SIDES_UNEQU", "lung sides unequal"),
+    ]  # why the label is indeterminate, in the PACS
+    flagged_path = save(flagged, tmp_path / "flagged.dcm")
+    assert dciodvfy_errors(flagged_path) == []
+    flagged_dump = subprocess.run([_tool("dsrdump"), str(flagged_path)], capture_output=True, text=True).stdout
+    assert '"Quality control warning")=(EXPIRATION,99MEDAI,"expiration")' in flagged_dump
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == MEDAI_SCHEME
     assert pred.model_sha256 and f"model_sha256={pred.model_sha256}" in _text_values(sr)
 
