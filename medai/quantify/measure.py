@@ -257,8 +257,7 @@ def quantify(
         lung_mask=lungs,
         lesion_mask=lesions,
     )
-    if found.expiration:
-        result = replace(result, expiration=True)
+    result = replace(result, expiration=found.expiration)
     if hybrid_lungs:
         from medai.quantify.head import shipped_quantnet
 
