@@ -254,7 +254,7 @@ def _parenchyma_baseline(
     ap_mm: float,
     params: QuantifyParams,
     posterior_high: bool = True,
-    expiration: bool | None = None,
+    expiration: bool,
 ) -> np.ndarray:
     """The patient's normal-parenchyma HU at every voxel: a line along the anterior-posterior axis.
 
@@ -272,7 +272,7 @@ def _parenchyma_baseline(
     slab is read so, the slope is kept within that gradient. Fewer than two usable slabs: one level, the median.
 
     ``posterior_high``: posterior lies at high indices along ``ap_dim``. ``expiration``: :func:`expiration_scan` of
-    ``value`` and ``inner``, when the caller has it.
+    ``value`` and ``inner`` (the caller reports it too).
     """
     position = np.arange(value.shape[ap_dim], dtype=np.float32)
     shape = [1, 1, 1]
@@ -280,8 +280,6 @@ def _parenchyma_baseline(
     position = position.reshape(shape)
     cap = params.ggo_floor_hu - params.ggo_min_contrast_hu
     n_clear = int((inner & (value < params.baseline_max_hu)).sum())
-    if expiration is None:
-        expiration = expiration_scan(value, inner, params)
     if n_clear < 50 and not expiration:
         return np.full(value.shape, cap, np.float32)
     where = np.broadcast_to(position, value.shape)[inner]

@@ -584,8 +584,10 @@ def test_a_censored_slab_is_read_at_its_parenchyma(tail: bool, monkeypatch: pyte
     rng = np.random.default_rng(3)
     parenchyma = np.linspace(-880.0, -740.0, 80)  # 0.7 HU per mm over 200 mm, rows 2.5 mm apart
     value = (parenchyma[None, :, None] + rng.normal(0.0, 40.0, (20, 80, 30))).astype(np.float32)
+    inner = np.ones(value.shape, bool)
+    params = QuantifyParams()
     baseline = opacities._parenchyma_baseline(
-        value, np.ones(value.shape, bool), ap_dim=1, ap_mm=2.5, params=QuantifyParams()
+        value, inner, ap_dim=1, ap_mm=2.5, params=params, expiration=opacities.expiration_scan(value, inner, params)
     )
     error = baseline[0, :, 0] - np.median(value, axis=(0, 2))
     if tail:

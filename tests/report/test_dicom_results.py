@@ -110,7 +110,9 @@ def test_sr_reports_the_prediction_in_the_source_study_with_coded_concepts(score
     ]  # why the label is indeterminate, in the PACS
     flagged_path = save(flagged, tmp_path / "flagged.dcm")
     assert dciodvfy_errors(flagged_path) == []
-    flagged_dump = subprocess.run([_tool("dsrdump"), str(flagged_path)], capture_output=True, text=True).stdout
+    flagged_dump = subprocess.run(
+        [_tool("dsrdump"), str(flagged_path)], capture_output=True, text=True, check=True
+    ).stdout
     assert '"Quality control warning")=(EXPIRATION,99MEDAI,"expiration")' in flagged_dump
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == MEDAI_SCHEME
     assert pred.model_sha256 and f"model_sha256={pred.model_sha256}" in _text_values(sr)
