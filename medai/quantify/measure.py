@@ -62,6 +62,7 @@ from medai.quantify.lungs import (
     add_aerated_rim,
     bbox,
     drop_detached_parts,
+    drop_gut_gas,
     drop_unsupported_dense,
     peel_surface_fat,
     segment_lungs,
@@ -92,10 +93,11 @@ METHOD = (
     "thresholds against the fitted parenchyma baseline)"
 )
 # The served quantification's version: every change to what it measures bumps it (docs/ood.md, "What changed").
-QUANTIFY_VERSION = "medai.quantify/16"
+QUANTIFY_VERSION = "medai.quantify/17"
 METHOD_HYBRID = (
     f"{QUANTIFY_VERSION} hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
-    "surface - dense parts no aerated lung borders - fat - parts detached above the apex or under the base, "
+    "surface - dense parts no aerated lung borders - fat - parts detached above the apex or under the base - "
+    "gut gas under a dome and what it reaches first, "
     "classical opacities against a baseline that follows expiration, half-expired dense slabs, censored slabs' "
     "texture and dependent density, without bands of dependent atelectasis (their fade read between neighbours) "
     "or small rims of vessels; CT-0 below 1 %)"
@@ -233,6 +235,7 @@ def quantify(
         lungs = peel_surface_fat(lungs, coarse, params=params)
         lungs = drop_unsupported_dense(lungs, coarse, grid.spacing_mm, params=params)
         lungs = drop_detached_parts(lungs, sup_high=sup_high)
+        lungs = drop_gut_gas(lungs, coarse, grid.spacing_mm, sup_high=sup_high, params=params)
     elif lung_mask is None:
         lungs = segment_lungs(
             coarse, grid.spacing_mm, lr_dim=lr_dim, right_low=right_low, params=params, sup_high=sup_high

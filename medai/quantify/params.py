@@ -118,3 +118,16 @@ class QuantifyParams:
     # in) reached from the lung mask's surface through more such voxels are the chest wall's, the pericardium's or
     # the abdomen's fat, where a lung head carried the mask on along dense disease (peel_surface_fat).
     surface_fat_range_hu: tuple[float, float] = (-140.0, -85.0)
+    # Gas that the lungs' own air does not reach is the stomach's or the colon's under a dome (drop_gut_gas): an
+    # aerated pocket of the mask (below support_aerated_hu) outside the lungs' large aerated parts (this share of
+    # the largest), of at least gut_gas_min_ml with a mean below gut_gas_max_hu (gas, not parenchyma cut off by
+    # consolidation: -520..-810 HU on the development cases), round (this share survives a one-voxel erosion; air
+    # bronchograms and bronchi do not), centred in the lowest gut_gas_lower_share of the lungs' height. It and the
+    # mask it reaches within gut_gas_reach_mm before the lungs' air does go (60 mm took lobar consolidation over
+    # the stomach on development cases; docs/ood.md).
+    gut_gas_main_share: float = 0.2
+    gut_gas_min_ml: float = 3.0
+    gut_gas_max_hu: float = -830.0
+    gut_gas_core_share: float = 0.2
+    gut_gas_lower_share: float = 0.4
+    gut_gas_reach_mm: float = 30.0
