@@ -724,6 +724,32 @@ def test_stomach_gas_under_a_dome_is_not_lung_on_an_independent_phantom(monkeypa
     assert abs(served.lung_volume_ml / ph.lung_volume_ml - 1.0) <= 0.06
 
 
+@pytest.mark.parametrize("kind", ["bronchogram", "island"])
+def test_gas_in_a_consolidated_base_that_is_not_the_gut_stays(kind: str) -> None:
+    """A consolidated lower lobe holds two kinds of aerated pockets the lungs' air does not reach: a bronchogram
+    (a tube: nothing survives an erosion) and clear parenchyma cut off by the consolidation (round, but -780 HU,
+    not gas). Neither is the gut's, and the consolidation around them stays; without the guard that tells them
+    apart (roundness, or the mean below gas), the step takes them and the consolidation with them."""
+    from medai.quantify.lungs import drop_gut_gas
+
+    sides = np.zeros((30, 24, 24), np.uint8)
+    sides[2:29, 1:23, 1:23] = 1
+    hu = np.full(sides.shape, -850.0)
+    consolidation = (slice(2, 12), slice(1, 23), slice(1, 23))  # the whole base, under aerated lung
+    hu[consolidation] = 30.0
+    if kind == "bronchogram":
+        # a branching bronchus, 2 x 2 voxels across (6 mm), about 5 ml
+        hu[3:11, 10:12, 10:12] = hu[6:8, 10:12, 2:22] = hu[6:8, 2:22, 10:12] = -1000.0
+        guard_off = QuantifyParams(gut_gas_core_share=0.0)
+    else:
+        hu[4:10, 8:16, 8:16] = -780.0  # 10 ml of clear lung
+        guard_off = QuantifyParams(gut_gas_max_hu=-700.0)
+    kept = drop_gut_gas(sides, hu, (3.0, 3.0, 3.0), sup_high=True, params=QuantifyParams())
+    assert (kept == sides).all()
+    taken = drop_gut_gas(sides, hu, (3.0, 3.0, 3.0), sup_high=True, params=guard_off)
+    assert int((taken[consolidation] == 0).sum()) > 200
+
+
 def test_fat_reached_from_the_mask_surface_is_not_lung() -> None:
     """A fat layer (-100 HU) the lung head carried into on the chest-wall side goes, reached from the mask's
     surface; a pleural-based consolidation (20 HU) stays, and so does fat-density partial volume deep inside the
