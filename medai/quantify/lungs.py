@@ -69,6 +69,15 @@ def bbox(mask: np.ndarray, margin: tuple[int, int, int]) -> tuple[slice, slice, 
     return slices[0], slices[1], slices[2]
 
 
+def _part_sizes_and_means(labels: np.ndarray, n: int, hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel count and mean HU of each labelled part, indexed by label (``n + 1`` entries; the background's are 0)."""
+    flat = labels.ravel()
+    sizes = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    sizes[0] = 0.0
+    sums = np.bincount(flat, weights=hu.ravel(), minlength=n + 1)
+    return sizes, np.divide(sums, sizes, out=np.zeros_like(sums), where=sizes > 0)
+
+
 def _lung_parts(mask: np.ndarray, hu: np.ndarray, min_voxels: float, *, gas_hu: float) -> np.ndarray:
     """Connected parts (6-connectivity) that look like lung.
 
@@ -80,11 +89,7 @@ def _lung_parts(mask: np.ndarray, hu: np.ndarray, min_voxels: float, *, gas_hu: 
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask.copy()
-    flat = labels.ravel()
-    sizes = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    sizes[0] = 0.0
-    sums = np.bincount(flat, weights=hu.ravel(), minlength=n + 1)
-    mean_hu = np.divide(sums, sizes, out=np.zeros_like(sums), where=sizes > 0)
+    sizes, mean_hu = _part_sizes_and_means(labels, n, hu)
     largest = float(sizes.max())
     keep = sizes >= max(min_voxels, 0.05 * largest)
     keep &= ~((mean_hu < gas_hu) & (sizes < 0.3 * largest))
@@ -474,14 +479,10 @@ def drop_gut_gas(
     labels, n = ndimage.label(aerated)
     if n < 2:
         return sides
-    flat = labels.ravel()
-    sizes = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    sizes[0] = 0.0
-    mean_hu = np.bincount(flat, weights=hu.ravel(), minlength=n + 1) / np.maximum(sizes, 1.0)
+    sizes, mean_hu = _part_sizes_and_means(labels, n, hu)  # the background's size 0 keeps it out of both
     main = sizes >= params.gut_gas_main_share * sizes.max()
     block_ml = float(np.prod(spacing_mm)) / 1000.0
     pocket = ~main & (mean_hu < params.gut_gas_max_hu) & (sizes * block_ml >= params.gut_gas_min_ml)
-    pocket[0] = main[0] = False
     if not pocket.any():
         return sides
     # round, not tubular (a part's one-voxel erosion depends on that part alone); centred low in the lungs
