@@ -157,20 +157,6 @@ def segment_opacities(
     opacity = _drop_dependent_bands(
         grown, coarse[box], lung, depth, ap_dim=ap_dim, posterior_high=posterior_high, parts=parts
     )
-    # A band's faint fringe is part of the band: a part is judged again with the lung beside it that is above
-    # BAND_FRINGE_SHARE of the contrast (one 6-neighbour step). Each such part holds whole parts of ``grown``.
-    faint = lung & (value >= baseline + BAND_FRINGE_SHARE * contrast) & (value <= params.consolidation_range_hu[1])
-    fringed = (_dilate(grown, (0, 1, 2)) & faint) | grown
-    del faint
-    opacity &= _drop_dependent_bands(
-        fringed,
-        coarse[box],
-        lung,
-        depth,
-        ap_dim=ap_dim,
-        posterior_high=posterior_high,
-        parts=ndimage.label(fringed, structure=np.ones((3, 3, 3), bool)),
-    )
     opacity = _drop_vessel_halos(opacity, coarse[box], inner, spacing_mm, parts=parts)
     view = out[box]
     view[opacity] = 1
@@ -461,12 +447,6 @@ _MIN_BAND_VOXELS = 6
 DEPENDENT_BAND_CLEARING = 0.7
 DEPENDENT_BAND_FORWARD = 0.5
 DEPENDENT_BAND_CLEARING_FORWARD = 0.75
-# Where the threshold cuts a band, the dense core it leaves against the pleura may no longer clear inward: the band's
-# clearing fringe lies just under the threshold. So each part is also judged with the lung beside it (one voxel step)
-# that is above this share of the opacity contrast; when that reads as a band, the part goes. (medai.quantify/18,
-# chosen on independent-val seed set 3 and the training world's seed set 2, docs/ood.md: wider reaches, two and four
-# steps, joined small dependent disease to bands and dropped it.)
-BAND_FRINGE_SHARE = 0.7
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
