@@ -505,8 +505,8 @@ def drop_gut_gas(
     owner[gas[near]] = 2
     free = lungs[near] & (owner == 0)
     for _ in range(steps):
-        lung_step = ndimage.binary_dilation(owner == 1) & free
-        gas_step = ndimage.binary_dilation(owner == 2) & free & ~lung_step
+        lung_step = neighbour_extreme(owner == 1, (0, 1, 2), np.logical_or) & free
+        gas_step = neighbour_extreme(owner == 2, (0, 1, 2), np.logical_or) & free & ~lung_step
         if not gas_step.any():
             break
         owner[lung_step] = 1
