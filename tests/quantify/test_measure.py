@@ -812,6 +812,44 @@ def test_a_local_band_that_clears_inward_is_atelectasis_a_patch_of_one_density_i
     assert (band_read < 0.1) if rule else (band_read > 0.3), band_read
 
 
+def _band_core_chest(fringe_hu: float, *, disease_elsewhere: bool) -> tuple[Volume, np.ndarray]:
+    """The toy chest with a 10 mm deep patch of one density (-500 HU) under one place of the right lung's posterior
+    pleura, and 5 mm of lung at ``fringe_hu`` deeper under it; its two lesions (about 2 % of the lungs) stay only
+    with ``disease_elsewhere``."""
+    vol, lungs, lesion = _toy_chest()
+    hu = vol.hu.astype(np.float32)
+    if not disease_elsewhere:
+        hu[lesion > 0] = -850.0 + np.random.default_rng(6).normal(0, 10, int(np.count_nonzero(lesion)))
+    z, y, x = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    depth = ndimage.distance_transform_edt(lungs > 0, sampling=2.5)
+    place = (lungs == 1) & (y > 58) & (((x - 33) / 9) ** 2 + ((z - 24) / 8) ** 2 < 1)
+    core = place & (depth <= 10.0)
+    hu[core] = -500.0
+    hu[place & (depth > 10.0) & (depth <= 15.0)] = fringe_hu
+    return Volume(np.rint(hu).astype(np.int16), spacing_mm=(2.5,) * 3), core
+
+
+@pytest.mark.parametrize("rule", [True, False])
+@pytest.mark.parametrize(
+    ("fringe_hu", "disease_elsewhere", "band"), [(-785.0, False, True), (-785.0, True, False), (-830.0, False, False)]
+)
+def test_a_band_cut_at_its_fringe_is_atelectasis_in_an_otherwise_clear_lung(
+    fringe_hu: float, disease_elsewhere: bool, band: bool, rule: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dense core against the dependent pleura that clears inward only below the opacity threshold: the
+    threshold cuts the band at its fringe, and the core alone, of one density, does not clear (medai.quantify/17
+    kept it). Judged with its faint fringe (-785 HU, just under the threshold) it is a band and goes when the rest
+    of the lungs is clear (medai.quantify/19); beside disease elsewhere it is read as disease and stays, and over
+    clear lung (-830 HU) the same core is a patch of ground glass and stays. Without the fringe reading all stay."""
+    from medai.quantify import opacities
+
+    if not rule:
+        monkeypatch.setattr(opacities, "BAND_FRINGE_SHARE", 99.0)
+    vol, core = _band_core_chest(fringe_hu, disease_elsewhere=disease_elsewhere)
+    read = float((quantify(vol, params=CLASSICAL).lesion_mask[core] > 0).mean())
+    assert (read < 0.1) if (band and rule) else (read > 0.5), read
+
+
 @pytest.mark.parametrize(("reach_mm", "read"), [(30.0, False), (40.0, True)])
 def test_a_band_that_clears_inward_is_atelectasis_to_35_mm_deep_and_disease_deeper(reach_mm: float, read: bool) -> None:
     """The independent family's thickest bands of dependent atelectasis reach 26-33 mm under the pleura
