@@ -142,7 +142,7 @@ def segment_opacities(
     contrast = np.maximum(
         params.ggo_threshold_fraction * (params.ggo_floor_hu - baseline), params.ggo_min_contrast_hu
     ).astype(np.float32)
-    opacity = lung & (value >= baseline + contrast) & (value <= params.consolidation_range_hu[1])
+    opacity = _above(value, baseline + contrast, lung, params)
     # Thin opacities (dependent atelectasis, partial volume along the pleura, lone vessels) vanish in an
     # opening; what survives, with the opacity around it, is a lesion.
     steps = _steps(spacing_mm, params.min_opacity_radius_mm)
@@ -166,6 +166,12 @@ def segment_opacities(
     view[opacity] = 1
     view[opacity & (sharp >= params.consolidation_range_hu[0])] = 2
     return Opacities(out, expiration=expiration)
+
+
+def _above(value: np.ndarray, threshold: np.ndarray, lung: np.ndarray, params: QuantifyParams) -> np.ndarray:
+    """Lung voxels whose ``value`` reaches ``threshold`` and is no denser than consolidation (the opacity test; the
+    band rule's fringe reads it at a share of the contrast)."""
+    return lung & (value >= threshold) & (value <= params.consolidation_range_hu[1])
 
 
 def _opacity_values(
@@ -487,7 +493,7 @@ def _drop_fringed_bands(
     # A band lies wholly within DEPENDENT_BAND_MAX_DEPTH_MM of the pleura: opacity deeper than that always stays.
     if not opacity.any() or 100.0 * int(np.count_nonzero(opacity & (depth >= DEPENDENT_BAND_MAX_DEPTH_MM))) >= floor:
         return opacity
-    faint = lung & (value >= baseline + BAND_FRINGE_SHARE * contrast) & (value <= params.consolidation_range_hu[1])
+    faint = _above(value, baseline + BAND_FRINGE_SHARE * contrast, lung, params)
     fringed = (_dilate(grown, (0, 1, 2)) & faint) | grown
     del faint
     parts = ndimage.label(fringed, structure=np.ones((3, 3, 3), bool))
