@@ -16,7 +16,8 @@ It is the only real patient, so it is never training data. :func:`real_cases` ma
 
 :func:`acquisition_sweep` makes more normals from the same scan, one acquisition change or two at a time:
 sharper and smoother reconstruction kernels, heavier noise, a tilted patient, and the 5 mm and shallow-breath
-copies combined with a sharper kernel or noise, the lungs without IV contrast (at 2.5 and 5 mm), and the motion
+copies combined with a sharper kernel or noise, the lungs without IV contrast (at 2.5 and 5 mm) and the whole
+scan without it (the heart's border, the hila and the domes at soft-tissue density), and the motion
 of a scan without ECG gating (the heart's border smeared by its beat) or of a badly held breath (the lung bases
 smeared head to foot); and two findings of normal older lungs that are not pneumonia: centrilobular emphysema and
 dependent atelectasis. A normal lung must read normal under each.
@@ -218,6 +219,75 @@ def _unenhanced(volume: Volume, lungs: np.ndarray) -> Volume:
     smooth = ndimage.gaussian_filter(hu, (0.0, 1.0, 1.0))
     blood = np.clip((smooth - AERATED_HU) / (UNENHANCED_BLOOD_HU + ENHANCEMENT_HU - AERATED_HU), 0.0, 1.0)
     return _as_ct(volume, np.where(lungs > 0, hu - ENHANCEMENT_HU * blood, hu))
+
+
+#: The mask's blood pools (TotalSegmentator's classes): the heart, aorta, pulmonary veins, the arch's branches, the
+#: brachiocephalic veins, left atrial appendage, both venae cavae, the portal and splenic veins.
+BLOOD_LABELS = (51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64)
+#: Solid organs under the diaphragm and their unenhanced HU: spleen, liver, kidneys.
+ORGAN_PLAIN_HU = {1: 45.0, 5: 55.0, 2: 30.0, 3: 30.0}
+#: Bone: the sacrum and vertebrae, humeri, scapulae, clavicles, ribs, sternum and costal cartilages.
+BONE_LABELS = (*range(25, 51), *range(69, 75), *range(92, 118))
+PULMONARY_ARTERY_REACH_MM = 30.0  # how far from the heart and great vessels unlabelled enhanced blood is sought
+
+
+def _to_plain(hu: np.ndarray, label: np.ndarray, plain_hu: float, fixed: np.ndarray) -> None:
+    """``hu`` (in place) with the structure ``label`` at ``plain_hu``, its noise and partial-volume edge kept.
+
+    A voxel holds a share ``w`` of the structure (its mask smoothed over about a voxel in-plane) at the
+    structure's local enhanced level (the mean of the mask's interior within a few voxels: blood pool and
+    myocardium each keep their own) and the rest of whatever lies beside it; the structure's share loses what
+    contrast added, ``w * (local level - plain_hu)``. Where it holds half the voxel or more it stays within
+    100 HU of ``plain_hu``: the undiluted contrast swirling in the veins it came in by is no noise to keep.
+    Voxels of ``fixed`` are left alone (the lungs, whose blood :func:`_unenhanced` has read, and bone).
+    """
+    box = bbox(label, (0, 4, 4))
+    mask = label[box].astype(np.float32)
+    core = ndimage.binary_erosion(label[box], np.ones((1, 3, 3), bool)).astype(np.float32)
+    if not core.any():
+        core = mask
+    part = hu[box]
+    weight = ndimage.gaussian_filter(core, (0.0, 1.5, 1.5))
+    level = ndimage.gaussian_filter(part * core, (0.0, 1.5, 1.5)) / np.maximum(weight, 1e-3)
+    level = np.where(weight > 0.05, level, float(np.median(part[core > 0])))
+    share = np.clip(ndimage.gaussian_filter(mask, (0.0, 0.7, 0.7)), 0.0, 1.0)
+    moved = (share > 0.02) & ~fixed[box]
+    part[moved] -= (share * (level - plain_hu))[moved]
+    inner = (share >= 0.5) & moved
+    part[inner] = np.clip(part[inner], plain_hu - 100.0, plain_hu + 100.0)
+
+
+def _unenhanced_body(volume: Volume, lobes: np.ndarray) -> np.ndarray:
+    """The whole scan as one without IV contrast shows it: the lungs as :func:`_unenhanced` reads them, and the
+    blood pools, the pulmonary arteries and the solid organs under the diaphragm at their unenhanced density.
+
+    Each labelled blood pool (:data:`BLOOD_LABELS`, blood 40 HU) and organ (:data:`ORGAN_PLAIN_HU`) goes to its
+    plain level (:func:`_to_plain`). The pulmonary trunk and arteries carry no label of their own: they are the
+    unlabelled voxels above 150 HU within :data:`PULMONARY_ARTERY_REACH_MM` of the heart, the aorta and the
+    pulmonary veins (single bright voxels left out). Bone is labelled and does not move. So the
+    heart's border, the hilum and the domes show the soft-tissue density that a segmenter can take for
+    consolidated lung.
+    """
+    lungs = _lung_mask(lobes)
+    hu = _unenhanced(volume, lungs).hu.astype(np.float32)
+    fixed = (lungs > 0) | np.isin(lobes, BONE_LABELS)
+    heart = lobes == HEART_LABEL
+    if heart.any():
+        reach = np.isin(lobes, (HEART_LABEL, 52, 53))
+        dz, dy, dx = (int(np.ceil(PULMONARY_ARTERY_REACH_MM / s)) for s in volume.spacing_mm)
+        box = bbox(reach, (dz, dy, dx))
+        near = ndimage.distance_transform_edt(~reach[box], sampling=volume.spacing_mm) <= PULMONARY_ARTERY_REACH_MM
+        arteries = np.zeros(lobes.shape, bool)
+        arteries[box] = near & (lobes[box] == 0) & (hu[box] > 150.0)
+        arteries = ndimage.binary_opening(arteries, np.ones((1, 3, 3), bool))  # not single bright voxels
+        _to_plain(hu, arteries, UNENHANCED_BLOOD_HU, fixed)
+    for label in BLOOD_LABELS:
+        if (lobes == label).any():
+            _to_plain(hu, lobes == label, UNENHANCED_BLOOD_HU, fixed)
+    for label, plain in ORGAN_PLAIN_HU.items():
+        if (lobes == label).any():
+            _to_plain(hu, lobes == label, plain, fixed)
+    return hu
 
 
 HEART_LABEL = 51  # the mask's heart (its lungs are labels 10-14)
@@ -423,6 +493,8 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     ``tilt-6-sagittal`` (the patient rotated 6 degrees in the table plane, or head-to-foot), ``thick-5mm+sharp``,
     ``thick-5mm+noise-60``, ``shallow-breath+sharp``, ``shallow-breath+thick-5mm``, and ``unenhanced`` and
     ``unenhanced+thick-5mm`` (the lungs' vessels as a scan without IV contrast shows them, :func:`_unenhanced`),
+    ``unenhanced-body`` (the heart, great vessels, pulmonary arteries and upper abdominal organs too,
+    :func:`_unenhanced_body`),
     ``cardiac-motion`` (the heart's border smeared by its beat, :func:`_cardiac_motion`), ``breathing-motion``
     (the lung bases and the diaphragm's dome smeared head to foot, :func:`_breathing_motion`), ``emphysema``
     (centrilobular holes in the upper lobes, :func:`_emphysema`) and ``dependent-atelectasis`` (a supine
@@ -467,6 +539,7 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     plain = _unenhanced(volume, lungs)
     yield case("unenhanced", plain.hu.astype(np.float32), contrast="none")
     yield thick_case("unenhanced+thick-5mm", plain, contrast="none")
+    yield case("unenhanced-body", _unenhanced_body(volume, lobes), contrast="none", body="unenhanced")
     yield case("cardiac-motion", _cardiac_motion(volume, lobes), motion="cardiac", motion_mm=CARDIAC_MOTION_MM)
     breathing = _breathing_motion(volume, lungs)
     yield case("breathing-motion", breathing, motion="breathing", motion_mm=BREATHING_MOTION_MM)

@@ -12,12 +12,16 @@ from scipy import ndimage
 
 from medai.cli import main as cli_main
 from medai.evaluation.real_ct import (
+    BLOOD_LABELS,
+    BONE_LABELS,
     DEFAULT_FOLDER,
     EMPHYSEMA_HU,
     EMPHYSEMA_SHARE,
     HEART_LABEL,
     LOBES,
     MOTION_REACH_MM,
+    ORGAN_PLAIN_HU,
+    UNENHANCED_BLOOD_HU,
     _dependent_atelectasis,
     _lung_mask,
     _shallow_breath,
@@ -151,7 +155,7 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     for case in world_cases("real-sweep", None):
         assert (case.world, case.label, case.lesion_percent) == ("real-sweep", "normal", 0.0)
         cases[case.case_id.removeprefix("real-sweep-")] = case
-    assert len(cases) == 18
+    assert len(cases) == 19
     base = detail(as_is, inside)
     assert detail(cases["sharp-kernel"].volume.hu, inside) > 1.5 * base
     assert detail(cases["sharper-kernel"].volume.hu, inside) > detail(cases["sharp-kernel"].volume.hu, inside)
@@ -182,6 +186,16 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     assert float(np.abs(unenhanced[clear] - as_is[clear]).max()) == 0
     assert detail(unenhanced, lung & (as_is < -800)) > 0.9 * detail(as_is, lung & (as_is < -800))
     assert bool((unenhanced[~lung] == as_is[~lung]).all())
+    # The whole body without contrast: the blood pools and the organs under the diaphragm fall to their plain
+    # density (blood about 40 HU), the lungs read as ``unenhanced`` reads them, and bone does not move.
+    body = cases["unenhanced-body"].volume.hu.astype(np.float32)
+    plain = {label: UNENHANCED_BLOOD_HU for label in BLOOD_LABELS[:3]} | ORGAN_PLAIN_HU  # heart, aorta, veins
+    for label, level in plain.items():
+        organ = lobes == label
+        assert float(np.median(as_is[organ])) > level + 15 and abs(float(np.median(body[organ])) - level) < 10
+    assert bool((body[lung] == unenhanced[lung]).all())
+    bone = np.isin(lobes, BONE_LABELS)
+    assert bool((body[bone] == as_is[bone]).all())
     # The heart's beat smears its border and the lung beside it; lung beyond the blur's reach does not move.
     beating = cases["cardiac-motion"].volume.hu.astype(np.float32)
     to_heart = ndimage.distance_transform_edt(lobes != HEART_LABEL, sampling=volume.spacing_mm)
