@@ -221,9 +221,16 @@ def _unenhanced(volume: Volume, lungs: np.ndarray) -> Volume:
     return _as_ct(volume, np.where(lungs > 0, hu - ENHANCEMENT_HU * blood, hu))
 
 
+HEART_LABEL = 51  # the mask's heart (its lungs are labels 10-14)
+CARDIAC_MOTION_MM = 8.0  # the left heart border's excursion in a scan without ECG gating
+BREATHING_MOTION_MM = 10.0  # the diaphragm's travel while a breath is held badly
+MOTION_REACH_MM = 30.0  # how far from the moving organ the blur fades to nothing
+
+
 #: The mask's blood pools (TotalSegmentator's classes): the heart, aorta, pulmonary veins, the arch's branches, the
 #: brachiocephalic veins, left atrial appendage, both venae cavae, the portal and splenic veins.
-BLOOD_LABELS = (51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64)
+AORTA_LABEL, PULMONARY_VEINS_LABEL = 52, 53
+BLOOD_LABELS = (HEART_LABEL, AORTA_LABEL, PULMONARY_VEINS_LABEL, *range(54, 65))
 #: Solid organs under the diaphragm and their unenhanced HU: spleen, liver, kidneys.
 ORGAN_PLAIN_HU = {1: 45.0, 5: 55.0, 2: 30.0, 3: 30.0}
 #: Bone: the sacrum and vertebrae, humeri, scapulae, clavicles, ribs, sternum and costal cartilages.
@@ -273,7 +280,7 @@ def _unenhanced_body(volume: Volume, lobes: np.ndarray) -> np.ndarray:
     fixed = (lungs > 0) | np.isin(lobes, BONE_LABELS)
     heart = lobes == HEART_LABEL
     if heart.any():
-        reach = np.isin(lobes, (HEART_LABEL, 52, 53))
+        reach = np.isin(lobes, (HEART_LABEL, AORTA_LABEL, PULMONARY_VEINS_LABEL))
         dz, dy, dx = (int(np.ceil(PULMONARY_ARTERY_REACH_MM / s)) for s in volume.spacing_mm)
         box = bbox(reach, (dz, dy, dx))
         near = ndimage.distance_transform_edt(~reach[box], sampling=volume.spacing_mm) <= PULMONARY_ARTERY_REACH_MM
@@ -288,12 +295,6 @@ def _unenhanced_body(volume: Volume, lobes: np.ndarray) -> np.ndarray:
         if (lobes == label).any():
             _to_plain(hu, lobes == label, plain, fixed)
     return hu
-
-
-HEART_LABEL = 51  # the mask's heart (its lungs are labels 10-14)
-CARDIAC_MOTION_MM = 8.0  # the left heart border's excursion in a scan without ECG gating
-BREATHING_MOTION_MM = 10.0  # the diaphragm's travel while a breath is held badly
-MOTION_REACH_MM = 30.0  # how far from the moving organ the blur fades to nothing
 
 
 def _blur_near(hu: np.ndarray, blurred: np.ndarray, weight: np.ndarray) -> np.ndarray:
