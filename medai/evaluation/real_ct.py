@@ -494,8 +494,8 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     ``tilt-6-sagittal`` (the patient rotated 6 degrees in the table plane, or head-to-foot), ``thick-5mm+sharp``,
     ``thick-5mm+noise-60``, ``shallow-breath+sharp``, ``shallow-breath+thick-5mm``, and ``unenhanced`` and
     ``unenhanced+thick-5mm`` (the lungs' vessels as a scan without IV contrast shows them, :func:`_unenhanced`),
-    ``unenhanced-body`` (the heart, great vessels, pulmonary arteries and upper abdominal organs too,
-    :func:`_unenhanced_body`),
+    ``unenhanced-body`` and ``unenhanced-body+thick-5mm`` (the heart, great vessels, pulmonary arteries and upper
+    abdominal organs too, :func:`_unenhanced_body`),
     ``cardiac-motion`` (the heart's border smeared by its beat, :func:`_cardiac_motion`), ``breathing-motion``
     (the lung bases and the diaphragm's dome smeared head to foot, :func:`_breathing_motion`), ``emphysema``
     (centrilobular holes in the upper lobes, :func:`_emphysema`) and ``dependent-atelectasis`` (a supine
@@ -540,7 +540,9 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     plain = _unenhanced(volume, lungs)
     yield case("unenhanced", plain.hu.astype(np.float32), contrast="none")
     yield thick_case("unenhanced+thick-5mm", plain, contrast="none")
-    yield case("unenhanced-body", _unenhanced_body(volume, lobes), contrast="none", body="unenhanced")
+    body = _unenhanced_body(volume, lobes)
+    yield case("unenhanced-body", body, contrast="none", body="unenhanced")
+    yield thick_case("unenhanced-body+thick-5mm", _as_ct(volume, body), contrast="none", body="unenhanced")
     yield case("cardiac-motion", _cardiac_motion(volume, lobes), motion="cardiac", motion_mm=CARDIAC_MOTION_MM)
     breathing = _breathing_motion(volume, lungs)
     yield case("breathing-motion", breathing, motion="breathing", motion_mm=BREATHING_MOTION_MM)

@@ -155,7 +155,7 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     for case in world_cases("real-sweep", None):
         assert (case.world, case.label, case.lesion_percent) == ("real-sweep", "normal", 0.0)
         cases[case.case_id.removeprefix("real-sweep-")] = case
-    assert len(cases) == 19
+    assert len(cases) == 20
     base = detail(as_is, inside)
     assert detail(cases["sharp-kernel"].volume.hu, inside) > 1.5 * base
     assert detail(cases["sharper-kernel"].volume.hu, inside) > detail(cases["sharp-kernel"].volume.hu, inside)
@@ -167,7 +167,8 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
         tilted = cases[f"tilt-6-{plane}"]
         assert tilted.volume.shape == volume.shape and (tilted.volume.hu != volume.hu).mean() > 0.3
         assert abs(tilted.lung_volume_ml - cases["sharp-kernel"].lung_volume_ml) < 0.03 * tilted.lung_volume_ml
-    for name in ("thick-5mm+sharp", "thick-5mm+noise-60", "shallow-breath+thick-5mm", "unenhanced+thick-5mm"):
+    thick = ("thick-5mm+sharp", "thick-5mm+noise-60", "shallow-breath+thick-5mm", "unenhanced+thick-5mm")
+    for name in (*thick, "unenhanced-body+thick-5mm"):
         assert cases[name].volume.spacing_mm[0] == pytest.approx(5.0)
     shallow = cases["shallow-breath+sharp"].volume.hu.astype(np.float32)
     parenchyma = inside & (as_is > -900) & (as_is < -800)
