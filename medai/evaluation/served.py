@@ -176,6 +176,22 @@ def _rate(hits: int, total: int) -> float:
     return hits / total if total else math.nan
 
 
+def _normals_by_contrast(normals: Sequence[ScoredCase]) -> dict[str, Any]:
+    """CT-0 among the normals scanned without IV contrast and with it, where the cases say (factor ``contrast``).
+
+    Without contrast the blood pools and the organs under the domes have the density of consolidation, so what the
+    lung mask takes in of them is measured as opacity; with contrast they are brighter than the consolidation range
+    (docs/ood.md, "Where the normals' false opacity lies now").
+    """
+    out: dict[str, Any] = {}
+    for name, plain in (("without_contrast", True), ("with_contrast", False)):
+        group = [r for r in normals if r.factors.get("contrast") and (r.factors["contrast"] == "none") == plain]
+        if group:
+            out[f"normals_ct0_{name}"] = round(_rate(sum(r.severity == "CT-0" for r in group), len(group)), 4)
+            out[f"normals_{name}"] = len(group)
+    return out
+
+
 def summarize(rows: Sequence[ScoredCase], *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The target metrics of a set of scored cases (failed cases counted, then left out of the metrics).
 
@@ -217,6 +233,7 @@ def summarize(rows: Sequence[ScoredCase], *, n_bootstrap: int = 1000, seed: int 
     confident = sum(r.predicted == "normal" and not r.indeterminate for r in normals)
     out["normals_called_normal_confidently"] = round(_rate(confident, len(normals)), 4)
     out["normals_ct0"] = round(_rate(sum(r.severity == "CT-0" for r in normals), len(normals)), 4)
+    out.update(_normals_by_contrast(normals))
     not_covid = [r for r in ok if r.label != "covid19"]
     out["covid19_specificity"] = round(_rate(sum(r.predicted != "covid19" for r in not_covid), len(not_covid)), 4)
     covids = [r for r in ok if r.label == "covid19"]

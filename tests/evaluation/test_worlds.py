@@ -81,7 +81,8 @@ def test_summary_counts_failures_and_measures_the_targets() -> None:
 
 def test_summary_shows_where_the_auc_is_lost() -> None:
     """A severe COVID-19 case split between covid19 and other pneumonia, ranked under a normal lung whose false
-    opacity looks like early COVID-19: the covid19-vs-rest AUC hides it, the pairs and bands name it."""
+    opacity looks like early COVID-19: the covid19-vs-rest AUC hides it, the pairs and bands name it. The normals'
+    grades are also given apart for scans without and with IV contrast, when the cases say which."""
 
     def case(i: int, label: str, truth: float, p_covid: float, predicted: str, indeterminate: bool) -> ScoredCase:
         p_normal = 0.9 - p_covid if label == "normal" else 0.0
@@ -99,6 +100,7 @@ def test_summary_shows_where_the_auc_is_lost() -> None:
         case(6, "other_pneumonia", 20.0, 0.20, "other_pneumonia", False),
     ]
     s = summarize(rows, n_bootstrap=0)
+    assert "normals_ct0_without_contrast" not in s  # the cases do not say how they were scanned
     assert s["normals_called_normal"] == pytest.approx(2 / 3, abs=1e-4)
     assert s["normals_called_normal_confidently"] == pytest.approx(1 / 3, abs=1e-4)
     assert s["covid19_auc_vs_other_pneumonia"] == 1.0
@@ -107,6 +109,14 @@ def test_summary_shows_where_the_auc_is_lost() -> None:
     assert s["covid19_auc_vs_normal_burden_3_10"] == pytest.approx(2 / 3, abs=1e-4)
     assert s["covid19_auc_vs_normal_burden_10_100"] == pytest.approx(2 / 3, abs=1e-4)
     assert s["measured_lesion_auc_vs_normal"] == 1.0  # measured as true here: the burden alone separates them
+    # Normals apart by how they were scanned: the one graded CT-1 was scanned without contrast.
+    phases = {"c0": "venous", "c1": "none", "c2": "none", "c3": "none"}
+    plain = [dataclasses.replace(r, factors={"contrast": phases.get(r.case_id, "arterial")}) for r in rows]
+    plain[2] = dataclasses.replace(plain[2], severity="CT-1")
+    split = summarize(plain, n_bootstrap=0)
+    assert (split["normals_ct0_without_contrast"], split["normals_without_contrast"]) == (0.5, 2)
+    assert (split["normals_ct0_with_contrast"], split["normals_with_contrast"]) == (1.0, 1)
+    assert split["normals_ct0"] == pytest.approx(2 / 3, abs=1e-4)
     rows[2] = dataclasses.replace(rows[2], lesion_estimate=3.0)  # the false opacity measured: 3 % of "lesion"
     assert summarize(rows, n_bootstrap=0)["measured_lesion_auc_vs_normal"] == pytest.approx(8 / 9, abs=1e-4)
     only_normals = summarize([r for r in rows if r.label == "normal"], n_bootstrap=0)
