@@ -264,9 +264,10 @@ def _to_plain(hu: np.ndarray, label: np.ndarray, plain_hu: float, fixed: np.ndar
     part[inner] = np.clip(part[inner], plain_hu - 100.0, plain_hu + 100.0)
 
 
-def _unenhanced_body(volume: Volume, lobes: np.ndarray) -> np.ndarray:
-    """The whole scan as one without IV contrast shows it: the lungs as :func:`_unenhanced` reads them, and the
-    blood pools, the pulmonary arteries and the solid organs under the diaphragm at their unenhanced density.
+def _unenhanced_body(plain: Volume, lobes: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """The whole scan as one without IV contrast shows it: ``plain`` (the scan with its lungs as
+    :func:`_unenhanced` reads them) with the blood pools, the pulmonary arteries and the solid organs under the
+    diaphragm at their unenhanced density too.
 
     Each labelled blood pool (:data:`BLOOD_LABELS`, blood 40 HU) and organ (:data:`ORGAN_PLAIN_HU`) goes to its
     plain level (:func:`_to_plain`). The pulmonary trunk and arteries carry no label of their own: they are the
@@ -275,25 +276,21 @@ def _unenhanced_body(volume: Volume, lobes: np.ndarray) -> np.ndarray:
     heart's border, the hilum and the domes show the soft-tissue density that a segmenter can take for
     consolidated lung.
     """
-    lungs = _lung_mask(lobes)
-    hu = _unenhanced(volume, lungs).hu.astype(np.float32)
+    hu = plain.hu.astype(np.float32)
     fixed = (lungs > 0) | np.isin(lobes, BONE_LABELS)
-    heart = lobes == HEART_LABEL
-    if heart.any():
+    if (lobes == HEART_LABEL).any():
         reach = np.isin(lobes, (HEART_LABEL, AORTA_LABEL, PULMONARY_VEINS_LABEL))
-        dz, dy, dx = (int(np.ceil(PULMONARY_ARTERY_REACH_MM / s)) for s in volume.spacing_mm)
+        dz, dy, dx = (int(np.ceil(PULMONARY_ARTERY_REACH_MM / s)) for s in plain.spacing_mm)
         box = bbox(reach, (dz, dy, dx))
-        near = ndimage.distance_transform_edt(~reach[box], sampling=volume.spacing_mm) <= PULMONARY_ARTERY_REACH_MM
+        near = ndimage.distance_transform_edt(~reach[box], sampling=plain.spacing_mm) <= PULMONARY_ARTERY_REACH_MM
         arteries = np.zeros(lobes.shape, bool)
         arteries[box] = near & (lobes[box] == 0) & (hu[box] > 150.0)
         arteries = ndimage.binary_opening(arteries, np.ones((1, 3, 3), bool))  # not single bright voxels
         _to_plain(hu, arteries, UNENHANCED_BLOOD_HU, fixed)
-    for label in BLOOD_LABELS:
-        if (lobes == label).any():
-            _to_plain(hu, lobes == label, UNENHANCED_BLOOD_HU, fixed)
-    for label, plain in ORGAN_PLAIN_HU.items():
-        if (lobes == label).any():
-            _to_plain(hu, lobes == label, plain, fixed)
+    for label, level in (dict.fromkeys(BLOOD_LABELS, UNENHANCED_BLOOD_HU) | ORGAN_PLAIN_HU).items():
+        structure = lobes == label
+        if structure.any():
+            _to_plain(hu, structure, level, fixed)
     return hu
 
 
@@ -540,7 +537,7 @@ def acquisition_sweep(folder: str | Path = DEFAULT_FOLDER, *, seed: int = 0) -> 
     plain = _unenhanced(volume, lungs)
     yield case("unenhanced", plain.hu.astype(np.float32), contrast="none")
     yield thick_case("unenhanced+thick-5mm", plain, contrast="none")
-    body = _unenhanced_body(volume, lobes)
+    body = _unenhanced_body(plain, lobes, lungs)
     yield case("unenhanced-body", body, contrast="none", body="unenhanced")
     yield thick_case("unenhanced-body+thick-5mm", _as_ct(volume, body), contrast="none", body="unenhanced")
     yield case("cardiac-motion", _cardiac_motion(volume, lobes), motion="cardiac", motion_mm=CARDIAC_MOTION_MM)

@@ -176,6 +176,10 @@ def _rate(hits: int, total: int) -> float:
     return hits / total if total else math.nan
 
 
+def _ct0_share(normals: Sequence[ScoredCase]) -> float:
+    return round(_rate(sum(r.severity == "CT-0" for r in normals), len(normals)), 4)
+
+
 def _normals_by_contrast(normals: Sequence[ScoredCase]) -> dict[str, Any]:
     """CT-0 among the normals scanned without IV contrast and with it, where the cases say (factor ``contrast``).
 
@@ -187,7 +191,7 @@ def _normals_by_contrast(normals: Sequence[ScoredCase]) -> dict[str, Any]:
     for name, plain in (("without_contrast", True), ("with_contrast", False)):
         group = [r for r in normals if r.factors.get("contrast") and (r.factors["contrast"] == "none") == plain]
         if group:
-            out[f"normals_ct0_{name}"] = round(_rate(sum(r.severity == "CT-0" for r in group), len(group)), 4)
+            out[f"normals_ct0_{name}"] = _ct0_share(group)
             out[f"normals_{name}"] = len(group)
     return out
 
@@ -232,7 +236,7 @@ def summarize(rows: Sequence[ScoredCase], *, n_bootstrap: int = 1000, seed: int 
     # goes to a reader, so the share called normal without that flag is kept beside it.
     confident = sum(r.predicted == "normal" and not r.indeterminate for r in normals)
     out["normals_called_normal_confidently"] = round(_rate(confident, len(normals)), 4)
-    out["normals_ct0"] = round(_rate(sum(r.severity == "CT-0" for r in normals), len(normals)), 4)
+    out["normals_ct0"] = _ct0_share(normals)
     out.update(_normals_by_contrast(normals))
     not_covid = [r for r in ok if r.label != "covid19"]
     out["covid19_specificity"] = round(_rate(sum(r.predicted != "covid19" for r in not_covid), len(not_covid)), 4)

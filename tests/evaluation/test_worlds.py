@@ -200,8 +200,8 @@ def test_acquisition_sweep_varies_what_it_names() -> None:
     # The whole body without contrast: the blood pools and the organs under the diaphragm fall to their plain
     # density (blood about 40 HU), the lungs read as ``unenhanced`` reads them, and bone does not move.
     body = cases["unenhanced-body"].volume.hu.astype(np.float32)
-    plain = {label: UNENHANCED_BLOOD_HU for label in BLOOD_LABELS[:3]} | ORGAN_PLAIN_HU  # heart, aorta, veins
-    for label, level in plain.items():
+    levels = {label: UNENHANCED_BLOOD_HU for label in BLOOD_LABELS[:3]} | ORGAN_PLAIN_HU  # heart, aorta, veins
+    for label, level in levels.items():
         organ = lobes == label
         assert float(np.median(as_is[organ])) > level + 15 and abs(float(np.median(body[organ])) - level) < 10
     assert bool((body[lung] == unenhanced[lung]).all())
