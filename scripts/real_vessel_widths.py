@@ -5,7 +5,8 @@ mask. This script finds its enhanced blood (above ``--blood-hu``) inside the lun
 closed over ``--envelope-mm`` and filled, so the hilum is in it), gives each such voxel the in-plane width of its
 vessel (twice its distance to the vessel's edge, the largest within ``--window`` pixels) and prints, per width
 bin, how many voxels there are and the share the lobe mask takes in. The training world's lung truth still holds
-every vessel; a world that follows the mask was tried and not kept yet (docs/ood.md, 2026-12-07, seventh).
+every vessel; a world that follows the mask was tried twice and not kept yet (docs/ood.md, 2026-12-07, seventh and
+eighth; the patch is in docs/experiments/).
 
     python scripts/real_vessel_widths.py
 """
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("vessel width (mm)  voxels  share inside the lobe mask")
     for lo, hi in itertools.pairwise(BINS_MM):
-        m = (width > lo) & (width <= hi) if lo == 0 else (width >= lo) & (width < hi)
+        m = (width > 0) & (width >= lo) & (width < hi)  # half-open bins: a voxel counts once
         share = float(lungs[m].mean()) if m.any() else float("nan")
         print(f"{lo:5.0f}-{hi:<5.0f}         {int(m.sum()):7d}  {share:.2f}")
     return 0
