@@ -1,0 +1,239 @@
+"""A development gate for the quantification's opacity rules: cache development cases once, then score the rules of
+whichever ``medai`` is imported on them, with a stability yardstick.
+
+A change to the rules (``medai.quantify.opacities``) needs many readings of the same cases while it is developed.
+Scoring them with ``scripts/eval_ood.py`` regenerates every phantom and reruns both networks each time (10-30 s a
+case); this script does that once per case (``cache``: the coarse HU, the served lungs, the classifier's logits and
+QC flags), and ``score`` then reads only the opacity step, the measurement, the decision layer and the served
+label (about a second a case). It reads the shipped pipeline exactly: on independent-val seed set 4 the cached
+``/19`` arm equals what ``medai predict`` serves (docs/ood.md, "ninth").
+
+The stability yardstick (docs/ood.md, "eighth"): each case is read again with 5 % of its lungs' surface voxels
+taken away at random (0.9 % of the volume); a rule that jumps with the mask moves the lesion % and the label.
+
+Usage (a candidate lives in another checkout, say a worktree of a branch; ``--medai-from`` imports it instead of
+this checkout's ``medai``)::
+
+    python scripts/dev_gate.py cache --world independent-val --seed 4 --n 180 --normals-after 90 \\
+        --cache-dir runs/devgate/iv-s4
+    python scripts/dev_gate.py score --cache-dir runs/devgate/iv-s4 --json runs/devgate/q19.json
+    python scripts/dev_gate.py score --cache-dir runs/devgate/iv-s4 --medai-from ../wt-candidate \\
+        --json runs/devgate/candidate.json
+
+The cache holds generated phantoms' coarse volumes (tens of MB): keep it under ``runs/`` (ignored by git).
+Development cases only: a seed set scored here is spent for checks (docs/ood.md keeps the list). Research use only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TRIM_SHARE = 0.05  # of the lungs' surface voxels taken away by the stability yardstick
+
+
+def _import_medai_from(root: str) -> None:
+    """Import ``medai`` from ``root`` instead of the editable install (whose finder would win over ``sys.path``)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, os.path.abspath(root))
+    import medai
+
+    if not os.path.abspath(medai.__file__).startswith(os.path.abspath(root)):
+        raise SystemExit(f"--medai-from {root}: medai was imported from {medai.__file__}")
+
+
+def cache_cases(world: str, seed: int, n: int, normals_after: int, cache_dir: Path) -> int:
+    """Score cases ``0..n-1`` of ``world`` (only the normals from ``normals_after`` on) with the served pipeline and
+    keep what the opacity step and the decision need; cases already cached are skipped. Returns how many were new."""
+    from medai.evaluation.worlds import world_cases
+    from medai.inference.classifier import Classifier
+    from medai.labels import CLASS_NAMES
+    from medai.quantify.grid import block_mean
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    clf = Classifier.load(None, threads=1)
+    new = 0
+    for i in range(n):
+        if i >= normals_after and CLASS_NAMES[i % len(CLASS_NAMES)] != "normal":
+            continue
+        out = cache_dir / f"{i:04d}.pkl"
+        if out.exists():
+            continue
+        t0 = time.perf_counter()
+        case = next(world_cases(world, i + 1, seed=seed, start=i, matrix=None))
+        volume = case.volume
+        pred = clf.predict(volume)
+        quant = pred.quantification
+        d = volume.direction
+        lr_dim = 2 - int(np.argmax(np.abs(d[0])))
+        ap_dim = 3 - lr_dim
+        record = {
+            "case_id": case.case_id,
+            "label": case.label,
+            "truth": case.lesion_percent,
+            "contrast": case.factors.get("contrast") not in (None, "none", False),
+            "coarse": block_mean(volume.hu, quant.grid.factors),
+            "lungs": quant.lung_mask.copy(),
+            "grid": quant.grid,
+            "logits": np.asarray(pred.logits, np.float64),
+            "flags": tuple(pred.qc_flags),
+            "ap_dim": ap_dim,
+            "posterior_high": bool(d[1, 2 - ap_dim] > 0),
+            "sup_high": bool(d[2, 2] > 0),
+            "served_lesion": quant.lesion_percent,
+            "served_label": pred.label,
+        }
+        tmp = out.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(record, f)
+        tmp.replace(out)
+        new += 1
+        print(
+            f"{case.case_id} {case.label:16s} true {case.lesion_percent:6.2f} read {quant.lesion_percent:6.2f} "
+            f"{pred.label} ({time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
+    return new
+
+
+def trimmed(lungs: np.ndarray, seed: int, share: float = TRIM_SHARE) -> np.ndarray:
+    """``lungs`` with ``share`` of their surface voxels (6-neighbour) set to 0, drawn with ``seed``."""
+    from scipy import ndimage
+
+    lung = lungs > 0
+    surface = np.flatnonzero(lung & ~ndimage.binary_erosion(lung, border_value=1))
+    out = lungs.copy()
+    rng = np.random.default_rng(seed)
+    out.flat[rng.choice(surface, size=int(share * surface.size), replace=False)] = 0
+    return out
+
+
+def read_case(record: dict[str, Any], lungs: np.ndarray, clf: Any) -> dict[str, Any]:
+    """The imported ``medai``'s opacity step, measurement, decision layer and served label on cached lungs."""
+    from medai.inference.classifier import served_decision
+    from medai.quantify.measure import _measure
+    from medai.quantify.opacities import segment_opacities
+    from medai.quantify.params import QuantifyParams
+
+    found = segment_opacities(
+        record["coarse"],
+        lungs,
+        record["grid"].spacing_mm,
+        QuantifyParams(),
+        ap_dim=record["ap_dim"],
+        posterior_high=record["posterior_high"],
+    )
+    in_lungs = lungs > 0
+    weight = getattr(found, "weight", None)
+    if weight is None:  # a rules version that counts its mask
+        lesion_w = ((found.mask > 0) & in_lungs).astype(np.float32)
+        cons_w = lesion_w * (found.mask == 2)
+    else:
+        lesion_w, cons_w = weight * in_lungs, found.consolidation * in_lungs
+    quant = _measure(
+        lungs,
+        in_lungs.astype(np.float32),
+        lesion_w,
+        cons_w,
+        record["grid"],
+        sup_high=record["sup_high"],
+        lung_mask=lungs,
+        lesion_mask=found.mask,
+    )
+    flags = tuple(f for f in record["flags"] if f != "expiration") + (("expiration",) if found.expiration else ())
+    probabilities = clf._probabilities(record["logits"], quant)
+    label, _ = served_decision(clf.rule, probabilities, quant.lesion_percent, flags)
+    return {"lesion": float(quant.lesion_percent), "pred": label, "p_covid19": float(probabilities[1])}
+
+
+def _auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    pos, neg = np.asarray(positive)[:, None], np.asarray(negative)[None, :]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+
+
+def summarize(rows: list[dict[str, Any]], mae_cases: int) -> dict[str, Any]:
+    """The gate's numbers: normals at 1 % or more (and without contrast), normals called normal, lesion MAE of the
+    first ``mae_cases`` cases, the layer's covid19-vs-rest AUC, and the trim's moves."""
+    normals = [r for r in rows if r["label"] == "normal"]
+    first = [r for r in rows if r["index"] < mae_cases]
+    covid = [r["p_covid19"] for r in rows if r["label"] == "covid19"]
+    rest = [r["p_covid19"] for r in rows if r["label"] != "covid19"]
+    return {
+        "cases": len(rows),
+        "normals": len(normals),
+        "normals_at_1_percent": sum(r["lesion"] >= 1.0 for r in normals),
+        "normals_without_contrast_at_1_percent": sum(r["lesion"] >= 1.0 for r in normals if not r["contrast"]),
+        "normals_without_contrast": sum(not r["contrast"] for r in normals),
+        "normals_called_normal": float(np.mean([r["pred"] == "normal" for r in normals])) if normals else None,
+        "lesion_mae": float(np.mean([abs(r["lesion"] - r["truth"]) for r in first])) if first else None,
+        "covid19_auc": _auc(covid, rest),
+        "trim_moved_over_0_5": sum(abs(r["trim_lesion"] - r["lesion"]) > 0.5 for r in rows),
+        "trim_moved_over_1": sum(abs(r["trim_lesion"] - r["lesion"]) > 1.0 for r in rows),
+        "trim_labels_changed": sum(r["trim_pred"] != r["pred"] for r in rows),
+        "trim_mean_abs_move": float(np.mean([abs(r["trim_lesion"] - r["lesion"]) for r in rows])) if rows else None,
+    }
+
+
+def score(cache_dir: Path, mae_cases: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every cached case read with the imported ``medai``, as is and under the trim; the rows and their summary."""
+    from medai.inference.classifier import Classifier
+    from medai.quantify.measure import QUANTIFY_VERSION
+
+    clf = Classifier.load(None, threads=1)
+    rows = []
+    for path in sorted(cache_dir.glob("*.pkl")):
+        with path.open("rb") as f:
+            record = pickle.load(f)
+        index = int(path.stem)
+        row = {"case_id": record["case_id"], "index": index, "label": record["label"], "truth": record["truth"]}
+        row["contrast"] = record["contrast"]
+        row.update(read_case(record, record["lungs"], clf))
+        moved = read_case(record, trimmed(record["lungs"], index), clf)
+        row.update(trim_lesion=moved["lesion"], trim_pred=moved["pred"])
+        rows.append(row)
+    summary = {"rules": QUANTIFY_VERSION, **summarize(rows, mae_cases)}
+    return rows, summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("cache", help="score development cases once with the served pipeline and keep them")
+    c.add_argument("--world", default="independent-val")
+    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--n", type=int, required=True, help="cases 0..n-1")
+    c.add_argument("--normals-after", type=int, default=None, help="from this case on, keep only the normals")
+    c.add_argument("--cache-dir", type=Path, required=True)
+    s = sub.add_parser("score", help="read the cached cases with the imported medai's rules")
+    s.add_argument("--cache-dir", type=Path, required=True)
+    s.add_argument("--mae-cases", type=int, default=90, help="lesion MAE over the cases below this index")
+    s.add_argument("--medai-from", default=None, help="import medai from this checkout (a candidate's worktree)")
+    s.add_argument("--json", type=Path, default=None, help="write the rows and the summary here")
+    args = parser.parse_args(argv)
+    if args.command == "cache":
+        normals_after = args.n if args.normals_after is None else args.normals_after
+        cache_cases(args.world, args.seed, args.n, normals_after, args.cache_dir)
+        return 0
+    if args.medai_from:
+        _import_medai_from(args.medai_from)
+    rows, summary = score(args.cache_dir, args.mae_cases)
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""scripts/dev_gate.py: the development gate reads the served pipeline exactly, and its trim takes surface only."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import load_script
+
+
+def test_the_trim_takes_its_share_of_the_surface_and_nothing_inside() -> None:
+    script = load_script("dev_gate")
+    lungs = np.zeros((12, 20, 20), np.uint8)
+    lungs[2:10, 3:17, 3:10] = 1
+    lungs[2:10, 3:17, 11:18] = 2
+    out = script.trimmed(lungs, seed=3)
+    inner = np.zeros(lungs.shape, bool)
+    inner[3:9, 4:16, 4:9] = inner[3:9, 4:16, 12:17] = True
+    removed = (lungs > 0) & (out == 0)
+    surface = int(((lungs > 0) & ~inner).sum())
+    assert not (removed & inner).any()
+    assert int(removed.sum()) == int(script.TRIM_SHARE * surface)
+    assert (out[out > 0] == lungs[out > 0]).all()  # the sides are kept
+    assert (script.trimmed(lungs, seed=3) == out).all()
+
+
+def test_a_cached_case_reads_as_the_served_pipeline_served_it(tmp_path: Path) -> None:
+    """The gate is only worth its numbers if its arm of the shipped rules is the shipped pipeline: a training-world
+    case cached and then scored reads the served lesion % and label exactly, and its summary counts it."""
+    script = load_script("dev_gate")
+    assert script.cache_cases("train", 0, 2, 2, tmp_path) == 2
+    assert script.cache_cases("train", 0, 2, 2, tmp_path) == 0  # cached cases are not scored again
+    rows, summary = script.score(tmp_path, mae_cases=2)
+    for row in rows:
+        with (tmp_path / f"{row['index']:04d}.pkl").open("rb") as f:
+            record = pickle.load(f)
+        assert row["lesion"] == record["served_lesion"]
+        assert row["pred"] == record["served_label"]
+    assert summary["cases"] == 2 and summary["normals"] == 1
+    assert summary["rules"].startswith("medai.quantify/")
