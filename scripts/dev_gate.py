@@ -15,7 +15,7 @@ Usage (a candidate lives in another checkout, say a worktree of a branch; ``--me
 this checkout's ``medai``)::
 
     python scripts/dev_gate.py cache --world independent-val --seed 4 --n 180 --normals-after 90 \\
-        --cache-dir runs/devgate/iv-s4
+        --cache-dir runs/devgate/iv-s4 --shard 0/2 &   # and --shard 1/2 beside it: 120 cases in about 25 minutes
     python scripts/dev_gate.py score --cache-dir runs/devgate/iv-s4 --json runs/devgate/q19.json
     python scripts/dev_gate.py score --cache-dir runs/devgate/iv-s4 --medai-from ../wt-candidate \\
         --json runs/devgate/candidate.json
@@ -51,9 +51,12 @@ def _import_medai_from(root: str) -> None:
         raise SystemExit(f"--medai-from {root}: medai was imported from {medai.__file__}")
 
 
-def cache_cases(world: str, seed: int, n: int, normals_after: int, cache_dir: Path) -> int:
+def cache_cases(
+    world: str, seed: int, n: int, normals_after: int, cache_dir: Path, shard: tuple[int, int] = (0, 1)
+) -> int:
     """Score cases ``0..n-1`` of ``world`` (only the normals from ``normals_after`` on) with the served pipeline and
-    keep what the opacity step and the decision need; cases already cached are skipped. Returns how many were new."""
+    keep what the opacity step and the decision need; cases already cached are skipped. ``shard`` ``(k, m)``: only
+    every ``m``-th of those cases from the ``k``-th (one process per core). Returns how many were new."""
     from medai.evaluation.worlds import world_cases
     from medai.inference.classifier import Classifier
     from medai.labels import CLASS_NAMES
@@ -62,9 +65,8 @@ def cache_cases(world: str, seed: int, n: int, normals_after: int, cache_dir: Pa
     cache_dir.mkdir(parents=True, exist_ok=True)
     clf = Classifier.load(None, threads=1)
     new = 0
-    for i in range(n):
-        if i >= normals_after and CLASS_NAMES[i % len(CLASS_NAMES)] != "normal":
-            continue
+    wanted = [i for i in range(n) if i < normals_after or CLASS_NAMES[i % len(CLASS_NAMES)] == "normal"]
+    for i in wanted[shard[0] :: shard[1]]:
         out = cache_dir / f"{i:04d}.pkl"
         if out.exists():
             continue
@@ -215,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--n", type=int, required=True, help="cases 0..n-1")
     c.add_argument("--normals-after", type=int, default=None, help="from this case on, keep only the normals")
     c.add_argument("--cache-dir", type=Path, required=True)
+    c.add_argument("--shard", default="0/1", help="K/M: every M-th case from the K-th (run M processes, K = 0..M-1)")
     s = sub.add_parser("score", help="read the cached cases with the imported medai's rules")
     s.add_argument("--cache-dir", type=Path, required=True)
     s.add_argument("--mae-cases", type=int, default=90, help="lesion MAE over the cases below this index")
@@ -223,7 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cache":
         normals_after = args.n if args.normals_after is None else args.normals_after
-        cache_cases(args.world, args.seed, args.n, normals_after, args.cache_dir)
+        k, m = (int(x) for x in args.shard.split("/"))
+        if not 0 <= k < m:
+            parser.error(f"--shard must be K/M with 0 <= K < M, not {args.shard}")
+        cache_cases(args.world, args.seed, args.n, normals_after, args.cache_dir, (k, m))
         return 0
     if args.medai_from:
         _import_medai_from(args.medai_from)
