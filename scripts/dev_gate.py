@@ -61,6 +61,7 @@ def cache_cases(
     from medai.inference.classifier import Classifier
     from medai.labels import CLASS_NAMES
     from medai.quantify.grid import block_mean
+    from medai.quantify.measure import _orientation
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     clf = Classifier.load(None, threads=1)
@@ -75,8 +76,7 @@ def cache_cases(
         volume = case.volume
         pred = clf.predict(volume)
         quant = pred.quantification
-        d = volume.direction
-        lr_dim = 2 - int(np.argmax(np.abs(d[0])))
+        lr_dim, _, sup_high = _orientation(volume)
         ap_dim = 3 - lr_dim
         record = {
             "case_id": case.case_id,
@@ -89,8 +89,8 @@ def cache_cases(
             "logits": np.asarray(pred.logits, np.float64),
             "flags": tuple(pred.qc_flags),
             "ap_dim": ap_dim,
-            "posterior_high": bool(d[1, 2 - ap_dim] > 0),
-            "sup_high": bool(d[2, 2] > 0),
+            "posterior_high": bool(volume.direction[1, 2 - ap_dim] > 0),  # as quantify reads it
+            "sup_high": sup_high,
             "served_lesion": quant.lesion_percent,
             "served_label": pred.label,
         }
@@ -157,20 +157,13 @@ def read_case(record: dict[str, Any], lungs: np.ndarray, clf: Any) -> dict[str, 
     return {"lesion": float(quant.lesion_percent), "pred": label, "p_covid19": float(probabilities[1])}
 
 
-def _auc(positive: Sequence[float], negative: Sequence[float]) -> float:
-    pos, neg = np.asarray(positive)[:, None], np.asarray(negative)[None, :]
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
-
-
 def summarize(rows: list[dict[str, Any]], mae_cases: int) -> dict[str, Any]:
     """The gate's numbers: normals at 1 % or more (and without contrast), normals called normal, lesion MAE of the
     first ``mae_cases`` cases, the layer's covid19-vs-rest AUC, and the trim's moves."""
+    from medai.evaluation.metrics import roc_auc
+
     normals = [r for r in rows if r["label"] == "normal"]
     first = [r for r in rows if r["index"] < mae_cases]
-    covid = [r["p_covid19"] for r in rows if r["label"] == "covid19"]
-    rest = [r["p_covid19"] for r in rows if r["label"] != "covid19"]
     return {
         "cases": len(rows),
         "normals": len(normals),
@@ -179,7 +172,7 @@ def summarize(rows: list[dict[str, Any]], mae_cases: int) -> dict[str, Any]:
         "normals_without_contrast": sum(not r["contrast"] for r in normals),
         "normals_called_normal": float(np.mean([r["pred"] == "normal" for r in normals])) if normals else None,
         "lesion_mae": float(np.mean([abs(r["lesion"] - r["truth"]) for r in first])) if first else None,
-        "covid19_auc": _auc(covid, rest),
+        "covid19_auc": roc_auc([r["label"] == "covid19" for r in rows], [r["p_covid19"] for r in rows]),
         "trim_moved_over_0_5": sum(abs(r["trim_lesion"] - r["lesion"]) > 0.5 for r in rows),
         "trim_moved_over_1": sum(abs(r["trim_lesion"] - r["lesion"]) > 1.0 for r in rows),
         "trim_labels_changed": sum(r["trim_pred"] != r["pred"] for r in rows),
