@@ -32,7 +32,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ def cache_cases(
     """Score cases ``0..n-1`` of ``world`` (only the normals from ``normals_after`` on) with the served pipeline and
     keep what the opacity step and the decision need; cases already cached are skipped. ``shard`` ``(k, m)``: only
     every ``m``-th of those cases from the ``k``-th (one process per core). Returns how many were new."""
-    from medai.evaluation.worlds import world_cases
     from medai.inference.classifier import Classifier
     from medai.labels import CLASS_NAMES
     from medai.quantify.grid import block_mean
@@ -67,12 +66,10 @@ def cache_cases(
     clf = Classifier.load(None, threads=1)
     new = 0
     wanted = [i for i in range(n) if i < normals_after or CLASS_NAMES[i % len(CLASS_NAMES)] == "normal"]
-    for i in wanted[shard[0] :: shard[1]]:
+    mine = [i for i in wanted[shard[0] :: shard[1]] if not (cache_dir / f"{i:04d}.pkl").exists()]
+    for i, case in _cases(world, seed, mine):
         out = cache_dir / f"{i:04d}.pkl"
-        if out.exists():
-            continue
         t0 = time.perf_counter()
-        case = next(world_cases(world, i + 1, seed=seed, start=i, matrix=None))
         volume = case.volume
         pred = clf.predict(volume)
         quant = pred.quantification
@@ -91,6 +88,8 @@ def cache_cases(
             "ap_dim": ap_dim,
             "posterior_high": bool(volume.direction[1, 2 - ap_dim] > 0),  # as quantify reads it
             "sup_high": sup_high,
+            # the true lesions on the coarse grid (each block's share), for reading parts against the truth
+            "truth_coarse": None if case.lesion_mask is None else block_mean(case.lesion_mask > 0, quant.grid.factors),
             "served_lesion": quant.lesion_percent,
             "served_label": pred.label,
         }
@@ -105,6 +104,24 @@ def cache_cases(
             flush=True,
         )
     return new
+
+
+def _cases(world: str, seed: int, indices: Sequence[int]) -> Iterator[tuple[int, Any]]:
+    """Cases ``indices`` of ``world``, each with its index. A synthetic world makes each case from its own seed
+    (one call per case skips the others' phantoms); the real patient's worlds make their copies in turn (one pass,
+    not one pass per case)."""
+    from medai.evaluation.worlds import REAL_WORLDS, world_cases
+
+    if not indices:
+        return
+    if world in REAL_WORLDS:
+        wanted = set(indices)
+        for i, case in enumerate(world_cases(world, max(indices) + 1, seed=seed, matrix=None)):
+            if i in wanted:
+                yield i, case
+        return
+    for i in indices:
+        yield i, next(world_cases(world, i + 1, seed=seed, start=i, matrix=None))
 
 
 def trimmed(lungs: np.ndarray, seed: int, share: float = TRIM_SHARE) -> np.ndarray:
@@ -154,17 +171,41 @@ def read_case(record: dict[str, Any], lungs: np.ndarray, clf: Any) -> dict[str, 
     flags = tuple(f for f in record["flags"] if f != "expiration") + (("expiration",) if found.expiration else ())
     probabilities = clf._probabilities(record["logits"], quant)
     label, _ = served_decision(clf.rule, probabilities, quant.lesion_percent, flags)
-    return {"lesion": float(quant.lesion_percent), "pred": label, "p_covid19": float(probabilities[1])}
+    out = {"lesion": float(quant.lesion_percent), "pred": label, "p_covid19": float(probabilities[1])}
+    out.update(truth_split(record, lesion_w, lungs))
+    return out
+
+
+def truth_split(record: dict[str, Any], lesion_w: np.ndarray, lungs: np.ndarray) -> dict[str, float]:
+    """Where the counted opacity ``lesion_w`` lies against the true lesions (the cache's ``truth_coarse``, each
+    block's true share; a normal without it has none), as % of the ``lungs``: ``read_in_truth`` (counted inside
+    true lesions), ``false_opacity`` (counted outside them) and ``missed`` (true lesion not counted). Empty when the
+    case's truth was not cached."""
+    truth = record.get("truth_coarse")
+    if truth is None and record["label"] == "normal":
+        truth = np.zeros(lesion_w.shape, np.float32)
+    if truth is None:
+        return {}
+    in_lungs = lungs > 0
+    n = max(1, int(np.count_nonzero(in_lungs)))
+    t = np.where(in_lungs, truth, np.float32(0))
+    inside = float((lesion_w * t).sum())
+    return {
+        "read_in_truth": 100.0 * inside / n,
+        "false_opacity": 100.0 * float((lesion_w * (1.0 - t)).sum()) / n,
+        "missed": 100.0 * (float(t.sum()) - inside) / n,
+    }
 
 
 def summarize(rows: list[dict[str, Any]], mae_cases: int) -> dict[str, Any]:
     """The gate's numbers: normals at 1 % or more (and without contrast), normals called normal, lesion MAE of the
-    first ``mae_cases`` cases, the layer's covid19-vs-rest AUC, and the trim's moves."""
+    first ``mae_cases`` cases, the layer's covid19-vs-rest AUC, the trim's moves, and where cases were cached with
+    their truth, the opacity read outside the true lesions and the true lesion missed (:func:`truth_split`)."""
     from medai.evaluation.metrics import roc_auc
 
     normals = [r for r in rows if r["label"] == "normal"]
     first = [r for r in rows if r["index"] < mae_cases]
-    return {
+    out: dict[str, Any] = {
         "cases": len(rows),
         "normals": len(normals),
         "normals_at_1_percent": sum(r["lesion"] >= 1.0 for r in normals),
@@ -178,6 +219,18 @@ def summarize(rows: list[dict[str, Any]], mae_cases: int) -> dict[str, Any]:
         "trim_labels_changed": sum(r["trim_pred"] != r["pred"] for r in rows),
         "trim_mean_abs_move": float(np.mean([abs(r["trim_lesion"] - r["lesion"]) for r in rows])) if rows else None,
     }
+    # Against the true lesions (cases cached with their truth): false opacity in normals and in disease, and the
+    # true lesion missed in disease, each the mean % of the lungs.
+    known = [r for r in rows if "missed" in r]
+    disease = [r for r in known if r["label"] != "normal"]
+    for name, group, key in (
+        ("normals_false_opacity", [r for r in known if r["label"] == "normal"], "false_opacity"),
+        ("disease_false_opacity", disease, "false_opacity"),
+        ("disease_missed", disease, "missed"),
+    ):
+        out[name] = float(np.mean([r[key] for r in group])) if group else None
+    out["cases_with_truth"] = len(known)
+    return out
 
 
 def score(cache_dir: Path, mae_cases: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -55,6 +55,8 @@ class TruthCase:
         lung_volume_ml: true lung volume.
         pattern: the disease pattern (``none``, ``covid``, ``lobar``, ``segmental``, ``focal``, ...).
         factors: acquisition and patient factors, for subgroups.
+        lesion_mask: the true lesions, uint8 0 / 1 ground glass / 2 consolidation on the volume's grid (None where
+            the world does not keep it).
     """
 
     case_id: str
@@ -65,6 +67,7 @@ class TruthCase:
     lung_volume_ml: float
     pattern: str
     factors: dict[str, Any] = field(default_factory=dict)
+    lesion_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def _lung_ml(mask: np.ndarray, volume: Volume) -> float:
@@ -99,6 +102,7 @@ def _synthetic(world: str, n: int, seed: int, matrix: int, start: int) -> Iterat
             _lung_ml(ph.lung_mask, ph.volume),
             ph.pattern,
             factors,
+            ph.lesion_mask,
         )
 
 
@@ -122,6 +126,7 @@ def _independent(world: str, n: int, seed: int, matrix: int | None, start: int) 
             float(ph.lung_volume_ml),
             spec.pattern,
             dict(spec.factors),
+            ph.lesion_mask,
         )
 
 
@@ -144,6 +149,7 @@ def _real(world: str, n: int | None, seed: int, start: int) -> Iterator[TruthCas
             case.lung_volume_ml,
             str(case.factors.get("kind", "none")),
             {"variant": case.name, **case.factors},
+            case.lesion_mask,
         )
 
 

@@ -6,6 +6,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import load_script
 
@@ -40,3 +41,11 @@ def test_a_cached_case_reads_as_the_served_pipeline_served_it(tmp_path: Path) ->
         assert row["pred"] == record["served_label"]
     assert summary["cases"] == 2 and summary["normals"] == 1
     assert summary["rules"].startswith("medai.quantify/")
+    # Against the truth: what is read splits into opacity inside and outside the true lesions, and the true lesion
+    # into what was read and what was missed.
+    normal, covid = rows
+    assert normal["missed"] == 0.0 and normal["false_opacity"] == pytest.approx(normal["lesion"], abs=1e-3)
+    assert covid["read_in_truth"] + covid["false_opacity"] == pytest.approx(covid["lesion"], abs=1e-3)
+    assert covid["read_in_truth"] > 0.5 * covid["truth"] and covid["missed"] > 0.0
+    assert covid["read_in_truth"] + covid["missed"] == pytest.approx(covid["truth"], rel=0.1)  # coarse blocks
+    assert summary["cases_with_truth"] == 2 and summary["disease_missed"] == covid["missed"]
