@@ -19,6 +19,12 @@ this checkout's ``medai``)::
     python scripts/dev_gate.py score --cache-dir runs/devgate/iv-s4 --json runs/devgate/q19.json
     python scripts/dev_gate.py score --cache-dir runs/devgate/iv-s4 --medai-from ../wt-candidate \\
         --json runs/devgate/candidate.json
+    python scripts/dev_gate.py score --cache-dir runs/devgate/iv-s4 --set DEPENDENT_BAND_CLEARING=0.65   # one variant
+
+Where the cache holds the true lesions (phantom worlds; cached since 2026-12-08), each reading is also split
+against them: opacity counted outside the true lesions, and true lesion missed (``truth_split``). The real
+patient's worlds (``real-sweep``, ``real-atelectasis``: the atelectasis grid is the band rules' hardest normal) are
+cached the same way, with ``--world``.
 
 The cache holds generated phantoms' coarse volumes (tens of MB): keep it under ``runs/`` (ignored by git).
 Development cases only: a seed set scored here is spent for checks (docs/ood.md keeps the list). Research use only.
@@ -122,6 +128,30 @@ def _cases(world: str, seed: int, indices: Sequence[int]) -> Iterator[tuple[int,
         return
     for i in indices:
         yield i, next(world_cases(world, i + 1, seed=seed, start=i, matrix=None))
+
+
+def set_constants(assignments: Sequence[str]) -> dict[str, Any]:
+    """Override constants of the imported ``medai.quantify.opacities`` (``NAME=V`` or ``NAME=LO,HI``) so that one
+    cache reads several variants of a rule without a branch each; returns what was set.
+
+    Raises:
+        ValueError: not ``NAME=VALUE``, no such upper-case constant, or not numbers.
+    """
+    import medai.quantify.opacities as opacities
+
+    out: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        if not sep or not name.isupper() or not hasattr(opacities, name):
+            raise ValueError(f"--set {assignment!r}: NAME=VALUE with NAME a constant of medai.quantify.opacities")
+        try:
+            numbers = [float(x) for x in text.split(",")]
+        except ValueError:
+            raise ValueError(f"--set {assignment!r}: the value must be a number or numbers lo,hi") from None
+        value = numbers[0] if len(numbers) == 1 else tuple(numbers)
+        setattr(opacities, name, value)
+        out[name] = value
+    return out
 
 
 def trimmed(lungs: np.ndarray, seed: int, share: float = TRIM_SHARE) -> np.ndarray:
@@ -269,6 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--mae-cases", type=int, default=90, help="lesion MAE over the cases below this index")
     s.add_argument("--medai-from", default=None, help="import medai from this checkout (a candidate's worktree)")
     s.add_argument("--json", type=Path, default=None, help="write the rows and the summary here")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=V[,V]",
+        help="override a constant of medai.quantify.opacities for this reading (a number, or a pair as lo,hi)",
+    )
     args = parser.parse_args(argv)
     if args.command == "cache":
         normals_after = args.n if args.normals_after is None else args.normals_after
@@ -279,7 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.medai_from:
         _import_medai_from(args.medai_from)
+    try:
+        overrides = set_constants(args.set)
+    except ValueError as error:
+        parser.error(str(error))
     rows, summary = score(args.cache_dir, args.mae_cases)
+    if overrides:
+        summary["overrides"] = overrides
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -49,3 +49,21 @@ def test_a_cached_case_reads_as_the_served_pipeline_served_it(tmp_path: Path) ->
     assert covid["read_in_truth"] > 0.5 * covid["truth"] and covid["missed"] > 0.0
     assert covid["read_in_truth"] + covid["missed"] == pytest.approx(covid["truth"], rel=0.1)  # coarse blocks
     assert summary["cases_with_truth"] == 2 and summary["disease_missed"] == covid["missed"]
+
+
+def test_a_variant_is_set_on_the_imported_rules_and_a_wrong_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import medai.quantify.opacities as opacities
+
+    script = load_script("dev_gate")
+    monkeypatch.setattr(opacities, "DEPENDENT_BAND_CLEARING", opacities.DEPENDENT_BAND_CLEARING)  # restored after
+    monkeypatch.setattr(opacities, "DEPENDENT_DEPTH_EDGES_MM", opacities.DEPENDENT_DEPTH_EDGES_MM)
+    assert script.set_constants(["DEPENDENT_BAND_CLEARING=0.65", "DEPENDENT_DEPTH_EDGES_MM=0,5"]) == {
+        "DEPENDENT_BAND_CLEARING": 0.65,
+        "DEPENDENT_DEPTH_EDGES_MM": (0.0, 5.0),
+    }
+    assert opacities.DEPENDENT_BAND_CLEARING == 0.65
+    for wrong in ("DEPENDENT_BAND_CLEARNG=0.6", "segment_opacities=1", "DEPENDENT_BAND_CLEARING", "VESSEL_CORE_HU=x"):
+        with pytest.raises(ValueError, match="--set"):
+            script.set_constants([wrong])
+    with pytest.raises(SystemExit):
+        script.main(["score", "--cache-dir", "nowhere", "--set", "NO_SUCH_CONSTANT=1"])
