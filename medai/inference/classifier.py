@@ -470,7 +470,7 @@ class Classifier:
 
         Example:
             >>> Classifier.load().scoring_id  # doctest: +SKIP
-            'medai-ref@0fa1c96e0e5f+medai-quant@2c97a683caa2+quantify/19'
+            'medai-ref@0fa1c96e0e5f+medai-quant@2c97a683caa2+quantify/20'
         """
         from medai.quantify.head import shipped_quantnet
         from medai.quantify.measure import QUANTIFY_VERSION

@@ -93,7 +93,7 @@ METHOD = (
     "thresholds against the fitted parenchyma baseline)"
 )
 # The served quantification's version: every change to what it measures bumps it (docs/ood.md, "What changed").
-QUANTIFY_VERSION = "medai.quantify/19"
+QUANTIFY_VERSION = "medai.quantify/20"
 METHOD_HYBRID = (
     f"{QUANTIFY_VERSION} hybrid (learned lungs + aerated rim - below the aerated base - fat reached from the mask's "
     "surface - dense parts no aerated lung borders - fat - parts detached above the apex or under the base - "
